@@ -1,0 +1,27 @@
+# Two commands from a fresh clone:  `make demo`  and  `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench clean
+
+$(BIN)/fragility: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch/torchvision pinned to the builds on this machine's disk (no multi-GB download)
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+demo: $(BIN)/fragility
+	$(BIN)/fragility demo --out demo-report
+
+test: $(BIN)/fragility
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/fragility
+	$(BIN)/python benchmarks/bench_record.py
+	$(BIN)/python benchmarks/bench_analyze.py
+
+clean:
+	rm -rf $(VENV) demo-report

@@ -1,0 +1,46 @@
+"""fragility: record FE/CE of any timm backbone and analyze why models fail on minority classes.
+
+Capture path: :class:`Recorder` (taps in :mod:`fragility.taps`, store in :mod:`fragility.store`).
+Analysis: :func:`analyze` with analyzer plugins (:mod:`fragility.analysis`). Plugins:
+:mod:`fragility.hookspecs`, :func:`make_plugin_manager`.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import (
+    AnalyzerError,
+    FragilityError,
+    HeadError,
+    PluginError,
+    RecorderError,
+    SelectionError,
+    StoreError,
+    StoreVersionError,
+)
+from .hookspecs import hookimpl
+from ._manager import make_plugin_manager
+from .taps import Head, affine_of, model_name
+from .store import PassInfo, Store
+from .recorder import Recorder
+
+__all__ = [
+    "AnalyzerError",
+    "FragilityError",
+    "Head",
+    "HeadError",
+    "PassInfo",
+    "PluginError",
+    "Recorder",
+    "RecorderError",
+    "SelectionError",
+    "Store",
+    "StoreError",
+    "StoreVersionError",
+    "__version__",
+    "affine_of",
+    "hookimpl",
+    "make_plugin_manager",
+    "model_name",
+]

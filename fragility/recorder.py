@@ -1,0 +1,431 @@
+"""The Recorder: three lines in an existing PyTorch loop stream FE, CE and logits into a store."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pluggy
+import torch
+from torch import nn
+
+from ._manager import Hooks
+from .errors import HeadError, RecorderError
+from .store import StoreWriter
+from .taps import Head, model_name
+
+__all__ = ["Recorder"]
+
+
+def _as_tensor(value: Any, name: str, n: int, device: torch.device) -> torch.Tensor:
+    t = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    if t.dim() != 1 or t.shape[0] != n:
+        raise RecorderError(f"{name} has shape {tuple(t.shape)} but the batch has {n} rows; pass one {name[:-1] if name.endswith('s') else name} per row")
+    if t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise RecorderError(f"{name} has dtype {t.dtype}; pass integer class ids / sample ids")
+    return t.to(device=device, dtype=torch.int64, non_blocking=True)
+
+
+class Recorder:
+    """Record FE, CE (predicted and target class) and logits of a model into a store.
+
+    Args:
+        model: the model; a timm model, or any model with ``classifier=`` given.
+        path: the store file to create (a directory, e.g. ``run.fragility``).
+        classifier: the classifier module(s), for models without timm's ``get_classifier()``.
+        class_names: names of the classes (default ``"0" … "C-1"``).
+        dtype: storage dtype of the float columns, ``"float16"`` (default) or ``"float32"``.
+        compression: ``None`` (default), ``"lzf"`` or ``"gzip"``.
+        every: in training passes, record every N-th call of :meth:`record`.
+        max_rows_per_class: in training passes, keep at most this many rows per true class per pass
+            (the first ones seen; a shuffled loader makes it a random sample). Minority classes below
+            the cap keep every row.
+        rank: the distributed rank written in every row (one store per rank).
+        overwrite: replace an existing store file.
+        flush_interval: seconds between commits; committed rows survive a crash.
+        chunk_rows: HDF5 chunk height.
+        queue_size: batches that may wait for the writer thread before :meth:`record` blocks.
+        plugin_manager: a plugin manager (default: :func:`fragility.make_plugin_manager`).
+
+    Example:
+        >>> import timm, torch                                         # doctest: +SKIP
+        >>> model = timm.create_model("resnet18", num_classes=10)      # doctest: +SKIP
+        >>> with Recorder(model, "run.fragility") as rec:                     # doctest: +SKIP
+        ...     with rec.capture("train", epoch=0):
+        ...         for x, y in loader:
+        ...             loss = criterion(model(x), y)
+        ...             rec.record(y)
+        ...             loss.backward(); opt.step(); opt.zero_grad()
+        ...     rec.evaluate(test_loader, split="test", epoch=0)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        path: str | os.PathLike,
+        *,
+        classifier: Any = None,
+        class_names: Sequence[str] | None = None,
+        dtype: str = "float16",
+        compression: str | None = None,
+        every: int = 1,
+        max_rows_per_class: int | None = None,
+        rank: int = 0,
+        overwrite: bool = False,
+        flush_interval: float = 1.0,
+        chunk_rows: int = 1024,
+        queue_size: int = 16,
+        plugin_manager: pluggy.PluginManager | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise RecorderError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if int(every) < 1:
+            raise RecorderError(f"every={every} must be >= 1 (record every N-th training step)")
+        if max_rows_per_class is not None and int(max_rows_per_class) < 1:
+            raise RecorderError(f"max_rows_per_class={max_rows_per_class} must be >= 1 or None")
+        self.model = model
+        self.path = os.fspath(path)
+        self.hooks = Hooks(plugin_manager)
+        head = self.hooks.resolve_head(model=model, classifier=classifier)
+        if head is None:
+            raise HeadError(
+                f"model {model_name(model)} has no get_classifier() and no plugin knows its head; "
+                f"pass classifier=<the final nn.Linear>, e.g. Recorder(model, path, classifier=model.linear)"
+            )
+        self.head: Head = head
+        self.num_classes = head.num_classes
+        if class_names is None:
+            class_names = [str(i) for i in range(self.num_classes)]
+        class_names = [str(c) for c in class_names]
+        if len(class_names) != self.num_classes:
+            raise RecorderError(
+                f"class_names has {len(class_names)} names but classifier {head.name} has {self.num_classes} outputs; "
+                f"pass one name per class"
+            )
+        self.class_names = class_names
+        self.every = int(every)
+        self.max_rows_per_class = None if max_rows_per_class is None else int(max_rows_per_class)
+        self.rank = int(rank)
+        self.dtype = getattr(torch, dtype) if dtype in ("float16", "float32") else None
+        from . import __version__
+
+        self.metadata = {
+            "fragility_version": __version__,
+            "model_name": model_name(model),
+            "head": head.name,
+            "class_names": class_names,
+            "num_classes": self.num_classes,
+            "rank": self.rank,
+            "plugins": self.hooks.plugin_names(),
+        }
+        self._writer = StoreWriter(
+            self.path,
+            self.metadata,
+            dtype=dtype,
+            compression=compression,
+            chunk_rows=chunk_rows,
+            flush_interval=flush_interval,
+            queue_size=queue_size,
+            overwrite=overwrite,
+        )
+        self._logits: torch.Tensor | None = None
+        head.attach()
+        self._model_hook = model.register_forward_hook(self._on_output)
+        self._pass: dict[str, Any] | None = None
+        self._n_passes = 0
+        self._step = 0
+        self._calls = 0
+        self._rows_total = 0
+        self._feature_dim: int | None = None
+        self._closed = False
+        self.hooks.recording_start(store_path=self.path, model=model, metadata=dict(self.metadata))
+
+    # ------------------------------------------------------------------ hooks
+
+    def _on_output(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] == self.num_classes:
+            self._logits = output.detach()
+        else:
+            self._logits = None
+
+    # ------------------------------------------------------------------ passes
+
+    def start_pass(self, split: str, epoch: int = 0, *, mode: str | None = None) -> str:
+        """Start a pass (a training epoch or an eval sweep). Returns its name in the store."""
+        self._check_open()
+        if self._pass is not None:
+            raise RecorderError(
+                f"pass {self._pass['split']}@{self._pass['epoch']} is still open; call end_pass() before starting "
+                f"{split}@{epoch}"
+            )
+        if not isinstance(split, str) or not split:
+            raise RecorderError(f"split={split!r} must be a non-empty string such as 'train' or 'test'")
+        mode = mode or ("train" if self.model.training else "eval")
+        if mode not in ("train", "eval"):
+            raise RecorderError(f"mode={mode!r} must be 'train' or 'eval'")
+        name = f"{self._n_passes:04d}"
+        self._n_passes += 1
+        info = {"name": name, "split": split, "epoch": int(epoch), "mode": mode, "rank": self.rank}
+        self._writer.begin_pass(name, {k: v for k, v in info.items() if k != "name"})
+        self._pass = {**info, "rows": 0, "per_class": np.zeros(self.num_classes, dtype=np.int64), "labelled": None}
+        self.head.clear()
+        self._logits = None
+        self.hooks.pass_start(pass_info=self._public_info())
+        return name
+
+    def end_pass(self) -> None:
+        """End the current pass: snapshot the classifier and mark the pass complete."""
+        self._check_open()
+        p = self._pass
+        if p is None:
+            raise RecorderError("end_pass() called with no open pass; call start_pass() or use capture()")
+        weight = bias = None
+        if p["rows"]:
+            w, b = self.head.weight_bias()
+            weight, bias = w.float().cpu().numpy(), b.float().cpu().numpy()
+        self._writer.end_pass(p["name"], weight, bias)
+        if p["mode"] == "train" and p["labelled"] and self.every == 1 and self.max_rows_per_class is None:
+            self._writer.set_root_attrs({"class_counts": [int(c) for c in p["per_class"]]})
+        info = self._public_info()
+        self._pass = None
+        self.hooks.pass_end(pass_info=info)
+
+    @contextlib.contextmanager
+    def capture(self, split: str, epoch: int = 0, *, mode: str | None = None) -> Iterator[str]:
+        """Context manager around :meth:`start_pass` / :meth:`end_pass`."""
+        name = self.start_pass(split, epoch, mode=mode)
+        try:
+            yield name
+        finally:
+            if self._pass is not None and not self._closed:
+                self.end_pass()
+
+    def _public_info(self) -> dict[str, Any]:
+        p = self._pass or {}
+        return {k: p[k] for k in ("name", "split", "epoch", "mode", "rank", "rows") if k in p}
+
+    # ------------------------------------------------------------------ rows
+
+    def record(
+        self,
+        labels: Any = None,
+        *,
+        index: Any = None,
+        logits: torch.Tensor | None = None,
+    ) -> int:
+        """Record the batch of the last forward pass. Returns the number of rows queued.
+
+        Args:
+            labels: true class per row (tensor/array of ints), or ``None`` when unknown.
+            index: dataset sample id per row (lets DDP padding duplicates be dropped); ``-1`` if omitted.
+            logits: the model's logits, when its forward returns something else than an ``(N, C)`` tensor.
+
+        Raises:
+            RecorderError: no open pass, labels out of ``[0, C)``, or lengths that do not match the batch.
+        """
+        self._check_open()
+        p = self._pass
+        if p is None:
+            raise RecorderError("record() called outside a pass; wrap the loop in `with recorder.capture('train', epoch):`")
+        self._calls += 1
+        training = p["mode"] == "train"
+        if training:
+            self._step += 1
+            if (self._calls - 1) % self.every:
+                self.head.clear()
+                return 0
+        with torch.no_grad():
+            fe = self.head.features()
+            self.head.clear()
+            n, device = fe.shape[0], fe.device
+            weight, bias = self.head.weight_bias()
+            if logits is None:
+                logits = self._logits
+            if logits is None or logits.shape[0] != n:
+                logits = torch.addmm(bias, fe.to(weight.dtype), weight.t())
+            logits = logits.detach()
+            self._logits = None
+            if logits.shape != (n, self.num_classes):
+                raise RecorderError(f"logits have shape {tuple(logits.shape)}, expected ({n}, {self.num_classes})")
+            labelled = labels is not None
+            if p["labelled"] is None:
+                p["labelled"] = labelled
+            elif p["labelled"] != labelled:
+                raise RecorderError(
+                    f"pass {p['split']}@{p['epoch']} mixes batches with and without labels; pass labels for every batch or none"
+                )
+            y = _as_tensor(labels, "labels", n, device) if labelled else None
+            if y is not None:
+                y_cpu = y.cpu()
+                lo, hi = int(y_cpu.min()), int(y_cpu.max())
+                if lo < 0 or hi >= self.num_classes:
+                    bad = lo if lo < 0 else hi
+                    raise RecorderError(
+                        f"label {bad} is outside [0, {self.num_classes}) for classifier {self.head.name}; "
+                        f"check the dataset's targets or the model's num_classes"
+                    )
+            idx = _as_tensor(index, "index", n, device) if index is not None else torch.full((n,), -1, dtype=torch.int64, device=device)
+            keep = None
+            if training and self.max_rows_per_class is not None and y is not None:
+                keep_np = np.zeros(n, dtype=bool)
+                counts = p["per_class"]
+                for i, c in enumerate(y_cpu.numpy()):
+                    if counts[c] < self.max_rows_per_class:
+                        counts[c] += 1
+                        keep_np[i] = True
+                keep = torch.from_numpy(keep_np).to(device)
+            elif y is not None:
+                p["per_class"] += np.bincount(y_cpu.numpy(), minlength=self.num_classes)
+            pred = logits.argmax(dim=1)
+            w = weight.to(fe.dtype)
+            cols: dict[str, torch.Tensor] = {
+                "fe": fe,
+                "ce_pred": fe * w[pred],
+                "logits": logits,
+            }
+            if y is not None:
+                cols["ce_target"] = fe * w[y]
+                cols["label"] = y
+            else:
+                cols["label"] = torch.full((n,), -1, dtype=torch.int64, device=device)
+            cols["pred"] = pred
+            cols["index"] = idx
+            cols["step"] = torch.full((n,), self._step, dtype=torch.int64, device=device)
+            cols["rank"] = torch.full((n,), self.rank, dtype=torch.int32, device=device)
+            cols["nonfinite"] = ~(torch.isfinite(fe).all(1) & torch.isfinite(logits).all(1))
+            if keep is not None:
+                cols = {k: v[keep] for k, v in cols.items()}
+            rows = int(cols["pred"].shape[0])
+            if rows == 0:
+                return 0
+            if self._feature_dim is None:
+                self._feature_dim = int(fe.shape[1])
+                self._writer.set_root_attrs({"feature_dim": self._feature_dim, "head_shared_input": bool(self.head.shared_input)})
+            elif fe.shape[1] != self._feature_dim:
+                raise RecorderError(f"feature dim changed from {self._feature_dim} to {fe.shape[1]}; one store holds one head")
+            if p["rows"] == 0:
+                self._writer.write_classifier(p["name"], weight.float().cpu().numpy(), bias.float().cpu().numpy())
+            self.hooks.batch_recorded(pass_info=self._public_info(), batch={k: v for k, v in cols.items() if k != "nonfinite"})
+            host, event = self._to_host(cols)
+        self._writer.append(p["name"], host, event)
+        p["rows"] += rows
+        self._rows_total += rows
+        return rows
+
+    def _to_host(self, cols: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Any]:
+        """Copy columns to host memory; asynchronously (pinned memory + CUDA event) on a GPU."""
+        out = {}
+        on_cuda = cols["fe"].is_cuda
+        for k, v in cols.items():
+            if v.dtype.is_floating_point:
+                v = v.to(self.dtype)
+            if on_cuda:
+                host = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+                host.copy_(v, non_blocking=True)
+                out[k] = host
+            else:
+                # fresh tensors need no copy; the model's own tensors might be reused by the caller
+                out[k] = v.clone() if k in ("fe", "logits", "label", "index") and v.dtype != torch.float16 else v
+        event = None
+        if on_cuda:
+            event = torch.cuda.Event()
+            event.record()
+        return out, event
+
+    def evaluate(
+        self,
+        loader: Iterable,
+        *,
+        split: str = "test",
+        epoch: int = 0,
+        device: torch.device | str | None = None,
+    ) -> str:
+        """Sweep ``loader`` in eval mode under ``no_grad`` and record every row as one pass.
+
+        Batches are ``(x, y)``, ``(x, y, index)`` or ``x``. The model's train/eval mode is restored.
+        Rows without an explicit index get their position in the sweep as ``index``.
+        """
+        if device is None:
+            param = next(self.model.parameters(), None)
+            device = param.device if param is not None else torch.device("cpu")
+        was_training = self.model.training
+        self.model.eval()
+        offset = 0
+        try:
+            with torch.no_grad(), self.capture(split, epoch, mode="eval") as name:
+                for batch in loader:
+                    x, y, idx = _unpack(batch)
+                    n = x.shape[0]
+                    self.model(x.to(device, non_blocking=True))
+                    if idx is None:
+                        idx = torch.arange(offset, offset + n)
+                    self.record(y, index=idx)
+                    offset += n
+        finally:
+            self.model.train(was_training)
+        return name
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def flush(self) -> dict[str, int]:
+        """Block until every recorded row is committed; return committed rows per pass name."""
+        self._check_open()
+        return self._writer.flush()
+
+    @property
+    def flushed_rows(self) -> dict[str, int]:
+        """Rows per pass acknowledged as committed (they survive a crash)."""
+        return dict(self._writer.flushed_rows)
+
+    def close(self) -> dict[str, int]:
+        """End any open pass, flush, remove every hook, close the store. Returns a summary."""
+        if self._closed:
+            return self._summary
+        try:
+            if self._pass is not None:
+                self.end_pass()
+        finally:
+            self.head.remove()
+            self._model_hook.remove()
+            self._closed = True
+            self._writer.close()
+        nonfinite = self._writer.nonfinite_rows
+        self._summary = {"passes": self._n_passes, "rows": self._rows_total, "nonfinite_rows": nonfinite}
+        if nonfinite:
+            warnings.warn(
+                f"{nonfinite} recorded rows of {self.path} have non-finite FE or logits; they are stored, counted "
+                f"per pass (nonfinite_rows) and skipped by analyzers",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self.hooks.recording_end(store_path=self.path, summary=dict(self._summary))
+        return self._summary
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RecorderError(f"recorder for {self.path} is closed; create a new Recorder to record more")
+        self._writer.raise_if_failed()
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _unpack(batch: Any) -> tuple[torch.Tensor, Any, Any]:
+    if isinstance(batch, torch.Tensor):
+        return batch, None, None
+    if isinstance(batch, dict):
+        return batch["x"] if "x" in batch else batch["image"], batch.get("y", batch.get("label")), batch.get("index")
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 2:
+            return batch[0], batch[1], None
+        if len(batch) >= 3:
+            return batch[0], batch[1], batch[2]
+        return batch[0], None, None
+    raise RecorderError(f"cannot unpack a batch of type {type(batch).__name__}; yield (x, y) or (x, y, index)")

@@ -1,0 +1,32 @@
+"""Names and versions of the on-disk format (specified in docs/format.md)."""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+ENCODING_VERSION = "1.0"
+
+STORE_TYPE = "fragility-store"
+PASS_TYPE = "fragility-pass"
+COLUMN_TYPE = "fragility-column"
+CLASSIFIER_TYPE = "fragility-classifier"
+STATUS_TYPE = "fragility-status"
+
+ROOT_FILE = "store.h5"
+PASSES_DIR = "passes"
+LOCK_FILE = ".writer.lock"
+
+#: per-sample float columns, shape (N, D) except logits (N, C)
+FLOAT_COLUMNS = ("fe", "ce_pred", "ce_target", "logits")
+#: per-sample integer columns, shape (N,)
+INT_COLUMNS = {"label": "<i8", "pred": "<i8", "index": "<i8", "step": "<i8", "rank": "<i4"}
+ALL_COLUMNS = FLOAT_COLUMNS + tuple(INT_COLUMNS)
+STORAGE_DTYPES = ("float16", "float32")
+
+#: layout of a pass file's ``status`` dataset (int64)
+STATUS_FIELDS = ("committed", "complete", "nonfinite_rows", "finished_unix_ms")
+
+
+def encode(obj, kind: str) -> None:
+    """Stamp an HDF5 element with its ``encoding-type`` / ``encoding-version``."""
+    obj.attrs["encoding-type"] = kind
+    obj.attrs["encoding-version"] = ENCODING_VERSION

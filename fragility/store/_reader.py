@@ -1,0 +1,377 @@
+"""Reading stores: lazy, chunked, selectable; safe while a writer is still appending."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..errors import SelectionError, StoreError, StoreVersionError, close_matches
+from ._format import ALL_COLUMNS, PASS_TYPE, PASSES_DIR, ROOT_FILE, SCHEMA_VERSION, STATUS_FIELDS, STORE_TYPE
+
+_JSON_ATTRS = ("class_names", "class_counts", "plugins")
+
+
+@dataclass(frozen=True)
+class PassInfo:
+    """One pass of a store: a training epoch or an eval sweep of a split."""
+
+    name: str
+    split: str
+    epoch: int
+    mode: str
+    rank: int
+    rows: int
+    complete: bool
+    started: str
+    finished: str
+    nonfinite_rows: int
+    columns: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.split}@{self.epoch}" + ("" if self.complete else " (incomplete)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _open_h5(path: str, what: str) -> h5py.File:
+    """Open one HDF5 file of a store read-only, live or killed writers included."""
+    try:
+        is_h5 = h5py.is_hdf5(path)
+    except OSError:
+        is_h5 = False
+    if not is_h5:
+        raise StoreError(f"{what} {path} is not an HDF5 file, so not part of a fragility store; re-record it or restore a copy")
+    try:
+        return h5py.File(path, "r", locking=False)
+    except (OSError, ValueError) as exc:
+        msg = str(exc).splitlines()[0]
+    if "already open for write" in msg or "SWMR" in msg:
+        # the writer is live or was killed: SWMR read mode accepts such a file. (Only then: on a truncated
+        # file SWMR read retries its checksums for a long time.)
+        try:
+            return h5py.File(path, "r", swmr=True, locking=False)
+        except (OSError, ValueError) as exc:
+            msg = str(exc).splitlines()[0]
+    raise StoreError(f"{what} {path} is corrupt or truncated and cannot be opened ({msg}); re-record it or restore a copy")
+
+
+def _resolve_dir(path: str) -> str:
+    if not os.path.exists(path):
+        raise StoreError(f"store {path} does not exist; check the path (record one with fragility.Recorder)")
+    if os.path.isfile(path):
+        if os.path.basename(path) == ROOT_FILE:
+            return os.path.dirname(path) or "."
+        kind = "an HDF5 file" if _is_hdf5(path) else "a file"
+        raise StoreError(
+            f"{path} is {kind}, not a fragility store; a store is the directory written by fragility.Recorder "
+            f"(it holds {ROOT_FILE} and {PASSES_DIR}/)"
+        )
+    if not os.path.exists(os.path.join(path, ROOT_FILE)):
+        raise StoreError(f"{path} is a directory without {ROOT_FILE}, so not a fragility store; pass the directory written by fragility.Recorder")
+    return path
+
+
+def _is_hdf5(path: str) -> bool:
+    try:
+        return bool(h5py.is_hdf5(path))
+    except OSError:
+        return False
+
+
+class Store:
+    """A read-only view of a store file.
+
+    Args:
+        path: the store directory written by :class:`fragility.Recorder`.
+
+    Raises:
+        StoreError: missing, not HDF5, foreign, corrupt or truncated file.
+        StoreVersionError: written by a newer schema version.
+
+    Example:
+        >>> store = Store("run.fragility")                       # doctest: +SKIP
+        >>> [p.label for p in store.select(split="test")]  # doctest: +SKIP
+        ['test@0', 'test@1']
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = _resolve_dir(os.fspath(path))
+        self._files: dict[str, h5py.File] = {}
+        self._load()
+
+    def _load(self) -> None:
+        root_path = os.path.join(self.path, ROOT_FILE)
+        f = _open_h5(root_path, "store root")
+        try:
+            kind = _decode(f.attrs.get("encoding-type"))
+            if kind != STORE_TYPE:
+                raise StoreError(
+                    f"{root_path} is an HDF5 file but not a fragility store root (encoding-type={kind!r}); "
+                    f"pass a directory written by fragility.Recorder"
+                )
+            version = int(_decode(f.attrs.get("schema_version", 0)))
+            if version > SCHEMA_VERSION:
+                raise StoreVersionError(
+                    f"store {self.path} has schema version {version}, newer than the {SCHEMA_VERSION} this fragility "
+                    f"reads; upgrade fragility (pip install -U fragility)"
+                )
+            meta: dict[str, Any] = {}
+            for key, value in f.attrs.items():
+                value = _decode(value)
+                if key in _JSON_ATTRS and isinstance(value, str):
+                    value = json.loads(value)
+                meta[key] = value
+        except (OSError, KeyError, ValueError, RuntimeError) as exc:
+            raise StoreError(f"store root {root_path} is corrupt ({str(exc).splitlines()[0]}); re-record it or restore a copy") from None
+        finally:
+            f.close()
+        self.metadata = meta
+        self.passes = self._read_passes()
+
+    def _pass_file(self, name: str) -> h5py.File:
+        f = self._files.get(name)
+        if f is None:
+            f = self._files[name] = _open_h5(os.path.join(self.path, PASSES_DIR, f"{name}.h5"), "pass file")
+        return f
+
+    def _read_passes(self) -> list[PassInfo]:
+        out = []
+        folder = os.path.join(self.path, PASSES_DIR)
+        names = sorted(n[:-3] for n in os.listdir(folder) if n.endswith(".h5") and not n.startswith("."))
+        for name in names:
+            g = self._pass_file(name)
+            try:
+                if _decode(g.attrs.get("encoding-type")) != PASS_TYPE:
+                    raise StoreError(f"pass file {g.filename} is not a fragility pass (encoding-type missing)")
+                status_ds = g["status"]
+                if g.swmr_mode:
+                    status_ds.refresh()
+                status = dict(zip(STATUS_FIELDS, (int(v) for v in status_ds[...])))
+                a = {k: _decode(v) for k, v in g.attrs.items()}
+                columns = tuple(c for c in ALL_COLUMNS if c in g)
+            except (OSError, KeyError, ValueError, RuntimeError) as exc:
+                raise StoreError(f"pass file {g.filename} is corrupt ({str(exc).splitlines()[0]}); delete it or restore a copy") from None
+            finished = ""
+            if status["finished_unix_ms"]:
+                finished = _dt.datetime.fromtimestamp(status["finished_unix_ms"] / 1000, _dt.timezone.utc).isoformat(timespec="milliseconds")
+            out.append(
+                PassInfo(
+                    name=name,
+                    split=str(a.get("split", "")),
+                    epoch=int(a.get("epoch", -1)),
+                    mode=str(a.get("mode", "")),
+                    rank=int(a.get("rank", 0)),
+                    rows=status["committed"],
+                    complete=bool(status["complete"]),
+                    started=str(a.get("started", "")),
+                    finished=finished,
+                    nonfinite_rows=status["nonfinite_rows"],
+                    columns=columns,
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------------ metadata
+
+    @property
+    def class_names(self) -> list[str]:
+        names = self.metadata.get("class_names")
+        if names:
+            return [str(n) for n in names]
+        return [str(i) for i in range(self.num_classes)]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.metadata.get("num_classes", 0))
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.metadata.get("feature_dim", 0))
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted({p.split for p in self.passes})
+
+    def refresh(self) -> None:
+        """Re-read the store to see rows and passes a live writer added since opening."""
+        self.close()
+        self._load()
+
+    def close(self) -> None:
+        for f in self._files.values():
+            try:
+                f.close()
+            except Exception:  # noqa: BLE001 - closing a broken file must not hide the real error
+                pass
+        self._files.clear()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ selection
+
+    def select(
+        self,
+        *,
+        split: str | Sequence[str] | None = None,
+        epoch: int | str | Sequence[int] | None = None,
+        mode: str | None = None,
+        rank: int | None = None,
+        complete_only: bool = False,
+    ) -> list[PassInfo]:
+        """Passes matching the filters, in recording order. ``epoch="last"`` picks each split's last epoch.
+
+        Raises:
+            SelectionError: a split or epoch the store does not hold (with close matches).
+        """
+        passes = [p for p in self.passes if p.rows > 0 or p.complete]
+        if complete_only:
+            passes = [p for p in passes if p.complete]
+        if split is not None:
+            wanted = [split] if isinstance(split, str) else list(split)
+            have = sorted({p.split for p in passes})
+            for s in wanted:
+                if s not in have:
+                    raise SelectionError(
+                        f"split {s!r} is not in store {self.path}{close_matches(s, have)}; it holds: {', '.join(have) or 'no passes'}"
+                    )
+            passes = [p for p in passes if p.split in wanted]
+        if epoch is not None:
+            if epoch == "last":
+                last: dict[str, int] = {}
+                for p in passes:
+                    last[p.split] = max(last.get(p.split, p.epoch), p.epoch)
+                passes = [p for p in passes if p.epoch == last[p.split]]
+            else:
+                wanted_e = [int(epoch)] if isinstance(epoch, (int, str)) else [int(e) for e in epoch]
+                have_e = sorted({p.epoch for p in passes})
+                for e in wanted_e:
+                    if e not in have_e:
+                        raise SelectionError(
+                            f"epoch {e} is not in store {self.path} for this selection; it holds epochs: "
+                            f"{', '.join(map(str, have_e)) or 'none'}"
+                        )
+                passes = [p for p in passes if p.epoch in wanted_e]
+        if mode is not None:
+            passes = [p for p in passes if p.mode == mode]
+        if rank is not None:
+            passes = [p for p in passes if p.rank == rank]
+        return passes
+
+    def pass_info(self, name: str) -> PassInfo:
+        for p in self.passes:
+            if p.name == name:
+                return p
+        raise SelectionError(f"pass {name!r} is not in store {self.path}{close_matches(name, [p.name for p in self.passes])}")
+
+    # ------------------------------------------------------------------ rows
+
+    def classifier(self, p: PassInfo) -> tuple[np.ndarray, np.ndarray]:
+        """The pass's classifier snapshot ``(weight (C, D), bias (C,))``."""
+        g = self._pass_file(p.name)
+        if "classifier" not in g:
+            raise StoreError(f"pass {p.name} of {self.path} holds no classifier snapshot (interrupted before its first row)")
+        return g["classifier/weight"][...], g["classifier/bias"][...]
+
+    def read(self, p: PassInfo, columns: Sequence[str], start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+        """Read committed rows ``[start, stop)`` of the given columns of pass ``p``."""
+        stop = p.rows if stop is None else min(stop, p.rows)
+        g = self._pass_file(p.name)
+        out = {}
+        for c in columns:
+            if c not in p.columns:
+                raise SelectionError(
+                    f"column {c!r} is not in pass {p.name} ({p.label}) of {self.path}; it holds {', '.join(p.columns)}"
+                )
+            try:
+                out[c] = g[c][start:stop]
+            except (OSError, RuntimeError) as exc:
+                raise StoreError(
+                    f"store {self.path} is corrupt: reading {p.name}/{c} rows {start}:{stop} failed ({str(exc).splitlines()[0]})"
+                ) from None
+        return out
+
+    def iter_rows(
+        self,
+        passes: Sequence[PassInfo],
+        columns: Sequence[str],
+        *,
+        chunk_rows: int = 65536,
+        classes: Sequence[int] | None = None,
+        correct: bool | None = None,
+    ) -> Iterator[tuple[PassInfo, dict[str, np.ndarray]]]:
+        """Yield ``(pass, rows)`` chunks; rows are filtered by true class and correctness.
+
+        Only ``label``/``pred`` are read for rows a filter drops; chunks with no selected row skip the
+        float columns entirely.
+        """
+        if chunk_rows < 1:
+            raise SelectionError(f"chunk_rows={chunk_rows} must be positive")
+        need = list(dict.fromkeys(columns))
+        filt = classes is not None or correct is not None
+        for p in passes:
+            for start in range(0, p.rows, chunk_rows):
+                stop = min(start + chunk_rows, p.rows)
+                if not filt:
+                    yield p, self.read(p, need, start, stop)
+                    continue
+                keys = self.read(p, ["label", "pred"], start, stop)
+                mask = np.ones(stop - start, dtype=bool)
+                if classes is not None:
+                    mask &= np.isin(keys["label"], np.asarray(list(classes)))
+                if correct is not None:
+                    mask &= (keys["label"] == keys["pred"]) == bool(correct)
+                if not mask.any():
+                    continue
+                rest = [c for c in need if c not in keys]
+                rows = self.read(p, rest, start, stop)
+                rows.update({k: v for k, v in keys.items() if k in need})
+                yield p, {k: v[mask] for k, v in rows.items()}
+
+    def datasets(self) -> list[dict[str, Any]]:
+        """Every dataset with shape, dtype, chunks and compression (for ``fragility inspect``)."""
+        out: list[dict[str, Any]] = []
+        for p in self.passes:
+            f = self._pass_file(p.name)
+
+            def visit(name: str, obj: Any, prefix: str = p.name) -> None:
+                if isinstance(obj, h5py.Dataset):
+                    out.append(
+                        {
+                            "path": f"{PASSES_DIR}/{prefix}.h5:{name}",
+                            "shape": [p.rows if name in ALL_COLUMNS else n for n in obj.shape[:1]] + list(obj.shape[1:]),
+                            "dtype": str(obj.dtype),
+                            "chunks": list(obj.chunks) if obj.chunks else None,
+                            "compression": obj.compression,
+                        }
+                    )
+
+            f.visititems(visit)
+        return out
+
+    def size_bytes(self) -> int:
+        """Bytes on disk of the store's files."""
+        total = 0
+        for folder, _, files in os.walk(self.path):
+            total += sum(os.path.getsize(os.path.join(folder, n)) for n in files)
+        return total

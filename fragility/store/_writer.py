@@ -1,0 +1,432 @@
+"""The store writer: one background thread owns the files; producers feed it a bounded queue.
+
+A store is a directory: ``store.h5`` (root metadata) and ``passes/NNNN.h5``, one HDF5 file per pass.
+
+Crash safety by design (measured, see docs/format.md). HDF5's SWMR mode orders metadata writes so that a
+file stays readable after its writer dies, but only for appends to existing datasets and writes of their
+values — creating groups or writing attributes under SWMR is not covered, and a plain HDF5 file killed
+while open for writing does not open at all. So:
+
+* a pass file is built completely (attributes, every dataset at 0 rows, ``status``) under a temporary
+  name, switched to SWMR mode, and only then renamed into place;
+* afterwards only SWMR-safe operations touch it: extending and writing columns, and writing the int64
+  ``status`` dataset ``[committed, complete, nonfinite_rows, finished_unix_ms]``;
+* the writer advances ``committed`` only after flushing every column: rows below it are *acknowledged*
+  (:attr:`StoreWriter.flushed_rows`) and survive a SIGKILL; ``complete`` is set last;
+* ``store.h5`` is only ever replaced atomically (write a temporary file, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import queue
+import shutil
+import threading
+import time
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..errors import RecorderError, StoreError
+from ._format import (
+    CLASSIFIER_TYPE,
+    COLUMN_TYPE,
+    INT_COLUMNS,
+    LOCK_FILE,
+    PASS_TYPE,
+    PASSES_DIR,
+    ROOT_FILE,
+    SCHEMA_VERSION,
+    STATUS_TYPE,
+    STORAGE_DTYPES,
+    STORE_TYPE,
+    encode,
+)
+
+_STOP = object()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _attr(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool, np.generic)) else json.dumps(value)
+
+
+def _acquire_writer_lock(directory: str):
+    """One writer per store: an exclusive ``flock`` on ``<store>/.writer.lock`` (the OS drops it on a crash)."""
+    import fcntl
+
+    handle = open(os.path.join(directory, LOCK_FILE), "a+")  # noqa: SIM115 - held for the writer's lifetime
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip() or "?"
+        handle.close()
+        raise StoreError(
+            f"store {directory} is being written by another process (pid {owner}); one writer per store — "
+            f"use one store per rank, or wait for the other writer to close"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+class _Pass:
+    def __init__(self, name: str, attrs: dict[str, Any]) -> None:
+        self.name = name
+        self.attrs = attrs
+        self.file: h5py.File | None = None
+        self.status: h5py.Dataset | None = None
+        self.columns: dict[str, h5py.Dataset] = {}
+        self.rows = 0
+        self.committed = 0
+        self.nonfinite = 0
+        self.pending: list[dict[str, np.ndarray]] = []
+        self.pending_rows = 0
+        self.weight: np.ndarray | None = None
+        self.bias: np.ndarray | None = None
+
+
+class StoreWriter:
+    """Creates a store directory and appends rows to it from a background thread.
+
+    Args:
+        path: the store directory to create.
+        metadata: root attributes (model name, class names, …).
+        dtype: ``"float16"`` or ``"float32"`` for the float columns.
+        compression: ``None``, ``"gzip"`` or ``"lzf"``.
+        chunk_rows: rows per HDF5 chunk (and per write: batches are buffered to whole chunks).
+        flush_interval: seconds between commits (flush + ``committed``); ``0`` commits every batch.
+        queue_size: batches that may wait for the writer (back-pressure beyond that).
+        overwrite: replace an existing store.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        metadata: dict[str, Any],
+        *,
+        dtype: str = "float16",
+        compression: str | None = None,
+        chunk_rows: int = 1024,
+        flush_interval: float = 1.0,
+        queue_size: int = 16,
+        overwrite: bool = False,
+    ) -> None:
+        self.path = os.fspath(path)
+        if dtype not in STORAGE_DTYPES:
+            raise RecorderError(f"dtype={dtype!r} is not a storage dtype; use one of {', '.join(STORAGE_DTYPES)}")
+        if compression not in (None, "gzip", "lzf"):
+            raise RecorderError(f"compression={compression!r} is not supported; use None, 'gzip' or 'lzf'")
+        if chunk_rows < 1:
+            raise RecorderError(f"chunk_rows={chunk_rows} must be a positive number of rows")
+        self.dtype = np.dtype(dtype)
+        self.compression = compression
+        self.chunk_rows = int(chunk_rows)
+        self.flush_interval = float(flush_interval)
+        self._prepare_directory(overwrite)
+        self._root = {
+            "encoding-type": STORE_TYPE,
+            "encoding-version": "1.0",
+            "schema_version": SCHEMA_VERSION,
+            "created": _now(),
+            "storage_dtype": dtype,
+            **metadata,
+        }
+        try:
+            self._write_root()
+        except OSError as exc:
+            self._release_lock()
+            raise StoreError(f"cannot create store {self.path}: {str(exc).splitlines()[0]}") from None
+        self._passes: dict[str, _Pass] = {}
+        self._order: list[str] = []
+        self.flushed_rows: dict[str, int] = {}
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(queue_size)))
+        self._error: BaseException | None = None
+        self._last_commit = time.monotonic()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="fragility-writer", daemon=True)
+        self._thread.start()
+
+    def _prepare_directory(self, overwrite: bool) -> None:
+        path = self.path
+        if os.path.isfile(path):
+            raise StoreError(f"{path} is a file; a store is a directory — choose a new path such as {path}.fragility")
+        if os.path.isdir(path) and os.listdir(path):
+            is_store = os.path.exists(os.path.join(path, ROOT_FILE))
+            if not is_store:
+                raise StoreError(f"{path} is a non-empty directory that is not a fragility store; refusing to write into it")
+            self._lock = _acquire_writer_lock(path)
+            if not overwrite:
+                self._release_lock()
+                raise StoreError(f"store {path} already exists; pass overwrite=True or choose another path")
+            os.remove(os.path.join(path, ROOT_FILE))
+            shutil.rmtree(os.path.join(path, PASSES_DIR), ignore_errors=True)
+        else:
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create store {path}: {exc.strerror}") from None
+            self._lock = _acquire_writer_lock(path)
+        os.makedirs(os.path.join(path, PASSES_DIR), exist_ok=True)
+
+    def _write_root(self) -> None:
+        """Replace ``store.h5`` atomically: a crash leaves the old or the new file, never half of one."""
+        final = os.path.join(self.path, ROOT_FILE)
+        tmp = final + ".tmp"
+        with h5py.File(tmp, "w", libver="latest", locking=False) as f:
+            for key, value in self._root.items():
+                f.attrs[key] = _attr(value)
+        os.replace(tmp, final)
+
+    # ---------------------------------------------------------------- producer side (any thread)
+
+    def _put(self, msg: tuple) -> None:
+        self.raise_if_failed()
+        if self._closed:
+            raise RecorderError(f"store {self.path} is closed; open a new Recorder to record more")
+        self._queue.put(msg)
+
+    def raise_if_failed(self) -> None:
+        if self._error is not None:
+            kept = sum(self.flushed_rows.values())
+            raise StoreError(
+                f"writing store {self.path} failed: {str(self._error).splitlines()[0]}; "
+                f"the {kept} rows flushed before it are kept"
+            )
+
+    def begin_pass(self, name: str, attrs: dict[str, Any]) -> None:
+        """Start a pass; returns once its placeholder file (complete=0) is on disk."""
+        self._put(("begin", name, attrs))
+        self.flush()
+
+    def append(self, name: str, columns: dict[str, Any], event: Any = None) -> None:
+        """Queue rows (numpy arrays or CPU tensors, possibly pending a CUDA ``event``).
+
+        An optional boolean column ``nonfinite`` flags rows whose ``fe``/``logits`` are not finite; it
+        is counted, not stored. Without it the writer computes the flags itself.
+        """
+        self._put(("rows", name, columns, event))
+
+    def write_classifier(self, name: str, weight: np.ndarray, bias: np.ndarray) -> None:
+        self._put(("classifier", name, weight, bias))
+
+    def end_pass(self, name: str, weight: np.ndarray | None = None, bias: np.ndarray | None = None) -> None:
+        self._put(("end", name, weight, bias))
+
+    def set_root_attrs(self, attrs: dict[str, Any]) -> None:
+        self._put(("root", attrs))
+
+    def flush(self) -> dict[str, int]:
+        """Block until every queued row is committed; return the acknowledged rows per pass."""
+        done = threading.Event()
+        self._put(("flush", done))
+        while not done.wait(0.1):
+            if not self._thread.is_alive():
+                break
+        self.raise_if_failed()
+        return dict(self.flushed_rows)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        if self._thread.is_alive():
+            self._queue.put((_STOP,))
+            self._thread.join()
+        self._closed = True
+        for p in self._passes.values():
+            if p.file is not None:
+                try:
+                    p.file.close()
+                except Exception:  # noqa: BLE001 - the disk may be gone; raise_if_failed says so
+                    pass
+        self._release_lock()
+        self.raise_if_failed()
+
+    def _release_lock(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            try:
+                os.unlink(lock.name)
+            except OSError:
+                pass
+            lock.close()  # closing the descriptor releases the flock
+            self._lock = None
+
+    @property
+    def nonfinite_rows(self) -> int:
+        return sum(p.nonfinite for p in self._passes.values())
+
+    # ---------------------------------------------------------------- writer thread
+
+    def _run(self) -> None:
+        while True:
+            msg = self._queue.get()
+            kind = msg[0]
+            if kind is _STOP:
+                if self._error is None:
+                    self._guard(self._commit)
+                return
+            if kind == "flush":
+                if self._error is None:
+                    self._guard(self._commit)
+                msg[1].set()
+                continue
+            if self._error is not None:
+                continue  # drain: keep producers unblocked after a failure
+            self._guard(getattr(self, f"_on_{kind}"), *msg[1:])
+            if kind == "rows" and time.monotonic() - self._last_commit >= self.flush_interval:
+                self._guard(self._commit)
+
+    def _guard(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - reported to the producer by raise_if_failed
+            self._error = exc
+
+    def _on_root(self, attrs: dict[str, Any]) -> None:
+        self._root.update(attrs)
+        self._write_root()
+
+    def _on_begin(self, name: str, attrs: dict[str, Any]) -> None:
+        p = self._passes[name] = _Pass(name, {**attrs, "started": _now()})
+        self._order.append(name)
+        self.flushed_rows[name] = 0
+        # a closed placeholder (no columns, complete=0) makes a pass killed before its first rows visible
+        self._build_pass_file(p, {}, keep_open=False)
+
+    def _on_classifier(self, name: str, weight: np.ndarray, bias: np.ndarray) -> None:
+        p = self._passes[name]
+        p.weight, p.bias = weight, bias
+        if p.file is not None:
+            self._write_classifier(p)
+
+    def _on_rows(self, name: str, columns: dict[str, Any], event: Any) -> None:
+        if event is not None:
+            event.synchronize()
+        arrays = {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in columns.items()}
+        p = self._passes[name]
+        flags = arrays.pop("nonfinite", None)
+        if flags is None:  # producers may pass per-row flags computed where the data lives (cheaper)
+            flags = ~(np.isfinite(arrays["fe"]).all(axis=1) & np.isfinite(arrays["logits"]).all(axis=1))
+        p.nonfinite += int(np.count_nonzero(flags))
+        p.pending.append(arrays)
+        p.pending_rows += len(arrays["pred"])
+        if p.pending_rows >= self.chunk_rows:
+            self._write_pending(p)
+
+    def _on_end(self, name: str, weight: np.ndarray | None, bias: np.ndarray | None) -> None:
+        p = self._passes[name]
+        if weight is not None and bias is not None:
+            p.weight, p.bias = weight, bias
+        self._write_pending(p)
+        finished = int(time.time() * 1000)
+        if p.file is None:  # no rows: replace the placeholder by a finished one
+            self._build_pass_file(p, {}, keep_open=False, status=np.array([0, 1, p.nonfinite, finished], dtype="<i8"))
+            return
+        self._write_classifier(p)
+        self._commit_pass(p)
+        p.status[...] = np.array([p.rows, 1, p.nonfinite, finished], dtype="<i8")
+        p.status.flush()
+        p.file.close()
+        p.file = None
+
+    # ---------------------------------------------------------------- pass files
+
+    def _pass_path(self, name: str) -> str:
+        return os.path.join(self.path, PASSES_DIR, f"{name}.h5")
+
+    def _build_pass_file(
+        self, p: _Pass, arrays: dict[str, np.ndarray], *, keep_open: bool = True, status: np.ndarray | None = None
+    ) -> h5py.File | None:
+        """Build a whole pass file under a temporary name, enter SWMR mode, then rename it into place.
+
+        Nothing that SWMR does not cover (creating objects, writing attributes) ever happens to a file
+        that is already in place; a placeholder is replaced the same way.
+        """
+        final = self._pass_path(p.name)
+        tmp = os.path.join(os.path.dirname(final), f".{p.name}.h5.tmp")
+        f = h5py.File(tmp, "w", libver="latest", locking=False)
+        encode(f, PASS_TYPE)
+        for key, value in p.attrs.items():
+            f.attrs[key] = _attr(value)
+        p.columns = {}
+        for key, arr in arrays.items():
+            if key in INT_COLUMNS:
+                dtype, shape = np.dtype(INT_COLUMNS[key]), ()
+            else:
+                dtype, shape = self.dtype, arr.shape[1:]
+            ds = f.create_dataset(
+                key, shape=(0, *shape), maxshape=(None, *shape), chunks=(self.chunk_rows, *shape),
+                dtype=dtype, compression=self.compression,
+            )
+            encode(ds, COLUMN_TYPE)
+            p.columns[key] = ds
+        if p.weight is not None and p.bias is not None:
+            g = f.create_group("classifier")
+            encode(g, CLASSIFIER_TYPE)
+            for key, value in (("weight", p.weight), ("bias", p.bias)):
+                encode(g.create_dataset(key, data=np.asarray(value, dtype="<f4")), COLUMN_TYPE)
+        status_ds = f.create_dataset("status", data=np.zeros(4, dtype="<i8") if status is None else status)
+        encode(status_ds, STATUS_TYPE)
+        f.flush()
+        if keep_open:
+            f.swmr_mode = True
+            p.status = status_ds
+        else:
+            f.close()
+            f = None
+        os.replace(tmp, final)
+        return f
+
+    def _write_classifier(self, p: _Pass) -> None:
+        if p.file is None or p.weight is None or p.bias is None or "classifier" not in p.file:
+            return
+        p.file["classifier/weight"][...] = p.weight
+        p.file["classifier/bias"][...] = p.bias
+
+    def _write_pending(self, p: _Pass) -> None:
+        """Write buffered batches as one block: fewer, chunk-aligned HDF5 calls than one per batch."""
+        if not p.pending:
+            return
+        if len(p.pending) == 1:
+            arrays = p.pending[0]
+        else:
+            arrays = {k: np.concatenate([b[k] for b in p.pending]) for k in p.pending[0]}
+        p.pending, p.pending_rows = [], 0
+        if p.file is None:
+            p.file = self._build_pass_file(p, arrays)
+        if set(arrays) != set(p.columns):
+            raise RecorderError(f"columns changed within pass {p.name}: {sorted(arrays)} vs {sorted(p.columns)}")
+        n = len(arrays["pred"])
+        start, stop = p.rows, p.rows + n
+        for key, ds in p.columns.items():
+            ds.resize(stop, axis=0)
+            ds.write_direct(np.ascontiguousarray(arrays[key], dtype=ds.dtype), dest_sel=np.s_[start:stop])
+        p.rows = stop
+
+    def _commit_pass(self, p: _Pass) -> None:
+        self._write_pending(p)
+        if p.file is None or p.committed == p.rows:
+            return
+        for ds in p.columns.values():
+            ds.flush()
+        p.status[...] = np.array([p.rows, 0, p.nonfinite, 0], dtype="<i8")
+        p.status.flush()
+        p.committed = p.rows
+        self.flushed_rows[p.name] = p.rows
+
+    def _commit(self) -> None:
+        for name in self._order:
+            p = self._passes[name]
+            if p.file is not None or p.pending:
+                self._commit_pass(p)
+        self._last_commit = time.monotonic()

@@ -1,0 +1,42 @@
+"""Recording subprocess for tests/test_crash.py: records forever, prints each acknowledged flush."""
+
+import sys
+
+import torch
+from torch import nn
+
+import fragility
+
+BATCH, BATCHES_PER_PASS, D, C = 32, 20, 8, 3
+
+
+def make_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(D, C)).eval()
+
+
+def batch(b):
+    g = torch.Generator().manual_seed(1000 + b)
+    return torch.randn(BATCH, D, generator=g), torch.randint(0, C, (BATCH,), generator=g)
+
+
+def main(path):
+    model = make_model()
+    rec = fragility.Recorder(model, path, classifier=model[1], dtype="float32", flush_interval=0.02, chunk_rows=64)
+    print("READY", flush=True)
+    b = 0
+    with torch.no_grad():
+        while True:
+            with rec.capture("train", epoch=b // BATCHES_PER_PASS, mode="eval") as name:
+                print("BEGIN", name, flush=True)
+                for _ in range(BATCHES_PER_PASS):
+                    x, y = batch(b)
+                    model(x)
+                    rec.record(y, index=torch.arange(b * BATCH, (b + 1) * BATCH))
+                    b += 1
+                    if b % 3 == 0:
+                        print("ACK", name, rec.flush()[name], flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

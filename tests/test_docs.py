@@ -1,0 +1,22 @@
+"""Runnable examples in docs/ are executed so they stay true."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def _blocks(name: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (DOCS / name).read_text(), flags=re.S)
+
+
+def test_quickstart_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for block in _blocks("quickstart.md"):
+        exec(compile(block, "quickstart.md", "exec"), {})
+    out = capsys.readouterr().out.split("\n")
+    assert out[:4] == ["train 0 train 120 complete", "test 0 eval 120 complete", "train 1 train 120 complete", "test 1 eval 120 complete"]

@@ -1,0 +1,85 @@
+"""docs/format.md is the spec: a recorded store matches every table; released schemas stay readable."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+import timm
+import torch
+
+import fragility
+from fragility import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = (ROOT / "docs" / "format.md").read_text()
+
+
+def _table(heading: str) -> list[list[str]]:
+    section = SPEC.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+    return [[c.strip().strip("`") for c in r.strip("|").split("|")] for r in rows[1:]]
+
+
+def _record(path, **kwargs):
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=3)
+    with fragility.Recorder(model, path, **kwargs) as rec:
+        with rec.capture("train", epoch=0):
+            model(torch.randn(4, 3, 32, 32))
+            rec.record(torch.tensor([0, 1, 2, 0]), index=torch.arange(4))
+        rec.evaluate([(torch.randn(4, 3, 32, 32), torch.tensor([2, 1, 0, 0]))], split="test")
+
+
+def test_recorded_store_matches_the_spec(store_path):
+    _record(store_path)
+    spec = {path: (kind, etype, req) for path, kind, etype, req, *_ in _table("Elements")}
+    seen = set()
+    files = {"store.h5": store_path / "store.h5"}
+    files.update({f"passes/{p.name}": p for p in sorted((store_path / "passes").iterdir())})
+    assert sorted(files) == ["passes/0000.h5", "passes/0001.h5", "store.h5"]
+    for rel, path in files.items():
+        generic_file = re.sub(r"passes/\d{4}\.h5", "passes/{pass}.h5", rel)
+        with h5py.File(path, "r") as f:
+            def check(name, obj):
+                generic = f"{generic_file}:/{name}"
+                assert generic in spec, f"{generic} is in the store but not specified in docs/format.md"
+                kind, etype, _ = spec[generic]
+                assert obj.attrs["encoding-type"] == etype, generic
+                assert obj.attrs["encoding-version"] == "1.0", generic
+                assert isinstance(obj, h5py.Group if kind == "group" else h5py.Dataset), generic
+                seen.add(generic)
+
+            check("", f)
+            f.visititems(check)
+            table = _table("Root attributes" if rel == "store.h5" else "Pass attributes")
+            for name, typ, req, _ in table:
+                if req == "MUST":
+                    assert name in f.attrs, f"MUST attribute {name} missing in {rel}"
+            assert set(f.attrs) <= {r[0] for r in table}, set(f.attrs) - {r[0] for r in table}
+            if rel == "store.h5":
+                assert f.attrs["schema_version"] == fragility.store.SCHEMA_VERSION
+                assert len(json.loads(f.attrs["class_names"])) == f.attrs["num_classes"]
+            else:
+                committed, complete, nonfinite, finished = f["status"][...]
+                assert committed == 4 and complete == 1 and nonfinite == 0 and finished > 0
+    for path, (kind, etype, req) in spec.items():
+        if req == "MUST":
+            assert path in seen, f"MUST element {path} missing"
+
+
+def test_released_v1_store_stays_readable():
+    """tests/data/store-v1 was written by fragility 0.1.0 (schema 1) and must read forever."""
+    s = Store(ROOT / "tests" / "data" / "store-v1")
+    assert s.metadata["schema_version"] == 1
+    assert [(p.split, p.epoch, p.rows, p.complete) for p in s.passes] == [("train", 0, 4, True), ("test", 0, 4, True)]
+    rows = s.read(s.passes[1], ["ce_pred", "logits", "pred"])
+    w, b = s.classifier(s.passes[1])
+    pred = rows["pred"]
+    np.testing.assert_allclose(
+        rows["ce_pred"].astype(np.float32).sum(1) + b[pred],
+        rows["logits"][np.arange(4), pred].astype(np.float32), rtol=2e-2, atol=2e-2,
+    )

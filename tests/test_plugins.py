@@ -1,0 +1,125 @@
+"""Plugin manager: built-ins, real entry-point discovery, env knobs, validation errors."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+import timm
+import torch
+
+import fragility
+from fragility import Head, PluginError
+from fragility._manager import plugin_table
+
+
+def install_dist(tmp_path, monkeypatch, dist: str, module: str, source: str, ep_name: str | None = None) -> None:
+    """Install a tiny distribution the way pip lays it out: a module plus a ``.dist-info`` folder with
+    ``entry_points.txt``. ``importlib.metadata`` discovers it for real once its folder is on sys.path."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist.replace('-', '_')}-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text(f"[fragility]\n{ep_name or module} = {module}\n")
+    monkeypatch.syspath_prepend(str(site))
+    sys.modules.pop(module, None)
+
+
+OVERRIDE = """
+    import fragility
+    from torch import nn
+
+    CALLS = []
+
+    @fragility.hookimpl
+    def fragility_resolve_head(model, classifier):
+        # teach fragility a model family: tap the second-to-last module instead of timm's fc
+        CALLS.append(type(model).__name__)
+        return fragility.Head([model.fc], name="override.fc")
+"""
+
+
+def test_third_party_entry_point_overrides_tap_resolution(tmp_path, monkeypatch):
+    install_dist(tmp_path, monkeypatch, "fragility-override", "frag_override", OVERRIDE)
+    monkeypatch.delenv("FRAGILITY_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    pm = fragility.make_plugin_manager()
+    assert "frag_override" in [n for n, _ in pm.list_name_plugin()]
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=3)
+    head = pm.hook.fragility_resolve_head(model=model, classifier=None)
+    assert isinstance(head, Head) and head.name == "override.fc"
+    assert sys.modules["frag_override"].CALLS == ["ResNet"]
+    rows = {r["name"]: r for r in plugin_table(pm)}
+    assert rows["frag_override"]["version"] == "fragility-override 1.2.3"
+    assert rows["frag_override"]["hooks"] == ["fragility_resolve_head"]
+    assert rows["fragility_plugins.timm_taps"]["source"] == "built-in"
+    # the built-in default still answers when the third party is filtered out by name
+    monkeypatch.setenv("FRAGILITY_PLUGINS", "something_else")
+    pm2 = fragility.make_plugin_manager()
+    assert "frag_override" not in [n for n, _ in pm2.list_name_plugin()]
+    assert pm2.hook.fragility_resolve_head(model=model, classifier=None).name == "test_resnet.fc(Linear)"
+    monkeypatch.setenv("FRAGILITY_PLUGINS", "frag_override")
+    assert "frag_override" in [n for n, _ in fragility.make_plugin_manager().list_name_plugin()]
+    monkeypatch.delenv("FRAGILITY_PLUGINS")
+    monkeypatch.setenv("FRAGILITY_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert "frag_override" not in [n for n, _ in fragility.make_plugin_manager().list_name_plugin()]
+
+
+def test_misspelled_hook_is_reported_with_the_plugin_name(tmp_path, monkeypatch):
+    source = """
+        import fragility
+
+        @fragility.hookimpl
+        def fragility_resolve_haed(model, classifier):
+            return None
+    """
+    install_dist(tmp_path, monkeypatch, "fragility-typo", "frag_typo", source)
+    monkeypatch.delenv("FRAGILITY_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    with pytest.raises(PluginError, match=r"plugin 'frag_typo': unknown hook 'fragility_resolve_haed'"):
+        fragility.make_plugin_manager()
+
+
+def test_broken_plugin_import_is_one_line(tmp_path, monkeypatch):
+    install_dist(tmp_path, monkeypatch, "fragility-broken", "frag_broken", "raise ImportError('needs foo')\n")
+    monkeypatch.delenv("FRAGILITY_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    with pytest.raises(PluginError, match=r"failed to load: needs foo; .*FRAGILITY_DISABLE_PLUGIN_AUTOLOAD=1"):
+        fragility.make_plugin_manager()
+
+
+def test_manager_is_fresh_each_time():
+    a = fragility.make_plugin_manager(autoload=False)
+    b = fragility.make_plugin_manager(autoload=False)
+    assert a is not b
+    a.register(object(), name="extra")
+    assert b.get_plugin("extra") is None
+
+
+def test_hookspecs_are_prefixed_and_documented():
+    from fragility import hookspecs
+
+    specs = [n for n in dir(hookspecs) if n.startswith("fragility_")]
+    assert len(specs) >= 8
+    for name in specs:
+        doc = getattr(hookspecs, name).__doc__ or ""
+        assert "Called" in doc or "called" in doc, name
+        assert "Combination" in doc or "firstresult" in doc, name
+
+
+def test_builtins_are_not_a_bare_plugins_package():
+    import importlib.util
+
+    import fragility_plugins
+
+    assert importlib.util.find_spec("plugins") is None or "fragility" not in str(importlib.util.find_spec("plugins").origin)
+    assert fragility_plugins.BUILTINS and all(m.startswith("fragility_plugins.") for m in fragility_plugins.BUILTINS)
+
+
+def test_explicit_classifier_via_recorder(store_path):
+    from .test_taps import CifarResNet
+
+    model = CifarResNet().eval()
+    with fragility.Recorder(model, store_path, classifier=model.linear) as rec:
+        rec.evaluate([(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]))])
+    assert fragility.Store(store_path).metadata["head"] == "CifarResNet.linear(Linear)"
