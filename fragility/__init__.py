@@ -24,8 +24,10 @@ from ._manager import make_plugin_manager
 from .taps import Head, affine_of, model_name
 from .store import PassInfo, Store
 from .recorder import Recorder
+from .analysis import Analyzer, Result, analyze, compare
 
 __all__ = [
+    "Analyzer",
     "AnalyzerError",
     "FragilityError",
     "Head",
@@ -34,12 +36,15 @@ __all__ = [
     "PluginError",
     "Recorder",
     "RecorderError",
+    "Result",
     "SelectionError",
     "Store",
     "StoreError",
     "StoreVersionError",
     "__version__",
     "affine_of",
+    "analyze",
+    "compare",
     "hookimpl",
     "make_plugin_manager",
     "model_name",

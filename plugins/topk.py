@@ -1,1 +1,146 @@
-"""placeholder until the analyzer issue lands."""
+"""Built-in analyzer ``topk``: class top-K identity, instance top-K frequencies, minimal sufficient CE sets,
+and overlaps between classes, splits, and correct vs incorrect rows (DESIGN §5.1–5.4)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import fragility
+from fragility.analysis import Analyzer, Chunk, Result, Table
+from fragility.analysis._maths import class_sums, class_topk, instance_counts, jaccard, minimal_sets, overlap
+
+
+class TopK(Analyzer):
+    """Class top-K identity, instance top-K frequency, minimal sufficient CE sets."""
+
+    name = "topk"
+    states = {
+        "n": "sum",
+        "n_correct": "sum",
+        "sum_correct": "sum",
+        "sum_incorrect": "sum",
+        "count": "sum",
+        "mscs_count": "sum",
+        "mscs_size": "sum",
+        "mscs_rows": "sum",
+    }
+
+    def columns(self) -> set[str]:
+        return {self.spec.embedding, "ce_pred", "logits", "label", "pred"}
+
+    def update(self, chunk: Chunk) -> None:
+        C, g = self.spec.num_classes, chunk.group
+        y, ok = chunk.labels, chunk.correct
+        self.accumulate(g, "n", np.bincount(y, minlength=C))
+        self.accumulate(g, "n_correct", np.bincount(y[ok], minlength=C))
+        self.accumulate(g, "sum_correct", class_sums(y[ok], chunk.v[ok], C))
+        self.accumulate(g, "sum_incorrect", class_sums(y[~ok], chunk.v[~ok], C))
+        self.accumulate(g, "count", instance_counts(y, chunk.topk_mask(), C))
+        bias = self.spec.group(g).bias
+        if bias is not None:
+            sets = chunk.cached("mscs", lambda: minimal_sets(chunk["ce_pred"], chunk["logits"], chunk["pred"], bias))
+            self.accumulate(g, "mscs_count", instance_counts(y, sets, C))
+            self.accumulate(g, "mscs_size", np.bincount(y, weights=sets.sum(axis=1), minlength=C).astype(np.int64))
+            self.accumulate(g, "mscs_rows", np.bincount(y, minlength=C))
+
+    def group_identity(self, group: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        st = self.state[group]
+        k = self.spec.k
+        sc, si = st["sum_correct"], st["sum_incorrect"]
+        n, nc = st["n"], st["n_correct"]
+        return {
+            "all": class_topk(sc + si, n, k),
+            "correct": class_topk(sc, nc, k),
+            "incorrect": class_topk(si, n - nc, k),
+        }
+
+    def compute(self) -> Result:
+        spec = self.spec
+        C, D, k = spec.num_classes, spec.feature_dim, spec.k
+        names = spec.class_names
+        result = Result(self.name)
+        data: dict = {"embedding": spec.embedding, "k": k, "tau": spec.tau, "feature_dim": D, "groups": {}}
+        identity = {}
+        for g in spec.groups:
+            if g.name not in self.state:
+                continue
+            st = self.state[g.name]
+            n, nc = st["n"], st["n_correct"]
+            ident = identity[g.name] = self.group_identity(g.name)
+            count = st["count"]
+            freq = count / np.maximum(n, 1)[:, None]
+            unique = (count > 0).sum(axis=1)
+            unique_tau = (freq > spec.tau).sum(axis=1) if spec.tau > 0 else unique
+            has_mscs = "mscs_count" in st
+            rows, classes = [], []
+            for c in range(C):
+                empty = n[c] == 0
+                idx, val, share = (ident["all"][i][c] for i in range(3))
+                ov_ci = overlap(ident["correct"][0][c], ident["incorrect"][0][c], k) if nc[c] and n[c] - nc[c] else None
+                entry = {
+                    "class": names[c],
+                    "n": int(n[c]),
+                    "accuracy": None if empty else float(nc[c] / n[c]),
+                    "topk": {f: {"indices": ident[f][0][c], "values": ident[f][1][c], "share": ident[f][2][c]} for f in ident},
+                    "freq": freq[c],
+                    "unique": int(unique[c]),
+                    "unique_tau": int(unique_tau[c]),
+                    "overlap_correct_incorrect": ov_ci,
+                }
+                if has_mscs:
+                    mc = st["mscs_count"][c]
+                    nr = st["mscs_rows"][c]
+                    entry["mscs"] = {
+                        "freq": mc / max(nr, 1),
+                        "unique": int((mc > 0).sum()),
+                        "mean_size": None if nr == 0 else float(st["mscs_size"][c] / nr),
+                    }
+                classes.append(entry)
+                rows.append(
+                    [
+                        names[c], int(n[c]), entry["accuracy"], int(unique[c]), int(unique_tau[c]),
+                        entry["mscs"]["unique"] if has_mscs else None,
+                        entry["mscs"]["mean_size"] if has_mscs else None,
+                        ov_ci,
+                        None if empty else [int(i) for i in idx],
+                        None if empty else float(np.nansum(val)),
+                    ]
+                )
+            between = np.full((C, C), np.nan)
+            for a in range(C):
+                for b in range(C):
+                    if n[a] and n[b]:
+                        between[a, b] = overlap(ident["all"][0][a], ident["all"][0][b], k)
+            data["groups"][g.name] = {"split": g.split, "epoch": g.epoch, "classes": classes, "overlap_between_classes": between}
+            title = f"{g.name}: class top-{k} {spec.embedding} (unique = features in any row's top-{k})"
+            cols = ["class", "n", "accuracy", "unique", f"unique(tau={spec.tau:g})", "mscs unique", "mscs mean size",
+                    "overlap correct/incorrect", "top-K features", "top-K sum"]
+            result.tables.append(Table(title, cols, rows))
+        # between splits at the same epoch (e.g. train vs test), per class
+        pairs = []
+        for a in spec.groups:
+            for b in spec.groups:
+                if a.epoch == b.epoch and a.split < b.split and a.name in identity and b.name in identity:
+                    pairs.append((a, b))
+        if pairs:
+            rows = []
+            data["overlap_between_splits"] = {}
+            for a, b in pairs:
+                ia, ib = identity[a.name]["all"][0], identity[b.name]["all"][0]
+                na, nb = self.state[a.name]["n"], self.state[b.name]["n"]
+                ov = [overlap(ia[c], ib[c], k) if na[c] and nb[c] else None for c in range(C)]
+                jc = [jaccard(ia[c], ib[c]) if na[c] and nb[c] else None for c in range(C)]
+                data["overlap_between_splits"][f"{a.name}~{b.name}"] = {"overlap": ov, "jaccard": jc}
+                for c in range(C):
+                    rows.append([names[c], int(na[c]), int(nb[c]), f"{a.name} vs {b.name}", ov[c], jc[c]])
+            result.tables.append(Table(f"class top-{k} identity overlap between splits", ["class", "n", "n (other)", "group", "overlap", "jaccard"], rows))
+        result.data = data
+        if any("mscs_count" not in self.state[g.name] for g in spec.groups if g.name in self.state):
+            result.notes.append("minimal sufficient CE sets need the classifier bias; passes without a snapshot were left out")
+        result.notes.append("minimal sufficient CE sets start from the predicted class's bias b_p (the authors' script used the true class's bias for misclassified rows)")
+        return result
+
+
+@fragility.hookimpl
+def fragility_register_analyzers(registrar):
+    registrar.add("topk", TopK, description="class top-K identity, instance top-K frequencies, minimal sufficient CE sets, overlaps")

@@ -1,0 +1,227 @@
+"""The Analyzer base (shaped like a torchmetrics Metric), the analysis spec, and row chunks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import AnalyzerError
+from ._maths import topk_mask
+from ._results import Result
+
+EMBEDDINGS = {"ce": "ce_pred", "ce_pred": "ce_pred", "ce_target": "ce_target", "fe": "fe"}
+
+
+@dataclass
+class Group:
+    """Rows of one split at one epoch (one or more passes)."""
+
+    name: str
+    split: str
+    epoch: int
+    rows: int
+    bias: np.ndarray | None = None
+    weight: np.ndarray | None = None
+
+
+@dataclass
+class AnalysisSpec:
+    """Everything an analyzer needs to know besides the rows.
+
+    Attributes:
+        num_classes, class_names, feature_dim: from the store.
+        embedding: the column analysed as ``v`` (``ce_pred`` by default, ``ce_target`` or ``fe``).
+        k: top-K size; tau: frequency floor for ``unique_c(tau)``.
+        groups: the selected groups in recording order; reference: the reference group (or ``None``).
+        knn_k, knn_max_rows: k-NN neighbours and the per-group row cap above which rows are sampled.
+    """
+
+    num_classes: int
+    class_names: list[str]
+    feature_dim: int
+    embedding: str = "ce_pred"
+    k: int = 10
+    tau: float = 0.0
+    groups: list[Group] = field(default_factory=list)
+    reference: Group | None = None
+    knn_k: int = 5
+    knn_max_rows: int = 20000
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def group(self, name: str) -> Group:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        if self.reference is not None and self.reference.name == name:
+            return self.reference
+        raise KeyError(name)
+
+
+class Chunk:
+    """A block of rows of one group, with lazily computed quantities shared by all analyzers.
+
+    Attributes:
+        group: the group's name (``"test@2"``).
+        rows: column name → array (non-finite rows already removed).
+        keys: a unique, order-defining id per row (pass ordinal and row number), for deterministic sampling.
+    """
+
+    def __init__(self, group: str, rows: dict[str, np.ndarray], keys: np.ndarray, spec: AnalysisSpec) -> None:
+        self.group = group
+        self.rows = rows
+        self.keys = keys
+        self.spec = spec
+        self._cache: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, column: str) -> np.ndarray:
+        return self.rows[column]
+
+    def cached(self, key: str, fn: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.rows["label"]
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.cached("correct", lambda: self.rows["label"] == self.rows["pred"])
+
+    @property
+    def v(self) -> np.ndarray:
+        """The analysed embedding as float32."""
+        return self.cached("v", lambda: np.asarray(self.rows[self.spec.embedding], dtype=np.float32))
+
+    def topk_mask(self) -> np.ndarray:
+        """Each row's top-K features of ``v`` (shared by every analyzer that needs it)."""
+        return self.cached("topk_mask", lambda: topk_mask(self.v, self.spec.k))
+
+    def subset(self, mask: np.ndarray) -> Chunk:
+        return Chunk(self.group, {k: v[mask] for k, v in self.rows.items()}, self.keys[mask], self.spec)
+
+
+class Analyzer:
+    """Base class of analyzers: declared state, ``update`` / ``merge`` / ``compute`` / ``reset``.
+
+    Subclasses declare ``states`` (per group) and ``reference_states`` as ``{name: reduction}`` with
+    reduction ``"sum"`` (elementwise sum) or ``"cat"`` (arrays concatenated, then ordered by row key), and
+    implement :meth:`update` and :meth:`compute`. Merging two analyzers is then generic: the same
+    reduction over their states — which is what lets the engine split rows across chunks, processes,
+    DDP ranks or Dask workers.
+
+    Example:
+        >>> class RowCount(Analyzer):
+        ...     name = "rows"
+        ...     states = {"n": "sum"}
+        ...     def columns(self): return {"label"}
+        ...     def update(self, chunk):
+        ...         self.accumulate(chunk.group, "n", np.bincount(chunk.labels, minlength=self.spec.num_classes))
+        ...     def compute(self):
+        ...         return Result(self.name, data={g: s["n"] for g, s in self.state.items()})
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    states: ClassVar[dict[str, str]] = {}
+    reference_states: ClassVar[dict[str, str]] = {}
+    uses_reference: ClassVar[bool] = False
+
+    def __init__(self, spec: AnalysisSpec) -> None:
+        self.spec = spec
+        self.reset()
+
+    # -------------------------------------------------------------- to implement
+    def columns(self) -> set[str]:
+        """Columns the main pass needs."""
+        raise NotImplementedError
+
+    def reference_columns(self) -> set[str]:
+        """Columns the reference pass needs (only if ``uses_reference``)."""
+        return set()
+
+    def update(self, chunk: Chunk) -> None:
+        raise NotImplementedError
+
+    def update_reference(self, chunk: Chunk) -> None:
+        """Fold a chunk of the reference group (e.g. the final training epoch)."""
+
+    def end_reference(self) -> None:
+        """Called once after every reference chunk was folded, before the main pass."""
+
+    def compute(self) -> Result:
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- state handling
+    def reset(self) -> None:
+        """Drop all state (main and reference)."""
+        self.state: dict[str, dict[str, Any]] = {}
+        self.ref: dict[str, Any] = {}
+
+    def accumulate(self, group: str, name: str, value: Any) -> None:
+        """Fold ``value`` into per-group state ``name`` with its declared reduction."""
+        _fold(self.state.setdefault(group, {}), name, value, self.states)
+
+    def accumulate_reference(self, name: str, value: Any) -> None:
+        _fold(self.ref, name, value, self.reference_states)
+
+    def merge(self, other: Analyzer) -> Analyzer:
+        """Fold another analyzer's main state (same class, same spec) into this one; returns ``self``."""
+        self._check_same(other)
+        for group, st in other.state.items():
+            mine = self.state.setdefault(group, {})
+            for name, value in st.items():
+                _fold(mine, name, value, self.states)
+        return self
+
+    def merge_reference(self, other: Analyzer) -> Analyzer:
+        """Fold another analyzer's reference state into this one (before :meth:`end_reference`)."""
+        self._check_same(other)
+        for name, value in other.ref.items():
+            _fold(self.ref, name, value, self.reference_states)
+        return self
+
+    def _check_same(self, other: Analyzer) -> None:
+        if type(other) is not type(self):
+            raise AnalyzerError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
+
+    def gathered(self, group: str, name: str) -> Any:
+        """A ``cat`` state as one array (ordered by the row keys in state ``"keys"``), or ``sum`` state."""
+        st = self.state.get(group, {})
+        value = st.get(name)
+        if self.states.get(name) != "cat":
+            return value
+        if value is None:
+            return None
+        return _ordered(st, name)
+
+
+def _fold(store: dict[str, Any], name: str, value: Any, declared: dict[str, str]) -> None:
+    how = declared.get(name)
+    if how is None:
+        raise AnalyzerError(f"state {name!r} is not declared; add it to the analyzer's states")
+    if how == "sum":
+        store[name] = value if name not in store else store[name] + value
+    elif how == "cat":
+        parts = value if isinstance(value, list) else [value]
+        store.setdefault(name, []).extend(parts)
+    else:
+        raise AnalyzerError(f"state {name!r} has unknown reduction {how!r}; use 'sum' or 'cat'")
+
+
+def _ordered(st: dict[str, Any], name: str) -> np.ndarray:
+    values = st[name]
+    arr = np.concatenate(values) if values else np.zeros(0)
+    if "keys" in st and name != "keys":
+        keys = np.concatenate(st["keys"])
+        return arr[np.argsort(keys, kind="stable")]
+    if name == "keys":
+        return np.sort(arr)
+    return arr

@@ -1,0 +1,93 @@
+"""Compare two stores (balanced vs imbalanced run, one loss vs another), class by class."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pluggy
+
+from ..errors import AnalyzerError
+from ..store import Store
+from ._maths import overlap
+from ._results import Result, Table
+from ._engine import analyze
+
+
+def compare(
+    store_a: Store | str | os.PathLike,
+    store_b: Store | str | os.PathLike,
+    *,
+    k: int = 10,
+    embedding: str = "ce",
+    test_split: str = "test",
+    train_split: str = "train",
+    epoch: int | str = "last",
+    labels: tuple[str, str] = ("A", "B"),
+    plugin_manager: pluggy.PluginManager | None = None,
+    progress: bool = False,
+) -> Result:
+    """Per class: top-K identity overlap between the runs, unique counts, magnitudes and accuracy.
+
+    Both stores must have the same classes. The last epoch of each split is used by default.
+    """
+    runs = []
+    for store in (store_a, store_b):
+        res = analyze(
+            store, ["topk", "magnitude"], split=[train_split, test_split], epoch=epoch, k=k, embedding=embedding,
+            reference_split=train_split, plugin_manager=plugin_manager, progress=progress,
+        )
+        runs.append(res)
+    ta, tb = runs[0]["topk"].data, runs[1]["topk"].data
+    ma, mb = runs[0]["magnitude"].data, runs[1]["magnitude"].data
+
+    def group(data: dict[str, Any], split: str) -> dict[str, Any]:
+        found = [g for g in data["groups"].values() if g["split"] == split]
+        if not found:
+            raise AnalyzerError(f"compare needs split {split!r} in both stores")
+        return max(found, key=lambda g: g["epoch"])
+
+    names_a = [c["class"] for c in group(ta, test_split)["classes"]]
+    names_b = [c["class"] for c in group(tb, test_split)["classes"]]
+    if names_a != names_b:
+        raise AnalyzerError(f"the stores have different classes ({names_a} vs {names_b}); compare runs of the same task")
+    la, lb = labels
+    rows = []
+    classes = []
+    tra, trb = group(ta, train_split)["classes"], group(tb, train_split)["classes"]
+    tea, teb = group(ta, test_split)["classes"], group(tb, test_split)["classes"]
+    mga = group(ma, test_split)["classes"]
+    mgb = group(mb, test_split)["classes"]
+    for c, name in enumerate(names_a):
+        def ident(entry):
+            return entry["topk"]["all"]["indices"] if entry["n"] else None
+
+        ov_train = overlap(ident(tra[c]), ident(trb[c]), k) if tra[c]["n"] and trb[c]["n"] else None
+        ov_test = overlap(ident(tea[c]), ident(teb[c]), k) if tea[c]["n"] and teb[c]["n"] else None
+        entry = {
+            "class": name,
+            f"n_train_{la}": tra[c]["n"], f"n_train_{lb}": trb[c]["n"],
+            "overlap_train": ov_train, "overlap_test": ov_test,
+            f"unique_{la}": tra[c]["unique"], f"unique_{lb}": trb[c]["unique"],
+            f"accuracy_{la}": tea[c]["accuracy"], f"accuracy_{lb}": teb[c]["accuracy"],
+            f"train_magnitude_{la}": _f(ma["train_mean"][c]), f"train_magnitude_{lb}": _f(mb["train_mean"][c]),
+            f"test_ratio_{la}": mga[c]["ratio_correct"], f"test_ratio_{lb}": mgb[c]["ratio_correct"],
+        }
+        classes.append(entry)
+        rows.append([name, tra[c]["n"], trb[c]["n"], tea[c]["accuracy"], teb[c]["accuracy"], tra[c]["unique"], trb[c]["unique"],
+                     ov_train, ov_test, entry[f"train_magnitude_{la}"], entry[f"train_magnitude_{lb}"]])
+    cols = ["class", f"n train {la}", f"n train {lb}", f"accuracy {la}", f"accuracy {lb}", f"unique {la}", f"unique {lb}",
+            "top-K overlap train", "top-K overlap test", f"train magnitude {la}", f"train magnitude {lb}"]
+    return Result(
+        "compare",
+        tables=[Table(f"{la} vs {lb}: per class (top-{k} {ta['embedding']}; unique counted on the training split)", cols, rows)],
+        data={"labels": list(labels), "k": k, "classes": classes, "runs": {la: {n: r.to_dict()["data"] for n, r in runs[0].items()}, lb: {n: r.to_dict()["data"] for n, r in runs[1].items()}}},
+    )
+
+
+def _f(x: Any) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if x != x else x

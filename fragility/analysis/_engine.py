@@ -1,0 +1,281 @@
+"""The analysis engine: one read of each needed dataset feeds every selected analyzer, chunk by chunk."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pluggy
+
+from .._manager import Hooks
+from ..errors import AnalyzerError, PluginError, close_matches
+from ..store import FLOAT_COLUMNS, PassInfo, Store
+from ._base import EMBEDDINGS, AnalysisSpec, Analyzer, Chunk, Group
+from ._results import Result
+
+DEFAULT_ANALYZERS = ("topk", "magnitude", "diversity")
+
+
+class AnalyzerRegistrar:
+    """Collects analyzer registrations from ``fragility_register_analyzers`` and validates them."""
+
+    def __init__(self) -> None:
+        self.analyzers: dict[str, type[Analyzer]] = {}
+        self.descriptions: dict[str, str] = {}
+        self.owners: dict[str, str] = {}
+
+    def add(self, name: str, cls: type[Analyzer], *, description: str | None = None) -> None:
+        """Register ``cls`` under ``name``.
+
+        Raises:
+            PluginError: the name is taken (names both owners) or ``cls`` is not an Analyzer.
+        """
+        owner = getattr(cls, "__module__", "?")
+        if not (isinstance(cls, type) and issubclass(cls, Analyzer)):
+            raise PluginError(f"{owner}: analyzer {name!r} must be a subclass of fragility.analysis.Analyzer, got {cls!r}")
+        if not name or not name.replace("_", "").replace("-", "").isalnum():
+            raise PluginError(f"{owner}: analyzer name {name!r} must be a non-empty identifier")
+        if name in self.analyzers:
+            raise PluginError(
+                f"analyzer {name!r} is registered twice: by {self.owners[name]} and by {owner}; rename one of them"
+            )
+        self.analyzers[name] = cls
+        self.owners[name] = owner
+        self.descriptions[name] = description or ((cls.__doc__ or "").strip().splitlines() or [""])[0]
+
+
+def registry(plugin_manager: pluggy.PluginManager | None = None) -> AnalyzerRegistrar:
+    """All analyzers the loaded plugins register."""
+    reg = AnalyzerRegistrar()
+    Hooks(plugin_manager).register_analyzers(reg)
+    return reg
+
+
+def resolve_names(names: Sequence[str] | None, reg: AnalyzerRegistrar) -> list[str]:
+    if not names:
+        return [n for n in DEFAULT_ANALYZERS if n in reg.analyzers]
+    out = []
+    for n in names:
+        if n not in reg.analyzers:
+            raise AnalyzerError(
+                f"unknown analyzer {n!r}{close_matches(n, reg.analyzers)}; available: {', '.join(sorted(reg.analyzers))}"
+            )
+        out.append(n)
+    return list(dict.fromkeys(out))
+
+
+def _group_name(p: PassInfo) -> str:
+    return f"{p.split}@{p.epoch}"
+
+
+def make_spec(
+    store: Store,
+    passes: Sequence[PassInfo],
+    *,
+    embedding: str = "ce",
+    k: int = 10,
+    tau: float = 0.0,
+    reference: Sequence[PassInfo] = (),
+    knn_k: int = 5,
+    knn_max_rows: int = 20000,
+    options: dict[str, Any] | None = None,
+) -> AnalysisSpec:
+    """Validate the analysis parameters against the store and describe the selected groups."""
+    if embedding not in EMBEDDINGS:
+        raise AnalyzerError(f"embedding {embedding!r} is unknown{close_matches(embedding, EMBEDDINGS)}; use ce, ce_target or fe")
+    column = EMBEDDINGS[embedding]
+    d = store.feature_dim
+    if d == 0:
+        raise AnalyzerError(f"store {store.path} holds no recorded rows yet (feature_dim unknown)")
+    if not isinstance(k, (int, np.integer)) or k <= 0 or k > d:
+        raise AnalyzerError(f"K={k} is out of range; K must be between 1 and the feature dimension D={d}")
+    if not 0 <= tau <= 1:
+        raise AnalyzerError(f"tau={tau} is a frequency floor and must lie in [0, 1]")
+    for p in list(passes) + list(reference):
+        if p.rows and column not in p.columns:
+            how = "record with labels (rec.record(labels))" if column == "ce_target" else "re-record it"
+            raise AnalyzerError(
+                f"pass {p.name} ({p.label}) of {store.path} has no {column} column, which embedding={embedding!r} needs; "
+                f"{how}, or choose --embedding ce or fe"
+            )
+    groups: dict[str, Group] = {}
+    for p in passes:
+        g = groups.setdefault(_group_name(p), Group(_group_name(p), p.split, p.epoch, 0))
+        g.rows += p.rows
+        if p.rows:
+            try:
+                g.weight, g.bias = store.classifier(p)
+            except Exception:  # noqa: BLE001 - a pass killed before its snapshot: MSCS reports it
+                pass
+    ref_group = None
+    if reference:
+        p0 = reference[-1]
+        ref_group = Group(_group_name(p0), p0.split, p0.epoch, sum(p.rows for p in reference))
+        ref_group.weight, ref_group.bias = store.classifier(p0)
+    return AnalysisSpec(
+        num_classes=store.num_classes,
+        class_names=store.class_names,
+        feature_dim=d,
+        embedding=column,
+        k=int(k),
+        tau=float(tau),
+        groups=list(groups.values()),
+        reference=ref_group,
+        knn_k=knn_k,
+        knn_max_rows=knn_max_rows,
+        options=dict(options or {}),
+    )
+
+
+def iter_chunks(
+    store: Store,
+    passes: Sequence[PassInfo],
+    columns: set[str],
+    spec: AnalysisSpec,
+    *,
+    chunk_rows: int = 65536,
+    skipped: dict[str, int] | None = None,
+) -> Iterator[Chunk]:
+    """Read each needed column once, chunk by chunk; drop (and count) rows with non-finite values."""
+    ordinal = {p.name: i for i, p in enumerate(store.passes)}
+    cols = sorted(set(columns) | {"label", "pred"})
+    for p in passes:
+        have = [c for c in cols if c in p.columns]
+        for start in range(0, p.rows, chunk_rows):
+            stop = min(p.rows, start + chunk_rows)
+            rows = store.read(p, have, start, stop)
+            keys = (np.int64(ordinal[p.name]) << np.int64(32)) + np.arange(start, stop, dtype=np.int64)
+            finite = np.ones(stop - start, dtype=bool)
+            for c in have:
+                if c in FLOAT_COLUMNS:
+                    finite &= np.isfinite(rows[c]).all(axis=1)
+            finite &= rows["label"] >= 0
+            chunk = Chunk(_group_name(p), rows, keys, spec)
+            if not finite.all():
+                if skipped is not None:
+                    skipped[chunk.group] = skipped.get(chunk.group, 0) + int((~finite).sum())
+                chunk = chunk.subset(finite)
+            if len(chunk):
+                yield chunk
+
+
+def analyze(
+    store: Store | str | os.PathLike,
+    analyzers: Sequence[str] | None = None,
+    *,
+    split: str | Sequence[str] | None = None,
+    epoch: int | str | Sequence[int] | None = None,
+    embedding: str = "ce",
+    k: int = 10,
+    tau: float = 0.0,
+    reference_split: str = "train",
+    reference_epoch: int | str = "last",
+    chunk_rows: int = 65536,
+    knn_k: int = 5,
+    knn_max_rows: int = 20000,
+    progress: bool = False,
+    plugin_manager: pluggy.PluginManager | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Result]:
+    """Run analyzers over a store in one read of each dataset they need.
+
+    Args:
+        store: a :class:`fragility.Store` or its path.
+        analyzers: names (default: ``topk``, ``magnitude``, ``diversity``); third-party names work too.
+        split, epoch: which passes to analyze (``epoch="last"`` for each split's last epoch).
+        embedding: ``"ce"`` (CE of the predicted class), ``"ce_target"`` or ``"fe"``.
+        k: top-K size. tau: frequency floor for ``unique_c(tau)``.
+        reference_split, reference_epoch: the reference pass of analyzers that need one (magnitude).
+        chunk_rows: rows per read; results do not depend on it.
+        knn_k, knn_max_rows: k-NN archetypes (diversity); groups above the cap are sampled.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        ``{name: Result}``.
+
+    Example:
+        >>> results = analyze("run.fragility", ["topk"], split="test", k=5)  # doctest: +SKIP
+        >>> results["topk"].table("test@2")                                  # doctest: +SKIP
+    """
+    own = not isinstance(store, Store)
+    st = Store(store) if own else store
+    try:
+        reg = registry(plugin_manager)
+        names = resolve_names(analyzers, reg)
+        passes = [p for p in st.select(split=split, epoch=epoch) if p.rows]
+        if not passes:
+            raise AnalyzerError(f"the selection (split={split!r}, epoch={epoch!r}) of {st.path} holds no rows")
+        classes = [reg.analyzers[n] for n in names]
+        reference: list[PassInfo] = []
+        if any(c.uses_reference for c in classes):
+            try:
+                reference = [p for p in st.select(split=reference_split, epoch=reference_epoch) if p.rows]
+            except Exception as exc:  # noqa: BLE001 - reworded for the analyzer's point of view
+                raise AnalyzerError(
+                    f"{', '.join(c.name for c in classes if c.uses_reference)} needs reference rows "
+                    f"(split={reference_split!r}, epoch={reference_epoch!r}) but: {exc}; pass reference_split/--reference-split"
+                ) from None
+            if not reference:
+                raise AnalyzerError(f"the reference selection (split={reference_split!r}) of {st.path} holds no rows")
+        spec = make_spec(
+            st, passes, embedding=embedding, k=k, tau=tau, reference=reference, knn_k=knn_k,
+            knn_max_rows=knn_max_rows, options=options,
+        )
+        instances = [c(spec) for c in classes]
+        skipped: dict[str, int] = {}
+        names_sel = {p.name for p in passes}
+        total = sum(p.rows for p in passes) + 2 * sum(p.rows for p in reference) - sum(p.rows for p in reference if p.name in names_sel)
+        with _progress(progress, total) as advance:
+            users = [a for a in instances if a.uses_reference]
+            if users:
+                cols = set().union(*(a.reference_columns() for a in users))
+                for chunk in iter_chunks(st, reference, cols, spec, chunk_rows=chunk_rows):
+                    for a in users:
+                        a.update_reference(chunk)
+                    advance(len(chunk))
+                for a in users:
+                    a.end_reference()
+            cols = set().union(*(a.columns() for a in instances))
+            selected = {p.name for p in passes}
+            extra = [p for p in reference if p.name not in selected]  # reference rows the users still need
+            main_groups = {g.name for g in spec.groups}
+            for chunk in iter_chunks(st, list(passes) + extra, cols, spec, chunk_rows=chunk_rows, skipped=skipped):
+                for a in instances if chunk.group in main_groups else users:
+                    a.update(chunk)
+                advance(len(chunk))
+        results = {}
+        for a in instances:
+            r = a.compute()
+            for g, n in skipped.items():
+                r.notes.append(f"{n} rows of {g} with non-finite values were skipped")
+            results[a.name] = r
+        return results
+    finally:
+        if own:
+            st.close()
+
+
+class _progress:
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled = enabled
+        self.total = total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._p = Progress(
+            TextColumn("analyzing"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=True,
+        )
+        self._p.start()
+        task = self._p.add_task("rows", total=self.total)
+        return lambda n: self._p.advance(task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._p.stop()

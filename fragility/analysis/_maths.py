@@ -1,0 +1,191 @@
+"""The maths of the analyzers as pure functions (DESIGN §5). Ties are broken by lower feature index.
+
+The analyzer classes wrap these; the same functions serve live and offline use. Heavy per-row work
+(top-K selection) runs through torch's multi-threaded kernels; results are exact and tie-stable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = [
+    "class_sums",
+    "class_topk",
+    "instance_counts",
+    "jaccard",
+    "knn_same_class",
+    "mean_pairwise_cosine",
+    "minimal_sets",
+    "normalized_entropy",
+    "overlap",
+    "participation_ratio",
+    "topk_mask",
+    "topk_order",
+]
+
+
+def _t(a: np.ndarray | torch.Tensor) -> torch.Tensor:
+    t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+    return t.float() if t.dtype == torch.float16 else t
+
+
+def topk_order(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest entries of a 1-D array, largest first, ties by lower index."""
+    values = np.asarray(values)
+    order = np.lexsort((np.arange(values.shape[-1]), -values.astype(np.float64)))
+    return order[:k]
+
+
+def topk_mask(v: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
+    """Boolean ``(N, D)`` mask of each row's top-``k`` entries (ties at the boundary: lower index wins)."""
+    t = _t(v)
+    if t.shape[0] == 0:
+        return np.zeros(tuple(t.shape), dtype=bool)
+    kth = torch.topk(t, k, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
+    greater = t > kth
+    mask = greater.clone()
+    n_greater = greater.sum(dim=1)
+    rows = torch.nonzero(n_greater < k).flatten()
+    if len(rows):  # only rows whose k-th value is tied need the index rule; usually k-th equals exactly one
+        eq = t[rows] == kth[rows]
+        rank = torch.cumsum(eq.to(torch.int32), dim=1)
+        need = (k - n_greater[rows]).unsqueeze(1)
+        mask[rows] |= eq & (rank <= need)
+    return mask.numpy()
+
+
+def class_sums(labels: np.ndarray, v: np.ndarray | torch.Tensor, num_classes: int) -> np.ndarray:
+    """Per-class sums of the rows of ``v`` (float64, ``(C, D)``)."""
+    t = _t(v).double()
+    out = torch.zeros((num_classes, t.shape[1]), dtype=torch.float64)
+    out.index_add_(0, torch.from_numpy(np.asarray(labels, dtype=np.int64)), t)
+    return out.numpy()
+
+
+def instance_counts(labels: np.ndarray, mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """``count[c, j]`` = rows of class ``c`` whose mask holds ``j`` (int64, ``(C, D)``)."""
+    out = torch.zeros((num_classes, mask.shape[1]), dtype=torch.int64)
+    out.index_add_(0, torch.from_numpy(np.asarray(labels, dtype=np.int64)), torch.from_numpy(mask).to(torch.int64))
+    return out.numpy()
+
+
+def class_topk(sums: np.ndarray, counts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Class top-K identity from per-class sums and row counts.
+
+    Returns ``(indices (C, k), values (C, k), share (C, k))``: the top-``k`` features of each class mean,
+    their mean values, and each value's share of the top-``k`` sum. Classes with no rows get ``-1`` / NaN.
+    """
+    C, D = sums.shape
+    idx = np.full((C, k), -1, dtype=np.int64)
+    val = np.full((C, k), np.nan)
+    share = np.full((C, k), np.nan)
+    for c in range(C):
+        if counts[c] == 0:
+            continue
+        mean = sums[c] / counts[c]
+        order = topk_order(mean, k)
+        idx[c], val[c] = order, mean[order]
+        total = val[c].sum()
+        share[c] = val[c] / total if total != 0 else np.nan
+    return idx, val, share
+
+
+def minimal_sets(ce_pred: np.ndarray, logits: np.ndarray, pred: np.ndarray, bias: np.ndarray, probe: int = 32) -> np.ndarray:
+    """Minimal sufficient CE sets (arXiv 2407.10165) as a boolean ``(N, D)`` mask.
+
+    For row ``n`` with predicted class ``p`` and runner-up ``r`` (largest other logit): start from
+    ``b_p + sum of negative entries of CE_p``; add the largest entries (ties: lower index first) until the
+    total reaches ``logit_r``. The added indices form ``S_n`` (empty when the start already reaches it).
+    """
+    ce = _t(ce_pred).double()
+    n, d = ce.shape
+    out = torch.zeros((n, d), dtype=torch.bool)
+    if n == 0:
+        return out.numpy()
+    lg = _t(logits).double()
+    p = torch.from_numpy(np.asarray(pred, dtype=np.int64))
+    others = lg.clone()
+    others[torch.arange(n), p] = -torch.inf
+    runner = others.max(dim=1).values
+    start = torch.from_numpy(np.asarray(bias, dtype=np.float64))[p] + ce.clamp(max=0).sum(dim=1)
+    gap = runner - start  # what the positive entries must add up to
+    pending = torch.nonzero(gap > 0).flatten()
+    m = min(probe, d)
+    while len(pending):
+        sub = ce[pending]
+        # top-m entries in exact order (value desc, index asc): select by mask, then stable-sort
+        mask = torch.from_numpy(topk_mask(sub, m))
+        cols = torch.nonzero(mask)[:, 1].view(len(pending), m)  # ascending index within each row
+        vals = torch.gather(sub, 1, cols)
+        order = torch.sort(-vals, dim=1, stable=True).indices
+        cols = torch.gather(cols, 1, order)
+        vals = torch.gather(vals, 1, order).clamp(min=0)
+        cum = torch.cumsum(vals, dim=1)
+        reached = cum >= gap[pending].unsqueeze(1)
+        done = reached.any(dim=1) | (m == d)
+        count = torch.where(reached.any(dim=1), reached.to(torch.int8).argmax(dim=1) + 1, (vals > 0).sum(dim=1))
+        rows = pending[done]
+        take = torch.arange(m).unsqueeze(0) < count[done].unsqueeze(1)
+        r_idx = rows.unsqueeze(1).expand(-1, m)[take]
+        out[r_idx, cols[done][take]] = True
+        pending = pending[~done]
+        m = min(d, m * 4)
+    return out.numpy()
+
+
+def normalized_entropy(counts: np.ndarray, d: int) -> float:
+    """Entropy of the frequency distribution ``counts / counts.sum()`` divided by ``log(d)`` (0…1)."""
+    total = counts.sum()
+    if total == 0 or d < 2:
+        return float("nan")
+    p = counts[counts > 0] / total
+    return float(-(p * np.log(p)).sum() / np.log(d))
+
+
+def participation_ratio(sum_x: np.ndarray, sum_xx: np.ndarray, n: int) -> float:
+    """``(tr Σ)² / tr(Σ²)`` of the covariance from streamed sums (scale-free; needs ``n >= 2``)."""
+    if n < 2:
+        return float("nan")
+    mean = sum_x / n
+    cov = sum_xx / n - np.outer(mean, mean)
+    tr = np.trace(cov)
+    tr2 = float((cov * cov).sum())
+    return float(tr * tr / tr2) if tr2 > 0 else float("nan")
+
+
+def mean_pairwise_cosine(sum_unit: np.ndarray, n: int) -> float:
+    """Mean cosine similarity over ordered pairs ``n != m`` from the sum of unit vectors."""
+    if n < 2:
+        return float("nan")
+    return float((sum_unit @ sum_unit - n) / (n * (n - 1)))
+
+
+def knn_same_class(x: np.ndarray, labels: np.ndarray, k: int = 5, block: int = 2048) -> np.ndarray:
+    """For each row, how many of its ``k`` nearest other rows (Euclidean; ties: lower row) share its label."""
+    t = _t(x).double()
+    n = t.shape[0]
+    out = np.zeros(n, dtype=np.int64)
+    if n < 2:
+        return out
+    kk = min(k, n - 1)
+    sq = (t * t).sum(dim=1)
+    lab = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        dist = sq[s:e, None] - 2 * t[s:e] @ t.T + sq[None, :]
+        dist[torch.arange(e - s), torch.arange(s, e)] = torch.inf
+        # stable sort: equal distances keep the lower row index first
+        nn_idx = torch.sort(dist, dim=1, stable=True).indices[:, :kk]
+        out[s:e] = (lab[nn_idx] == lab[s:e, None]).sum(dim=1).numpy()
+    return out
+
+
+def overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """``|A ∩ B| / K`` of two index sets."""
+    return len(set(map(int, a)) & set(map(int, b))) / k
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    sa, sb = set(map(int, a)), set(map(int, b))
+    return len(sa & sb) / len(sa | sb) if sa | sb else float("nan")

@@ -1,0 +1,334 @@
+"""Analyzers against brute-force numpy references, hand-worked examples, and the conformance harness."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from fragility import AnalyzerError, SelectionError, Store
+from fragility.analysis import analyze
+from fragility.analysis._maths import (
+    knn_same_class,
+    mean_pairwise_cosine,
+    minimal_sets,
+    normalized_entropy,
+    participation_ratio,
+    topk_mask,
+    topk_order,
+)
+from fragility.testing import assert_close, assert_results_equal, check_analyzer, make_random_store
+
+K, TAU = 3, 0.2
+
+
+# ----------------------------------------------------------------------------- brute-force references
+
+
+def _topk_ref(v, k):
+    return sorted(range(len(v)), key=lambda j: (-float(v[j]), j))[:k]
+
+
+def _mscs_ref(ce, logits, p, bias):
+    runner = max(float(logits[j]) for j in range(len(logits)) if j != p)
+    total = float(bias[p]) + sum(float(x) for x in ce if x < 0)
+    out = []
+    for j in sorted(range(len(ce)), key=lambda j: (-float(ce[j]), j)):
+        if total >= runner or ce[j] <= 0:
+            break
+        total += float(ce[j])
+        out.append(j)
+    return out
+
+
+def _groups(store):
+    out = {}
+    for p in store.passes:
+        rows = store.read(p, ["fe", "ce_pred", "ce_target", "logits", "label", "pred"])
+        ok = np.isfinite(rows["fe"]).all(1) & np.isfinite(rows["logits"]).all(1)
+        rows = {k: v[ok].astype(np.float64) if v.dtype.kind == "f" else v[ok] for k, v in rows.items()}
+        w, b = store.classifier(p)
+        out[f"{p.split}@{p.epoch}"] = (rows, b.astype(np.float64))
+    return out
+
+
+@pytest.fixture(scope="module")
+def random_store(tmp_path_factory):
+    return make_random_store(tmp_path_factory.mktemp("an") / "r.fragility", nonfinite=2)
+
+
+# ----------------------------------------------------------------------------- topk
+
+
+def _topk_expected(store):
+    C, D = store.num_classes, store.feature_dim
+    want = {}
+    for g, (rows, bias) in _groups(store).items():
+        v, y, ok = rows["ce_pred"], rows["label"], rows["label"] == rows["pred"]
+        for c in range(C):
+            key = f"groups/{g}/classes/{c}"
+            sel = y == c
+            want[f"{key}/n"] = int(sel.sum())
+            if not sel.any():
+                want[f"{key}/unique"] = 0
+                want[f"{key}/accuracy"] = None
+                continue
+            want[f"{key}/accuracy"] = float(ok[sel].mean())
+            for f, m in (("all", sel), ("correct", sel & ok), ("incorrect", sel & ~ok)):
+                if m.any():
+                    mean = v[m].mean(axis=0)
+                    idx = _topk_ref(mean, K)
+                    want[f"{key}/topk/{f}/indices"] = idx
+                    want[f"{key}/topk/{f}/values"] = [mean[j] for j in idx]
+                    want[f"{key}/topk/{f}/share"] = [mean[j] / sum(mean[i] for i in idx) for j in idx]
+            count = np.zeros(D, dtype=int)
+            mcount = np.zeros(D, dtype=int)
+            sizes = []
+            for n in np.nonzero(sel)[0]:
+                for j in _topk_ref(v[n], K):
+                    count[j] += 1
+                s = _mscs_ref(rows["ce_pred"][n], rows["logits"][n], rows["pred"][n], bias)
+                sizes.append(len(s))
+                for j in s:
+                    mcount[j] += 1
+            want[f"{key}/freq"] = list(count / sel.sum())
+            want[f"{key}/unique"] = int((count > 0).sum())
+            want[f"{key}/unique_tau"] = int((count / sel.sum() > TAU).sum())
+            want[f"{key}/mscs/freq"] = list(mcount / sel.sum())
+            want[f"{key}/mscs/unique"] = int((mcount > 0).sum())
+            want[f"{key}/mscs/mean_size"] = float(np.mean(sizes))
+    return want
+
+
+def test_topk_conformance_and_reference(random_store):
+    r = check_analyzer("topk", random_store, expected=_topk_expected, k=K, tau=TAU)
+    # overlaps between classes and between splits, from the (already checked) identities
+    g = r.data["groups"]["test@1"]
+    a, b = g["classes"][0]["topk"]["all"]["indices"], g["classes"][1]["topk"]["all"]["indices"]
+    assert g["overlap_between_classes"][0][1] == len(set(a) & set(b)) / K
+    tr = r.data["groups"]["train@1"]["classes"][2]["topk"]["all"]["indices"]
+    te = r.data["groups"]["test@1"]["classes"][2]["topk"]["all"]["indices"]
+    got = r.data["overlap_between_splits"]["test@1~train@1"]
+    assert got["overlap"][2] == len(set(tr) & set(te)) / K
+    assert got["jaccard"][2] == len(set(tr) & set(te)) / len(set(tr) | set(te))
+    # the empty class is reported as empty, not NaN soup, and the JSON is valid
+    empty = r.data["groups"]["test@0"]["classes"][4]
+    assert empty["n"] == 0 and empty["accuracy"] is None and empty["unique"] == 0
+    json.loads(r.to_json())
+    assert any("non-finite values were skipped" in n for n in r.notes)
+
+
+def test_topk_on_fe_and_ce_target(random_store):
+    for emb, col in (("fe", "fe"), ("ce_target", "ce_target")):
+        r = analyze(random_store, ["topk"], embedding=emb, k=K, split="test", epoch=0)["topk"]
+        rows, _ = _groups(Store(random_store))["test@0"]
+        sel = rows["label"] == 1
+        assert list(r.data["groups"]["test@0"]["classes"][1]["topk"]["all"]["indices"]) == _topk_ref(rows[col][sel].mean(0), K)
+
+
+# ----------------------------------------------------------------------------- magnitude
+
+
+def _magnitude_expected(store):
+    C = store.num_classes
+    groups = _groups(store)
+    train, _ = groups["train@1"]  # reference: the last training epoch
+    ident = {}
+    for c in range(C):
+        sel = train["label"] == c
+        if sel.any():
+            ident[c] = _topk_ref(train["ce_pred"][sel].mean(0), K)
+    want = {}
+
+    def mags(rows):
+        return np.array([rows["ce_pred"][n, ident[int(rows["label"][n])]].mean() if int(rows["label"][n]) in ident else np.nan
+                         for n in range(len(rows["label"]))])
+
+    mt = mags(train)
+    for c in ident:
+        want[f"identity/{c}"] = ident[c]
+        want[f"train_mean/{c}"] = mt[train["label"] == c].mean()
+        want[f"train_p5/{c}"] = np.percentile(mt[train["label"] == c], 5)
+    for g in ("test@0", "test@1"):
+        rows, _ = groups[g]
+        m = mags(rows)
+        ok = rows["label"] == rows["pred"]
+        for c in ident:
+            sel = rows["label"] == c
+            key = f"groups/{g}/classes/{c}"
+            want[f"{key}/n"] = int(sel.sum())
+            want[f"{key}/mean_correct"] = m[sel & ok].mean() if (sel & ok).any() else None
+            want[f"{key}/mean_incorrect"] = m[sel & ~ok].mean() if (sel & ~ok).any() else None
+            p5 = np.percentile(mt[train["label"] == c], 5)
+            below = sel & (m < p5)
+            want[f"{key}/share_below_p5"] = below.sum() / sel.sum() if sel.any() else None
+            want[f"{key}/accuracy_below_p5"] = ok[below].mean() if below.any() else None
+            if (sel & ok).any():
+                want[f"{key}/ratio_correct"] = m[sel & ok].mean() / mt[train["label"] == c].mean()
+    # trajectory: identity of train@0 vs the final identity
+    t0, _ = groups["train@0"]
+    for c in ident:
+        sel = t0["label"] == c
+        want[f"trajectory/train@0/identity_overlap/{c}"] = len(set(_topk_ref(t0["ce_pred"][sel].mean(0), K)) & set(ident[c])) / K
+        want[f"trajectory/train@0/magnitude/{c}"] = mags(t0)[sel].mean()
+    return want
+
+
+def test_magnitude_conformance_and_reference(random_store):
+    check_analyzer("magnitude", random_store, expected=_magnitude_expected, k=K)
+
+
+def test_magnitude_reference_rows_are_read_even_when_only_test_is_selected(random_store):
+    full = analyze(random_store, ["magnitude"], k=K)["magnitude"]
+    only = analyze(random_store, ["magnitude"], k=K, split="test")["magnitude"]
+    assert_close(only.data["train_p5"], full.data["train_p5"])
+    assert_close(only.data["groups"]["test@1"], full.data["groups"]["test@1"])
+
+
+# ----------------------------------------------------------------------------- diversity
+
+
+def _diversity_expected(store):
+    D = store.feature_dim
+    want = {}
+    for g, (rows, _) in _groups(store).items():
+        fe, y, v = rows["fe"], rows["label"], rows["ce_pred"]
+        dist = np.linalg.norm(fe[:, None, :] - fe[None, :, :], axis=2)
+        for c in range(store.num_classes):
+            sel = y == c
+            key = f"groups/{g}/classes/{c}"
+            want[f"{key}/n"] = int(sel.sum())
+            if sel.sum() < 2:
+                continue
+            count = np.zeros(D)
+            for n in np.nonzero(sel)[0]:
+                count[_topk_ref(v[n], K)] += 1
+            want[f"{key}/unique_share"] = (count > 0).sum() / D
+            p = count[count > 0] / count.sum()
+            want[f"{key}/entropy"] = -(p * np.log(p)).sum() / np.log(D)
+            cov = np.cov(fe[sel].T, bias=True)
+            want[f"{key}/participation_ratio"] = np.trace(cov) ** 2 / np.trace(cov @ cov)
+            u = fe[sel] / np.linalg.norm(fe[sel], axis=1, keepdims=True)
+            sims = [u[a] @ u[b] for a in range(len(u)) for b in range(len(u)) if a != b]
+            want[f"{key}/mean_cosine"] = float(np.mean(sims))
+            types = []
+            for n in np.nonzero(sel)[0]:
+                order = sorted((j for j in range(len(y)) if j != n), key=lambda j: (dist[n, j], j))[:5]
+                same = int((y[order] == c).sum())
+                types.append("safe" if same >= 4 else "border" if same >= 2 else "rare" if same == 1 else "outlier")
+            for t in ("safe", "border", "rare", "outlier"):
+                want[f"{key}/archetypes/{t}"] = types.count(t) / len(types)
+    return want
+
+
+def test_diversity_conformance_and_reference(tmp_path):
+    # continuous values: k-NN distance ties would make the reference's order arbitrary
+    path = make_random_store(tmp_path / "d.fragility", ties=False, nonfinite=1)
+    check_analyzer("diversity", path, expected=_diversity_expected, k=K)
+
+
+def test_diversity_samples_deterministically_and_says_so(random_store):
+    r1 = analyze(random_store, ["diversity"], k=K, knn_max_rows=20, chunk_rows=5)["diversity"]
+    r2 = analyze(random_store, ["diversity"], k=K, knn_max_rows=20, chunk_rows=1000)["diversity"]
+    sampled = r1.data["groups"]["test@0"]["knn_sampled"]
+    assert 5 < sampled < 73
+    assert_results_equal(r1, r2)
+    assert any(f"deterministic sample of {sampled} of" in n for n in r1.notes)
+
+
+# ----------------------------------------------------------------------------- hand-worked examples
+
+
+def test_hand_worked_topk_and_ties():
+    assert list(topk_order(np.array([3.0, 1.0, 3.0, 2.0]), 2)) == [0, 2]
+    assert topk_mask(np.array([[1.0, 2.0, 2.0, 0.0]]), 2).tolist() == [[False, True, True, False]]
+    assert topk_mask(np.array([[2.0, 2.0, 2.0, 1.0]]), 2).tolist() == [[True, True, False, False]]
+    assert topk_mask(np.array([[0.0, 5.0, 0.0, 0.0]]), 3).tolist() == [[True, True, True, False]]
+
+
+def test_hand_worked_minimal_sufficient_set():
+    ce = np.array([[3.0, -1.0, 2.0, 0.5]])
+    bias = np.array([0.5, 0.0, 0.0])
+    # logit_p = 0.5 + 4.5 = 5.0; start = 0.5 - 1 = -0.5
+    assert minimal_sets(ce, np.array([[5.0, 2.0, 1.0]]), np.array([0]), bias).tolist() == [[True, False, False, False]]  # -0.5+3 >= 2
+    assert minimal_sets(ce, np.array([[5.0, 4.2, 1.0]]), np.array([0]), bias).tolist() == [[True, False, True, False]]  # 2.5 < 4.2 <= 4.5
+    assert minimal_sets(ce, np.array([[5.0, -3.0, -1.0]]), np.array([0]), bias).tolist() == [[False] * 4]  # start already wins
+
+
+def test_hand_worked_diversity_measures():
+    assert normalized_entropy(np.array([2, 2, 0, 0]), 4) == pytest.approx(0.5)
+    x = np.array([[1.0, 0], [-1, 0], [0, 1], [0, -1]])
+    assert participation_ratio(x.sum(0), x.T @ x, 4) == pytest.approx(2.0)
+    y = np.array([[1.0, 0], [2, 0], [3, 0]])
+    assert participation_ratio(y.sum(0), y.T @ y, 3) == pytest.approx(1.0)
+    u = np.array([[1.0, 0], [0, 1], [1, 0]])
+    assert mean_pairwise_cosine(u.sum(0), 3) == pytest.approx(1 / 3)
+    pts = np.array([[0.0], [0.1], [0.2], [0.3], [0.4], [5.0], [5.1]])
+    lab = np.array([0, 0, 0, 0, 1, 1, 0])
+    # 6 others, k=5: row 0 sees 0.1, 0.2, 0.3 (class 0), 0.4 and 5.0 (class 1) -> 3;
+    # row 4 (class 1) sees the four class-0 rows and 5.0 -> 1; row 6 sees 5.0, 0.4 (class 1), 0.3, 0.2, 0.1 -> 3
+    assert knn_same_class(pts, lab, k=5).tolist() == [3, 3, 3, 3, 1, 1, 3]
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, st.tuples(st.integers(1, 6), st.integers(2, 9)), elements=st.sampled_from([-1.0, 0.0, 0.5, 1.0, 2.0])),
+       st.integers(1, 9))
+def test_topk_mask_matches_brute_force(v, k):
+    k = min(k, v.shape[1])
+    mask = topk_mask(v, k)
+    for n in range(v.shape[0]):
+        assert sorted(np.nonzero(mask[n])[0].tolist()) == sorted(_topk_ref(v[n], k))
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, st.tuples(st.integers(1, 5), st.integers(2, 40)), elements=st.floats(-3, 3, width=16)),
+       st.integers(0, 2), st.integers(0, 10**6))
+def test_minimal_sets_match_brute_force(ce, p, seed):
+    rng = np.random.default_rng(seed)
+    n, d = ce.shape
+    bias = rng.normal(size=3).round(1)
+    logits = rng.normal(size=(n, 3)) * 3
+    pred = np.full(n, p)
+    logits[:, p] = ce.sum(1) + bias[p]
+    got = minimal_sets(ce, logits, pred, bias, probe=4)
+    for i in range(n):
+        assert np.nonzero(got[i])[0].tolist() == sorted(_mscs_ref(ce[i], logits[i], p, bias))
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_analysis_input(random_store, tmp_path):
+    with pytest.raises(AnalyzerError, match=r"unknown analyzer 'topp' \(did you mean 'topk'\?\); available: diversity, magnitude, topk"):
+        analyze(random_store, ["topp"])
+    for k in (0, -1, 13):
+        with pytest.raises(AnalyzerError, match=rf"K={k} is out of range; K must be between 1 and the feature dimension D=12"):
+            analyze(random_store, ["topk"], k=k)
+    with pytest.raises(SelectionError, match=r"split 'val' is not in store"):
+        analyze(random_store, ["topk"], split="val")
+    with pytest.raises(SelectionError, match=r"epoch 9 is not in store"):
+        analyze(random_store, ["topk"], epoch=9)
+    with pytest.raises(AnalyzerError, match=r"tau=2.0 is a frequency floor"):
+        analyze(random_store, ["topk"], tau=2.0)
+    with pytest.raises(AnalyzerError, match=r"embedding 'cee' is unknown \(did you mean 'ce'"):
+        analyze(random_store, ["topk"], embedding="cee")
+    with pytest.raises(AnalyzerError, match=r"magnitude needs reference rows \(split='validation'.*--reference-split"):
+        analyze(random_store, ["magnitude"], reference_split="validation")
+
+
+def test_store_without_ce_target_says_how_to_record_it(tmp_path):
+    import timm
+    import torch
+
+    import fragility
+
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
+    path = tmp_path / "nolabels.fragility"
+    with fragility.Recorder(model, path) as rec:
+        rec.evaluate([torch.randn(4, 3, 32, 32)], split="test")
+    with pytest.raises(AnalyzerError, match=r"has no ce_target column.*record with labels"):
+        analyze(path, ["topk"], embedding="ce_target")

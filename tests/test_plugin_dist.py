@@ -1,0 +1,83 @@
+"""A third-party analyzer distribution, discovered through a real entry point, runs next to the built-ins."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fragility
+from fragility import PluginError
+from fragility.analysis import analyze
+from fragility.testing import check_analyzer, make_random_store
+
+from .test_plugins import install_dist
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fragility-classcount"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "writing-plugins.md"
+
+
+def _install_example(tmp_path, monkeypatch):
+    meta = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())
+    (ep_name, module), = meta["project"]["entry-points"]["fragility"].items()
+    install_dist(tmp_path, monkeypatch, meta["project"]["name"], module, (EXAMPLE / f"{module}.py").read_text(), ep_name)
+    monkeypatch.delenv("FRAGILITY_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+
+
+def test_doc_shows_exactly_the_example_files():
+    doc = DOC.read_text()
+    blocks = re.findall(r"```(?:toml|python)\n(.*?)```", doc, flags=re.S)
+    assert blocks[0] == (EXAMPLE / "pyproject.toml").read_text()
+    assert blocks[1] == (EXAMPLE / "fragility_classcount.py").read_text()
+
+
+def test_installed_plugin_runs_through_the_engine_next_to_builtins(tmp_path, monkeypatch):
+    _install_example(tmp_path, monkeypatch)
+    path = make_random_store(tmp_path / "s.fragility")
+    results = analyze(path, ["classcount", "topk"], k=3)
+    assert set(results) == {"classcount", "topk"}
+    store = fragility.Store(path)
+    for p in store.passes:
+        rows = store.read(p, ["label", "pred"])
+        want = np.zeros((5, 5), dtype=int)
+        for y, q in zip(rows["label"], rows["pred"]):
+            want[y, q] += 1
+        np.testing.assert_array_equal(results["classcount"].data[f"{p.split}@{p.epoch}"], want)
+        assert results["topk"].data["groups"][f"{p.split}@{p.epoch}"]["classes"][0]["n"] == want[0].sum()
+    check_analyzer("classcount", path)
+
+
+def test_duplicate_analyzer_name_names_both_owners(tmp_path, monkeypatch):
+    source = """
+        import fragility
+        from fragility.analysis import Analyzer
+
+        class Mine(Analyzer):
+            name = "topk"
+
+        @fragility.hookimpl
+        def fragility_register_analyzers(registrar):
+            registrar.add("topk", Mine)
+    """
+    install_dist(tmp_path, monkeypatch, "fragility-dup", "frag_dup", source)
+    monkeypatch.delenv("FRAGILITY_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    path = make_random_store(tmp_path / "s.fragility")
+    with pytest.raises(PluginError, match=r"analyzer 'topk' is registered twice: by (fragility_plugins.topk and by frag_dup|frag_dup and by fragility_plugins.topk)"):
+        analyze(path, ["topk"])
+
+
+def test_compare_two_stores(tmp_path):
+    a = make_random_store(tmp_path / "a.fragility", seed=1)
+    b = make_random_store(tmp_path / "b.fragility", seed=2)
+    r = fragility.compare(a, b, k=3, labels=("imb", "bal"))
+    ra = analyze(a, ["topk"], k=3)["topk"].data["groups"]
+    rb = analyze(b, ["topk"], k=3)["topk"].data["groups"]
+    for c in range(4):
+        ia, ib = ra["train@1"]["classes"][c]["topk"]["all"]["indices"], rb["train@1"]["classes"][c]["topk"]["all"]["indices"]
+        assert r.data["classes"][c]["overlap_train"] == len(set(ia) & set(ib)) / 3
+        assert r.data["classes"][c]["unique_imb"] == ra["train@1"]["classes"][c]["unique"]
+        assert r.data["classes"][c]["accuracy_bal"] == rb["test@1"]["classes"][c]["accuracy"]
+    assert r.data["classes"][4]["overlap_train"] is None
