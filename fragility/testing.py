@@ -126,7 +126,7 @@ def _merged_result(name: str, store: Store, kwargs: dict[str, Any], pm: pluggy.P
         reference = [p for p in store.select(split=kwargs.get("reference_split", "train"), epoch=kwargs.get("reference_epoch", "last")) if p.rows]
     spec = make_spec(
         store, passes, embedding=kwargs.get("embedding", "ce"), k=kwargs.get("k", 10), tau=kwargs.get("tau", 0.0),
-        reference=reference, knn_k=kwargs.get("knn_k", 5), knn_max_rows=kwargs.get("knn_max_rows", 20000),
+        reference=reference, knn_k=kwargs.get("knn_k", 5), knn_max_rows=kwargs.get("knn_max_rows", 10000),
     )
     workers = [cls(spec) for _ in range(parts)]
     if cls.uses_reference:

@@ -4,10 +4,12 @@ entropy, participation ratio of the class FE covariance, mean pairwise cosine, k
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 import fragility
 from fragility.analysis import Analyzer, Chunk, Result, Table
 from fragility.analysis._maths import (
+    class_sums,
     instance_counts,
     knn_same_class,
     mean_pairwise_cosine,
@@ -62,26 +64,25 @@ class Diversity(Analyzer):
     def update(self, chunk: Chunk) -> None:
         C, D, g = self.spec.num_classes, self.spec.feature_dim, chunk.group
         y = chunk.labels
-        fe = np.asarray(chunk["fe"], dtype=np.float64)
+        fe = torch.from_numpy(np.ascontiguousarray(chunk["fe"])).double()
         self.accumulate(g, "n", np.bincount(y, minlength=C))
         self.accumulate(g, "count", instance_counts(y, chunk.topk_mask(), C))
-        sum_fe = np.zeros((C, D))
-        sum_fefe = np.zeros((C, D, D))
-        sum_unit = np.zeros((C, D))
-        norms = np.linalg.norm(fe, axis=1)
-        nz = norms > 0
-        unit = np.zeros_like(fe)
-        unit[nz] = fe[nz] / norms[nz, None]
-        for c in np.unique(y):
-            sel = y == c
-            x = fe[sel]
-            sum_fe[c] = x.sum(axis=0)
-            sum_fefe[c] = x.T @ x
-            sum_unit[c] = unit[sel].sum(axis=0)
-        self.accumulate(g, "sum_fe", sum_fe)
-        self.accumulate(g, "sum_fefe", sum_fefe)
-        self.accumulate(g, "sum_unit", sum_unit)
+        norms = torch.linalg.vector_norm(fe, dim=1)
+        nz = (norms > 0).numpy()
+        unit = fe[nz] / norms[nz, None]
+        self.accumulate(g, "sum_fe", class_sums(y, fe, C))
+        self.accumulate(g, "sum_unit", class_sums(y[nz], unit, C))
         self.accumulate(g, "n_unit", np.bincount(y[nz], minlength=C))
+        # second moments per class: sort rows by class once, then one GEMM per contiguous block
+        order = np.argsort(y, kind="stable")
+        bounds = np.searchsorted(y[order], np.arange(C + 1))
+        xs = fe[torch.from_numpy(order)].numpy()
+        sum_fefe = np.zeros((C, D, D))
+        for c in range(C):
+            x = xs[bounds[c] : bounds[c + 1]]
+            if len(x):
+                sum_fefe[c] = x.T @ x
+        self.accumulate(g, "sum_fefe", sum_fefe)
         rows = self.spec.group(g).rows
         keep = sample_mask(chunk.keys, self.spec.knn_max_rows / max(rows, 1))
         self.accumulate(g, "keys", chunk.keys[keep])

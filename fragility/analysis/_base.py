@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import AnalyzerError
-from ._maths import topk_mask
+from ._maths import as_float32, topk_mask
 from ._results import Result
 
 EMBEDDINGS = {"ce": "ce_pred", "ce_pred": "ce_pred", "ce_target": "ce_target", "fe": "fe"}
@@ -48,7 +48,7 @@ class AnalysisSpec:
     groups: list[Group] = field(default_factory=list)
     reference: Group | None = None
     knn_k: int = 5
-    knn_max_rows: int = 20000
+    knn_max_rows: int = 10000
     options: dict[str, Any] = field(default_factory=dict)
 
     def group(self, name: str) -> Group:
@@ -98,7 +98,7 @@ class Chunk:
     @property
     def v(self) -> np.ndarray:
         """The analysed embedding as float32."""
-        return self.cached("v", lambda: np.asarray(self.rows[self.spec.embedding], dtype=np.float32))
+        return self.cached("v", lambda: as_float32(self.rows[self.spec.embedding]))
 
     def topk_mask(self) -> np.ndarray:
         """Each row's top-K features of ``v`` (shared by every analyzer that needs it)."""

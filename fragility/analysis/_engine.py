@@ -79,7 +79,7 @@ def make_spec(
     tau: float = 0.0,
     reference: Sequence[PassInfo] = (),
     knn_k: int = 5,
-    knn_max_rows: int = 20000,
+    knn_max_rows: int = 10000,
     options: dict[str, Any] | None = None,
 ) -> AnalysisSpec:
     """Validate the analysis parameters against the store and describe the selected groups."""
@@ -172,9 +172,9 @@ def analyze(
     tau: float = 0.0,
     reference_split: str = "train",
     reference_epoch: int | str = "last",
-    chunk_rows: int = 65536,
+    chunk_rows: int = 32768,
     knn_k: int = 5,
-    knn_max_rows: int = 20000,
+    knn_max_rows: int = 10000,
     progress: bool = False,
     plugin_manager: pluggy.PluginManager | None = None,
     options: dict[str, Any] | None = None,

@@ -27,7 +27,12 @@ __all__ = [
 
 def _t(a: np.ndarray | torch.Tensor) -> torch.Tensor:
     t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
-    return t.float() if t.dtype == torch.float16 else t
+    return t.float() if t.dtype == torch.float16 else t  # torch converts float16 ~7x faster than numpy
+
+
+def as_float32(a: np.ndarray) -> np.ndarray:
+    """``a`` as float32 (fast conversion from float16)."""
+    return _t(a).float().numpy()
 
 
 def topk_order(values: np.ndarray, k: int) -> np.ndarray:
@@ -43,15 +48,15 @@ def topk_mask(v: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
     if t.shape[0] == 0:
         return np.zeros(tuple(t.shape), dtype=bool)
     kth = torch.topk(t, k, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
-    greater = t > kth
-    mask = greater.clone()
-    n_greater = greater.sum(dim=1)
-    rows = torch.nonzero(n_greater < k).flatten()
-    if len(rows):  # only rows whose k-th value is tied need the index rule; usually k-th equals exactly one
-        eq = t[rows] == kth[rows]
+    mask = t >= kth
+    tied = torch.nonzero(mask.sum(dim=1) > k).flatten()
+    if len(tied):  # more than k entries reach the k-th value: keep the lower-index ones among the equal
+        sub = t[tied]
+        greater = sub > kth[tied]
+        eq = sub == kth[tied]
         rank = torch.cumsum(eq.to(torch.int32), dim=1)
-        need = (k - n_greater[rows]).unsqueeze(1)
-        mask[rows] |= eq & (rank <= need)
+        need = (k - greater.sum(dim=1)).unsqueeze(1)
+        mask[tied] = greater | (eq & (rank <= need))
     return mask.numpy()
 
 
@@ -65,9 +70,14 @@ def class_sums(labels: np.ndarray, v: np.ndarray | torch.Tensor, num_classes: in
 
 def instance_counts(labels: np.ndarray, mask: np.ndarray, num_classes: int) -> np.ndarray:
     """``count[c, j]`` = rows of class ``c`` whose mask holds ``j`` (int64, ``(C, D)``)."""
-    out = torch.zeros((num_classes, mask.shape[1]), dtype=torch.int64)
-    out.index_add_(0, torch.from_numpy(np.asarray(labels, dtype=np.int64)), torch.from_numpy(mask).to(torch.int64))
-    return out.numpy()
+    out = np.zeros((num_classes, mask.shape[1]), dtype=np.int64)
+    lab = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    m = torch.from_numpy(mask)
+    step = 1 << 22  # float32 counts are exact below 2**24 rows per block
+    for s in range(0, len(lab), step):
+        onehot = torch.nn.functional.one_hot(lab[s : s + step], num_classes).T.float()
+        out += (onehot @ m[s : s + step].float()).round().to(torch.int64).numpy()
+    return out
 
 
 def class_topk(sums: np.ndarray, counts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,39 +107,50 @@ def minimal_sets(ce_pred: np.ndarray, logits: np.ndarray, pred: np.ndarray, bias
     For row ``n`` with predicted class ``p`` and runner-up ``r`` (largest other logit): start from
     ``b_p + sum of negative entries of CE_p``; add the largest entries (ties: lower index first) until the
     total reaches ``logit_r``. The added indices form ``S_n`` (empty when the start already reaches it).
+
+    The ``probe`` largest entries of each row settle almost every row; rows they do not settle (or whose
+    cut falls inside a run of equal values at the probe's edge) are redone with a full stable sort.
     """
-    ce = _t(ce_pred).double()
+    ce = _t(ce_pred)
     n, d = ce.shape
     out = torch.zeros((n, d), dtype=torch.bool)
     if n == 0:
         return out.numpy()
+    ce64 = ce.double()
     lg = _t(logits).double()
     p = torch.from_numpy(np.asarray(pred, dtype=np.int64))
     others = lg.clone()
     others[torch.arange(n), p] = -torch.inf
     runner = others.max(dim=1).values
-    start = torch.from_numpy(np.asarray(bias, dtype=np.float64))[p] + ce.clamp(max=0).sum(dim=1)
+    start = torch.from_numpy(np.asarray(bias, dtype=np.float64))[p] + ce64.clamp(max=0).sum(dim=1)
     gap = runner - start  # what the positive entries must add up to
     pending = torch.nonzero(gap > 0).flatten()
     m = min(probe, d)
     while len(pending):
-        sub = ce[pending]
-        # top-m entries in exact order (value desc, index asc): select by mask, then stable-sort
-        mask = torch.from_numpy(topk_mask(sub, m))
-        cols = torch.nonzero(mask)[:, 1].view(len(pending), m)  # ascending index within each row
-        vals = torch.gather(sub, 1, cols)
-        order = torch.sort(-vals, dim=1, stable=True).indices
-        cols = torch.gather(cols, 1, order)
-        vals = torch.gather(vals, 1, order).clamp(min=0)
-        cum = torch.cumsum(vals, dim=1)
-        reached = cum >= gap[pending].unsqueeze(1)
-        done = reached.any(dim=1) | (m == d)
-        count = torch.where(reached.any(dim=1), reached.to(torch.int8).argmax(dim=1) + 1, (vals > 0).sum(dim=1))
-        rows = pending[done]
-        take = torch.arange(m).unsqueeze(0) < count[done].unsqueeze(1)
-        r_idx = rows.unsqueeze(1).expand(-1, m)[take]
-        out[r_idx, cols[done][take]] = True
-        pending = pending[~done]
+        rows = pending
+        vals, idx = torch.topk(ce[rows], m, dim=1, sorted=True)
+        # equal values in index order: stable sort by index, then stable sort by value (descending)
+        o = torch.argsort(idx, dim=1, stable=True)
+        vals, idx = torch.gather(vals, 1, o), torch.gather(idx, 1, o)
+        o = torch.argsort(-vals, dim=1, stable=True)
+        vals, idx = torch.gather(vals, 1, o), torch.gather(idx, 1, o)
+        vals64 = torch.gather(ce64[rows], 1, idx).clamp(min=0)
+        cum = torch.cumsum(vals64, dim=1)
+        reached = cum >= gap[rows].unsqueeze(1)
+        hit = reached.any(dim=1)
+        count = torch.where(hit, reached.to(torch.int8).argmax(dim=1) + 1, (vals64 > 0).sum(dim=1))
+        if m < d:
+            # not settled: the probe ran out of positive entries, or the cut falls in a run of values equal
+            # to the probe's last one (lower-index equals outside the probe might belong before them)
+            last = torch.gather(vals, 1, (count - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+            unsettled = (~hit & (vals[:, -1] > 0)) | ((count > 0) & (last == vals[:, -1]))
+        else:
+            unsettled = torch.zeros(len(rows), dtype=torch.bool)
+        fast = ~unsettled
+        take = torch.arange(m).unsqueeze(0) < count[fast].unsqueeze(1)
+        r_idx = rows[fast].unsqueeze(1).expand(-1, m)[take]
+        out[r_idx, idx[fast][take]] = True
+        pending = rows[unsettled]
         m = min(d, m * 4)
     return out.numpy()
 
@@ -161,9 +182,9 @@ def mean_pairwise_cosine(sum_unit: np.ndarray, n: int) -> float:
     return float((sum_unit @ sum_unit - n) / (n * (n - 1)))
 
 
-def knn_same_class(x: np.ndarray, labels: np.ndarray, k: int = 5, block: int = 2048) -> np.ndarray:
-    """For each row, how many of its ``k`` nearest other rows (Euclidean; ties: lower row) share its label."""
-    t = _t(x).double()
+def knn_same_class(x: np.ndarray, labels: np.ndarray, k: int = 5, block: int = 1024) -> np.ndarray:
+    """For each row, how many of its ``k`` nearest other rows (Euclidean, float32; ties: lower row) share its label."""
+    t = _t(x).float()
     n = t.shape[0]
     out = np.zeros(n, dtype=np.int64)
     if n < 2:
@@ -173,11 +194,10 @@ def knn_same_class(x: np.ndarray, labels: np.ndarray, k: int = 5, block: int = 2
     lab = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     for s in range(0, n, block):
         e = min(n, s + block)
-        dist = sq[s:e, None] - 2 * t[s:e] @ t.T + sq[None, :]
+        dist = (sq[s:e, None] - 2 * t[s:e] @ t.T + sq[None, :]).clamp(min=0)
         dist[torch.arange(e - s), torch.arange(s, e)] = torch.inf
-        # stable sort: equal distances keep the lower row index first
-        nn_idx = torch.sort(dist, dim=1, stable=True).indices[:, :kk]
-        out[s:e] = (lab[nn_idx] == lab[s:e, None]).sum(dim=1).numpy()
+        near = torch.from_numpy(topk_mask(-dist, kk))
+        out[s:e] = (near & (lab[None, :] == lab[s:e, None])).sum(dim=1).numpy()
     return out
 
 

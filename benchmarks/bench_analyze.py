@@ -1,0 +1,175 @@
+"""Analysis engine benchmark on a generated 1M x 512 float16 store, measured side by side in one run.
+
+(a) time of one pass of all built-in analyzers (topk, magnitude, diversity) against a plain sequential
+    read (h5py, same chunks) of the datasets they need;
+(b) peak memory (max RSS) of the analysis process;
+(c) against a faithful re-creation of the authors' CSV + pandas pipeline on the same extraction and
+    top-K analysis (on a subset, as the pandas pipeline is too slow for 1M rows).
+
+Usage: python benchmarks/bench_analyze.py [--rows 1000000] [--dim 512] [--store PATH] [--pandas-rows 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def generate(path: str, rows: int, dim: int, classes: int = 10, seed: int = 0) -> None:
+    """A store of ``rows`` rows split evenly into a train and a test pass (float16), written by StoreWriter."""
+    from fragility.store import StoreWriter
+
+    rng = np.random.default_rng(seed)
+    w = StoreWriter(
+        path,
+        {"model_name": "bench", "head": "bench.fc(Linear)", "num_classes": classes, "class_names": [str(i) for i in range(classes)],
+         "feature_dim": dim, "rank": 0, "plugins": [], "fragility_version": "bench"},
+        dtype="float16", chunk_rows=4096, overwrite=True,
+    )
+    # a trained head's structure: each class leans on its own features (pattern j % classes == c)
+    own = (np.arange(dim)[None, :] % classes) == np.arange(classes)[:, None]
+    weight = (rng.normal(size=(classes, dim)) * 0.1 + 0.5 * own).astype(np.float32)
+    bias = rng.normal(size=classes).astype(np.float32)
+    counts = np.round(np.geomspace(1, 0.05, classes) / np.geomspace(1, 0.05, classes).sum() * (rows // 2)).astype(int)
+    for i, split in enumerate(("train", "test")):
+        name = f"{i:04d}"
+        w.begin_pass(name, {"split": split, "epoch": 0, "mode": "train" if split == "train" else "eval", "rank": 0})
+        w.write_classifier(name, weight, bias)
+        labels = rng.permutation(np.repeat(np.arange(classes), counts))
+        for s in range(0, len(labels), 16384):
+            y = labels[s : s + 16384]
+            fe = np.maximum(rng.normal(size=(len(y), dim)).astype(np.float32) + 0.8 * (np.arange(dim) % classes == y[:, None]), 0)
+            logits = fe @ weight.T + bias
+            pred = logits.argmax(1)
+            w.append(name, {"fe": fe, "ce_pred": fe * weight[pred], "logits": logits, "label": y, "pred": pred,
+                            "index": np.arange(s, s + len(y)), "step": np.zeros(len(y), np.int64), "rank": np.zeros(len(y), np.int32)})
+        w.end_pass(name, weight, bias)
+    w.close()
+
+
+def plain_read(path: str, columns: list[str], chunk_rows: int) -> float:
+    import h5py
+
+    t0 = time.perf_counter()
+    for name in sorted(os.listdir(os.path.join(path, "passes"))):
+        with h5py.File(os.path.join(path, "passes", name), "r") as f:
+            n = int(f["status"][0])
+            for s in range(0, n, chunk_rows):
+                for c in columns:
+                    f[c][s : s + chunk_rows]
+    return time.perf_counter() - t0
+
+
+def run_analysis(path: str, chunk_rows: int) -> dict:
+    """In a child process, so max RSS is the analysis alone."""
+    code = (
+        "import json, resource, time, sys\n"
+        "from fragility.analysis import analyze\n"
+        "t0 = time.perf_counter()\n"
+        f"res = analyze({path!r}, ['topk', 'magnitude', 'diversity'], chunk_rows={chunk_rows})\n"
+        "dt = time.perf_counter() - t0\n"
+        "print(json.dumps({'seconds': dt, 'max_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,"
+        " 'notes': sum((r.notes for r in res.values()), [])}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def pandas_pipeline(fe_ce: np.ndarray, labels: np.ndarray, k: int, tmp: str) -> float:
+    """The authors' approach re-created: CE written per sample to CSV, read back with pandas, class top-K
+    from groupby means, instance top-K by sorting each row (their per-image loop)."""
+    import pandas as pd
+
+    t0 = time.perf_counter()
+    df = pd.DataFrame(fe_ce.astype(np.float32))
+    df["label"] = labels
+    csv = os.path.join(tmp, "ce.csv")
+    df.to_csv(csv, index=False)
+    df = pd.read_csv(csv)
+    feats = [c for c in df.columns if c != "label"]
+    class_topk = {}
+    counts = {}
+    for c, g in df.groupby("label"):
+        means = g[feats].mean()
+        class_topk[c] = list(means.sort_values(ascending=False).index[:k])
+        cnt: dict[str, int] = {}
+        for _, row in g[feats].iterrows():
+            for j in row.sort_values(ascending=False).index[:k]:
+                cnt[j] = cnt.get(j, 0) + 1
+        counts[c] = cnt
+    return time.perf_counter() - t0
+
+
+def fragility_pipeline(fe_ce: np.ndarray, labels: np.ndarray, k: int, tmp: str) -> float:
+    """The same extraction (store the CE) and top-K analysis with fragility's writer and topk analyzer."""
+    from fragility.analysis import analyze
+    from fragility.store import StoreWriter
+
+    t0 = time.perf_counter()
+    path = os.path.join(tmp, "same.fragility")
+    n, d = fe_ce.shape
+    w = StoreWriter(path, {"model_name": "x", "head": "x", "num_classes": int(labels.max()) + 1, "class_names": [], "feature_dim": d,
+                           "rank": 0, "plugins": [], "fragility_version": "bench"}, dtype="float32", overwrite=True)
+    w.begin_pass("0000", {"split": "test", "epoch": 0, "mode": "eval", "rank": 0})
+    w.write_classifier("0000", np.zeros((int(labels.max()) + 1, d), np.float32), np.zeros(int(labels.max()) + 1, np.float32))
+    for s in range(0, n, 4096):
+        sl = slice(s, s + 4096)
+        m = len(labels[sl])
+        w.append("0000", {"fe": fe_ce[sl], "ce_pred": fe_ce[sl], "logits": np.zeros((m, int(labels.max()) + 1), np.float32),
+                          "label": labels[sl], "pred": labels[sl], "index": np.arange(m), "step": np.zeros(m, np.int64),
+                          "rank": np.zeros(m, np.int32)})
+    w.end_pass("0000")
+    w.close()
+    analyze(path, ["topk"], k=k)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--store", default=None, help="reuse/keep a generated store here")
+    ap.add_argument("--chunk-rows", type=int, default=65536)
+    ap.add_argument("--pandas-rows", type=int, default=20000)
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp()
+    try:
+        path = args.store or os.path.join(tmp, "bench.fragility")
+        if not os.path.exists(os.path.join(path, "store.h5")):
+            t0 = time.perf_counter()
+            generate(path, args.rows, args.dim)
+            print(f"generated {args.rows} x {args.dim} float16 store in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        cols = ["fe", "ce_pred", "logits", "label", "pred"]
+        plain_read(path, cols, args.chunk_rows)  # warm the page cache for both sides alike
+        t_read = plain_read(path, cols, args.chunk_rows)
+        a = run_analysis(path, args.chunk_rows)
+        t_read2 = plain_read(path, cols, args.chunk_rows)
+        t_plain = min(t_read, t_read2)
+        print(f"(a) plain sequential read of {', '.join(cols)}: {t_plain:.1f} s; all analyzers: {a['seconds']:.1f} s; "
+              f"ratio {a['seconds'] / t_plain:.2f} (target <= 2)")
+        print(f"(b) peak memory of the analysis process: {a['max_rss_mb']:.0f} MB (target <= 1500)")
+        rng = np.random.default_rng(1)
+        n = args.pandas_rows
+        ce = np.maximum(rng.normal(size=(n, args.dim)), 0).astype(np.float32)
+        y = rng.integers(0, 10, n)
+        t_pd = pandas_pipeline(ce, y, 10, tmp)
+        t_fr = fragility_pipeline(ce, y, 10, tmp)
+        print(f"(c) {n} x {args.dim} CE, extraction + class/instance top-10: CSV + pandas {t_pd:.1f} s, fragility {t_fr:.2f} s; "
+              f"speed-up {t_pd / t_fr:.0f}x (target >= 20)")
+        for note in a["notes"]:
+            print("    note:", note)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
