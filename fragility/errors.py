@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 __all__ = [
     "AnalyzerError",
+    "DataError",
     "FragilityError",
     "HeadError",
     "PluginError",
@@ -49,6 +50,10 @@ class StoreVersionError(StoreError):
 
 class SelectionError(FragilityError):
     """A selection (split, epoch, class, pass) names something the store does not hold."""
+
+
+class DataError(FragilityError):
+    """A data set is missing or malformed."""
 
 
 class AnalyzerError(FragilityError):

@@ -81,7 +81,7 @@ def compare(
     return Result(
         "compare",
         tables=[Table(f"{la} vs {lb}: per class (top-{k} {ta['embedding']}; unique counted on the training split)", cols, rows)],
-        data={"labels": list(labels), "k": k, "classes": classes, "runs": {la: {n: r.to_dict()["data"] for n, r in runs[0].items()}, lb: {n: r.to_dict()["data"] for n, r in runs[1].items()}}},
+        data={"labels": list(labels), "k": k, "classes": classes},
     )
 
 

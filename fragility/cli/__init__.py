@@ -1,5 +1,303 @@
-"""Command-line interface (filled in by the CLI issue)."""
+"""The ``fragility`` command line: results on stdout (``--json`` for programs), progress and diagnostics on
+stderr. Errors are one line on stderr with exit code 2; no tracebacks for bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+
+EXIT_ERROR = 2
 
 
-def main() -> None:  # pragma: no cover
-    raise SystemExit("not yet")
+def _consoles() -> tuple[Console, Console]:
+    width = shutil.get_terminal_size((140, 40)).columns if sys.stdout.isatty() else 160
+    return Console(width=width, soft_wrap=False), Console(stderr=True)
+
+
+def _json_out(obj: Any) -> None:
+    from ..analysis import jsonable
+
+    sys.stdout.write(json.dumps(jsonable(obj), indent=1, allow_nan=False) + "\n")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fragility",
+        description="Record FE/CE of timm models and analyze why they fail on minority classes.",
+        epilog="examples:\n  fragility demo\n  fragility inspect run.fragility\n  fragility analyze run.fragility -a topk --split test --k 5\n"
+        "  fragility report imbalanced.fragility --compare balanced.fragility --out report/\n\n"
+        "Results go to stdout, progress and errors to stderr; NO_COLOR disables colours.",
+        formatter_class=_Formatter,
+    )
+    from .. import __version__
+
+    p.add_argument("--version", action="version", version=f"fragility {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    d = sub.add_parser(
+        "demo", help="train on imbalanced vs balanced digits, analyze, write a report", formatter_class=_Formatter,
+        description="Train a timm backbone on an exponentially imbalanced data set and on its balanced control with the "
+        "Recorder attached, run every built-in analyzer, print per-class findings and write a report folder.",
+        epilog="examples:\n  fragility demo\n  fragility demo --epochs 20 --imbalance 50 --out demo-report\n"
+        "  fragility demo --data cifar10 --root ~/data --model resnet18 --epochs 30",
+    )
+    d.add_argument("--data", default="digits", choices=["digits", "cifar10", "svhn"], help="data set (default: digits, bundled)")
+    d.add_argument("--root", default=None, help="folder with a local CIFAR-10/SVHN copy in torchvision's layout")
+    d.add_argument("--model", default="resnet18", help="any timm model name (default: resnet18)")
+    d.add_argument("--epochs", type=int, default=12, help="training epochs per run (default: 12)")
+    d.add_argument("--imbalance", type=float, default=20.0, help="imbalance ratio largest/smallest class (default: 20)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--k", type=int, default=10, help="top-K size (default: 10)")
+    d.add_argument("--out", default="demo-report", help="report folder (default: demo-report)")
+
+    i = sub.add_parser(
+        "inspect", help="what a store holds", formatter_class=_Formatter,
+        description="Schema version, model, classes with counts, passes, datasets (shape, dtype, compression), size on disk.",
+        epilog="examples:\n  fragility inspect run.fragility\n  fragility inspect run.fragility --json | jq .passes",
+    )
+    i.add_argument("store")
+    i.add_argument("--json", action="store_true", help="print JSON on stdout")
+
+    a = sub.add_parser(
+        "analyze", help="run analyzers over a store", formatter_class=_Formatter,
+        description="Run analyzers (built-in and third-party) in one read of the store.",
+        epilog="examples:\n  fragility analyze run.fragility\n  fragility analyze run.fragility -a topk -a magnitude --split test --epoch last\n"
+        "  fragility analyze run.fragility --embedding fe --k 5 --json > results.json\n  fragility analyze run.fragility --out results/",
+    )
+    a.add_argument("store")
+    _analysis_options(a)
+    a.add_argument("-a", "--analyzer", action="append", dest="analyzers", metavar="NAME",
+                   help="analyzer to run (repeatable; default: topk, magnitude, diversity)")
+    a.add_argument("--split", action="append", help="split(s) to analyze (repeatable; default: all)")
+    a.add_argument("--epoch", default=None, help="epoch number or 'last' (default: all)")
+    a.add_argument("--tau", type=float, default=0.0, help="frequency floor for unique_c(tau) (default: 0)")
+    a.add_argument("--reference-split", default="train", help="reference split for magnitude (default: train)")
+    a.add_argument("--json", action="store_true", help="print JSON on stdout")
+    a.add_argument("--out", default=None, help="write CSV/JSON, plots and index.html into this folder")
+
+    c = sub.add_parser(
+        "compare", help="compare two stores class by class", formatter_class=_Formatter,
+        description="Per class: top-K identity overlap between the runs, unique counts, magnitudes, accuracy.",
+        epilog="examples:\n  fragility compare imbalanced.fragility balanced.fragility\n"
+        "  fragility compare a.fragility b.fragility --labels focal ce --json",
+    )
+    c.add_argument("store_a")
+    c.add_argument("store_b")
+    _analysis_options(c)
+    c.add_argument("--labels", nargs=2, default=None, metavar=("A", "B"), help="names of the two runs")
+    c.add_argument("--json", action="store_true", help="print JSON on stdout")
+    c.add_argument("--out", default=None, help="write CSV/JSON into this folder")
+
+    r = sub.add_parser(
+        "report", help="write a self-contained HTML report", formatter_class=_Formatter,
+        description="One index.html with embedded plots, PNG and JSON files next to it.",
+        epilog="examples:\n  fragility report run.fragility --out report/\n"
+        "  fragility report imbalanced.fragility --compare balanced.fragility --out report/",
+    )
+    r.add_argument("store")
+    r.add_argument("--compare", default=None, metavar="STORE_B", help="a second store shown side by side")
+    r.add_argument("--labels", nargs=2, default=None, metavar=("A", "B"))
+    r.add_argument("--k", type=int, default=10)
+    r.add_argument("--out", required=True, help="report folder")
+
+    pl = sub.add_parser(
+        "plugins", help="loaded plugins and the hooks each implements", formatter_class=_Formatter,
+        epilog="examples:\n  fragility plugins\n  FRAGILITY_DISABLE_PLUGIN_AUTOLOAD=1 fragility plugins --json",
+    )
+    pl.add_argument("--json", action="store_true")
+    return p
+
+
+def _analysis_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--embedding", default="ce", choices=["ce", "ce_target", "fe"], help="ce = CE of the predicted class (default)")
+    p.add_argument("--k", type=int, default=10, help="top-K size (default: 10)")
+
+
+def _epoch(value: str | None) -> int | str | None:
+    if value is None or value == "last":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        from ..errors import SelectionError
+
+        raise SelectionError(f"--epoch {value!r} must be an integer or 'last'") from None
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def cmd_inspect(args, out: Console, err: Console) -> int:
+    from rich.table import Table as RichTable
+
+    from ..store import Store
+
+    with Store(args.store) as s:
+        counts = s.metadata.get("class_counts")
+        info = {
+            "path": s.path,
+            "schema_version": s.metadata.get("schema_version"),
+            "fragility_version": s.metadata.get("fragility_version"),
+            "model": s.metadata.get("model_name"),
+            "head": s.metadata.get("head"),
+            "feature_dim": s.feature_dim,
+            "storage_dtype": s.metadata.get("storage_dtype"),
+            "classes": [{"name": n, "count": (counts[i] if counts and i < len(counts) else None)} for i, n in enumerate(s.class_names)],
+            "passes": [p.to_dict() for p in s.passes],
+            "datasets": s.datasets(),
+            "size_bytes": s.size_bytes(),
+        }
+    if args.json:
+        _json_out(info)
+        return 0
+    out.print(f"[bold]{info['path']}[/]  schema v{info['schema_version']} (fragility {info['fragility_version']}), "
+              f"{info['size_bytes'] / 2**20:.1f} MiB on disk")
+    out.print(f"model {info['model']}, head {info['head']}, D={info['feature_dim']}, stored as {info['storage_dtype']}")
+    t = RichTable(title="classes", title_justify="left")
+    t.add_column("class")
+    t.add_column("training rows", justify="right")
+    for c in info["classes"]:
+        t.add_row(c["name"], "–" if c["count"] is None else str(c["count"]))
+    out.print(t)
+    t = RichTable(title="passes", title_justify="left")
+    for col in ("pass", "split", "epoch", "mode", "rows", "complete", "non-finite", "started"):
+        t.add_column(col, justify="right" if col in ("epoch", "rows", "non-finite") else "left")
+    for p in info["passes"]:
+        t.add_row(p["name"], p["split"], str(p["epoch"]), p["mode"], str(p["rows"]), "yes" if p["complete"] else "[red]no[/]",
+                  str(p["nonfinite_rows"]), p["started"])
+    out.print(t)
+    t = RichTable(title="datasets", title_justify="left")
+    for col in ("dataset", "shape", "dtype", "chunks", "compression"):
+        t.add_column(col)
+    for d in info["datasets"]:
+        t.add_row(d["path"], "×".join(map(str, d["shape"])), d["dtype"], "×".join(map(str, d["chunks"] or [])) or "–",
+                  d["compression"] or "–")
+    out.print(t)
+    return 0
+
+
+def cmd_analyze(args, out: Console, err: Console) -> int:
+    from ..analysis import analyze
+
+    results = analyze(
+        args.store, args.analyzers, split=args.split, epoch=_epoch(args.epoch), embedding=args.embedding, k=args.k,
+        tau=args.tau, reference_split=args.reference_split, progress=not args.json or err.is_terminal,
+    )
+    if args.json:
+        _json_out({name: r.to_dict() for name, r in results.items()})
+    else:
+        for r in results.values():
+            out.print(r)
+    if args.out:
+        from ..report import build_report
+
+        for r in results.values():
+            r.save(os.path.join(args.out, "results"))
+        index = build_report([args.store], args.out, results={_label(args.store): results}, labels=[_label(args.store)], k=args.k)
+        err.print(f"wrote {index}")
+    return 0
+
+
+def _label(path: str) -> str:
+    return os.path.basename(os.path.normpath(path)).removesuffix(".fragility")
+
+
+def cmd_compare(args, out: Console, err: Console) -> int:
+    from ..analysis import compare
+
+    labels = tuple(args.labels) if args.labels else (_label(args.store_a), _label(args.store_b))
+    if labels[0] == labels[1]:
+        labels = (labels[0] + " (A)", labels[1] + " (B)")
+    r = compare(args.store_a, args.store_b, k=args.k, embedding=args.embedding, labels=labels, progress=not args.json)
+    if args.json:
+        _json_out(r.to_dict())
+    else:
+        out.print(r)
+    if args.out:
+        r.save(args.out)
+        err.print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_report(args, out: Console, err: Console) -> int:
+    from ..analysis import compare
+    from ..report import build_report
+
+    stores = [args.store] + ([args.compare] if args.compare else [])
+    labels = list(args.labels) if args.labels else [_label(s) for s in stores]
+    cmp = compare(stores[0], stores[1], k=args.k, labels=tuple(labels), progress=True) if args.compare else None
+    index = build_report(stores, args.out, labels=labels, comparison=cmp, k=args.k, progress=True)
+    out.print(index)
+    return 0
+
+
+def cmd_plugins(args, out: Console, err: Console) -> int:
+    from rich.table import Table as RichTable
+
+    from .._manager import make_plugin_manager, plugin_table
+    from ..analysis import registry
+
+    pm = make_plugin_manager()
+    rows = plugin_table(pm)
+    reg = registry(pm)
+    for row in rows:
+        row["analyzers"] = sorted(n for n, owner in reg.owners.items() if owner == row["name"] or owner.startswith(row["name"] + "."))
+    if args.json:
+        _json_out(rows)
+        return 0
+    t = RichTable(title="plugins", title_justify="left")
+    for col in ("plugin", "source", "version", "hooks", "analyzers"):
+        t.add_column(col)
+    for row in rows:
+        t.add_row(row["name"], row["source"], row["version"], "\n".join(row["hooks"]), ", ".join(row["analyzers"]) or "–")
+    out.print(t)
+    return 0
+
+
+def cmd_demo(args, out: Console, err: Console) -> int:
+    from ..demo import run_demo
+
+    run_demo(data=args.data, root=args.root, model=args.model, epochs=args.epochs, imbalance_ratio=args.imbalance,
+             seed=args.seed, out=args.out, k=args.k, stdout=out, stderr=err)
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "inspect": cmd_inspect, "analyze": cmd_analyze, "compare": cmd_compare,
+            "report": cmd_report, "plugins": cmd_plugins}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fragility`` command."""
+    from ..errors import FragilityError
+
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_ERROR
+    out, err = _consoles()
+    try:
+        return COMMANDS[args.command](args, out, err)
+    except FragilityError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _entry() -> None:
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""``fragility demo``: the paper's comparison on embedded data, end to end.
+
+Trains a timm backbone twice — on an exponentially imbalanced training set and on the balanced control —
+with the Recorder attached (a train pass every epoch, a test sweep every epoch), runs every built-in
+analyzer on both stores, prints the per-class findings and writes a report folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from .analysis import Result, Table, analyze, compare
+from .datasets import ImageData, imbalance, load
+from .errors import DataError
+from .recorder import Recorder
+
+
+def _progress(console: Console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    )
+
+
+def train_and_record(
+    data: ImageData,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    store: str,
+    *,
+    model_name: str,
+    epochs: int,
+    seed: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    progress: Any = None,
+    label: str = "",
+) -> dict[str, Any]:
+    """Train ``model_name`` on ``(x, y)`` for ``epochs`` with a Recorder; return the final test accuracy."""
+    import timm
+
+    torch.manual_seed(seed)
+    try:
+        model = timm.create_model(model_name, pretrained=False, num_classes=len(data.classes))
+    except Exception as exc:  # noqa: BLE001 - unknown names, bad kwargs: one line for the user
+        raise DataError(f"cannot create timm model {model_name!r}: {exc}") from None
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    n = len(y)
+    steps = -(-n // batch_size)
+    test = [(data.x_test[i : i + 256], data.y_test[i : i + 256]) for i in range(0, len(data.y_test), 256)]
+    task = progress.add_task(f"train {label}", total=epochs * steps) if progress else None
+    g = torch.Generator().manual_seed(seed)
+    with Recorder(model, store, class_names=data.classes, overwrite=True) as rec:
+        for epoch in range(epochs):
+            model.train()
+            perm = torch.randperm(n, generator=g)
+            with rec.capture("train", epoch=epoch):
+                for s in range(0, n, batch_size):
+                    idx = perm[s : s + batch_size]
+                    logits = model(x[idx])
+                    loss = nn.functional.cross_entropy(logits, y[idx])
+                    rec.record(y[idx], index=idx)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    if progress:
+                        progress.advance(task)
+            sched.step()
+            rec.evaluate(test, split="test", epoch=epoch)
+    model.eval()
+    with torch.no_grad():
+        acc = float((model(data.x_test).argmax(1) == data.y_test).float().mean())
+    return {"store": store, "accuracy": acc, "rows": n}
+
+
+def findings(results: dict[str, dict[str, Result]], labels: tuple[str, str]) -> Table:
+    """The per-class comparison a person reads first: size, accuracy, unique top-K, magnitudes, diversity."""
+    la, lb = labels
+    a, b = results[la], results[lb]
+
+    def last(data: dict, split: str) -> dict:
+        gs = [g for g in data["groups"].values() if g["split"] == split]
+        return max(gs, key=lambda g: g["epoch"])
+
+    rows = []
+    ta_tr, tb_tr = last(a["topk"].data, "train")["classes"], last(b["topk"].data, "train")["classes"]
+    ta_te, tb_te = last(a["topk"].data, "test")["classes"], last(b["topk"].data, "test")["classes"]
+    ma, mb = last(a["magnitude"].data, "test")["classes"], last(b["magnitude"].data, "test")["classes"]
+    da, db = last(a["diversity"].data, "train")["classes"], last(b["diversity"].data, "train")["classes"]
+    for c in range(len(ta_tr)):
+        rows.append([
+            ta_tr[c]["class"], ta_tr[c]["n"], tb_tr[c]["n"],
+            ta_te[c]["accuracy"], tb_te[c]["accuracy"],
+            ta_tr[c]["unique"], tb_tr[c]["unique"],
+            ma[c]["ratio_correct"], mb[c]["ratio_correct"],
+            ma[c]["share_below_p5"], mb[c]["share_below_p5"],
+            da[c]["participation_ratio"], db[c]["participation_ratio"],
+        ])
+    sa, sb = la[:3], lb[:3]
+    cols = ["class", f"n {sa}", f"n {sb}", f"acc {sa}", f"acc {sb}", f"uniq {sa}", f"uniq {sb}",
+            f"mag {sa}", f"mag {sb}", f"<p5 {sa}", f"<p5 {sb}", f"PR {sa}", f"PR {sb}"]
+    return Table(
+        f"per class at the last epoch — {la} ({sa}) vs {lb} ({sb}): n = training rows, acc = test accuracy, "
+        f"uniq = unique top-K CE (train), mag = test/train magnitude at the training top-K (correct rows), "
+        f"<p5 = share of test rows below the training 5th percentile, PR = FE participation ratio (train)",
+        cols, rows,
+    )
+
+
+def run_demo(
+    *,
+    data: str = "digits",
+    root: str | None = None,
+    model: str = "resnet18",
+    epochs: int = 12,
+    imbalance_ratio: float = 20.0,
+    seed: int = 0,
+    out: str = "demo-report",
+    k: int = 10,
+    stdout: Console | None = None,
+    stderr: Console | None = None,
+) -> dict[str, Any]:
+    """Run the demo; returns paths and the results. Findings go to ``stdout``, progress to ``stderr``."""
+    stdout = stdout or Console()
+    stderr = stderr or Console(stderr=True)
+    if epochs < 1:
+        raise DataError(f"--epochs {epochs} must be >= 1")
+    t0 = time.perf_counter()
+    ds = load(data, root, seed=seed)
+    x_imb, y_imb = imbalance(ds.x_train, ds.y_train, imbalance_ratio, seed=seed)
+    stores_dir = os.path.join(out, "stores")
+    if os.path.isdir(stores_dir):
+        shutil.rmtree(stores_dir)
+    os.makedirs(stores_dir, exist_ok=True)
+    labels = ("imbalanced", "balanced")
+    runs = {}
+    stderr.print(
+        f"[bold]fragility demo[/]: {ds.name}, {model}, {epochs} epochs; imbalanced train set "
+        f"{torch.bincount(y_imb).tolist()} (ratio {imbalance_ratio:g}) vs balanced {torch.bincount(ds.y_train).tolist()}"
+    )
+    with _progress(stderr) as prog:
+        for label, (x, y) in zip(labels, ((x_imb, y_imb), (ds.x_train, ds.y_train))):
+            runs[label] = train_and_record(
+                ds, x, y, os.path.join(stores_dir, f"{label}.fragility"), model_name=model, epochs=epochs, seed=seed,
+                progress=prog, label=label,
+            )
+    results = {}
+    for label in labels:
+        stderr.print(f"analyzing {label} …")
+        results[label] = analyze(runs[label]["store"], k=k, progress=True)
+    cmp = compare(runs[labels[0]]["store"], runs[labels[1]]["store"], k=k, labels=labels)
+    table = findings(results, labels)
+    stdout.print(table)
+    from .report import build_report
+
+    stderr.print("writing report …")
+    index = build_report([runs[lab]["store"] for lab in labels], out, labels=list(labels), results=results, comparison=cmp,
+                         headline=table)
+    elapsed = time.perf_counter() - t0
+    stdout.print(
+        f"test accuracy: {labels[0]} {runs[labels[0]]['accuracy']:.3f}, {labels[1]} {runs[labels[1]]['accuracy']:.3f}; "
+        f"report: {index} ({elapsed:.0f} s)"
+    )
+    return {"runs": runs, "results": results, "comparison": cmp, "findings": table, "report": index, "seconds": elapsed}

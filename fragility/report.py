@@ -1,0 +1,161 @@
+"""A self-contained HTML report (images embedded) with PNG and JSON files next to it.
+
+Sections come from plugins through ``fragility_register_report_sections``; the built-in ones live in
+``plugins/report_sections.py``. A section function receives a :class:`ReportContext` and returns a list of
+items: ``(caption, matplotlib Figure)`` pairs or :class:`fragility.analysis.Table` objects.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from ._manager import Hooks
+from .analysis import Result, Table, analyze, jsonable
+from .errors import PluginError
+from .store import Store
+
+
+@dataclass
+class ReportContext:
+    """What report sections see: the runs' labels, stores and analyzer results, and the comparison."""
+
+    labels: list[str]
+    stores: dict[str, Store]
+    results: dict[str, dict[str, Result]]
+    comparison: Result | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ReportSectionRegistrar:
+    """Collects report sections; a name registered twice names both owners."""
+
+    def __init__(self) -> None:
+        self.sections: dict[str, tuple[int, str, Callable[[ReportContext], list]]] = {}
+        self.owners: dict[str, str] = {}
+
+    def add(self, name: str, func: Callable[[ReportContext], list], *, title: str | None = None, order: int = 100) -> None:
+        owner = getattr(func, "__module__", "?")
+        if name in self.sections:
+            raise PluginError(f"report section {name!r} is registered twice: by {self.owners[name]} and by {owner}; rename one")
+        self.sections[name] = (order, title or name, func)
+        self.owners[name] = owner
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _table_html(t: Table) -> str:
+    from .analysis._results import _fmt
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in t.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r) + "</tr>" for r in jsonable(t.rows))
+    return f"<table><caption>{html.escape(t.title)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;color:#222;padding:0 1rem}
+h1{font-size:1.6rem} h2{font-size:1.25rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2.2rem}
+figure{margin:1rem 0} figcaption{color:#555;font-size:.9rem} img{max-width:100%;border:1px solid #eee}
+table{border-collapse:collapse;font-size:.82rem;margin:1rem 0} caption{text-align:left;font-weight:600;padding:.3rem 0}
+td,th{border:1px solid #ddd;padding:.2rem .45rem;text-align:right} td:first-child,th:first-child{text-align:left}
+.meta{color:#555;font-size:.9rem}
+"""
+
+
+def build_report(
+    stores: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    labels: Sequence[str] | None = None,
+    results: dict[str, dict[str, Result]] | None = None,
+    comparison: Result | None = None,
+    headline: Table | None = None,
+    k: int = 10,
+    plugin_manager: pluggy.PluginManager | None = None,
+    progress: bool = False,
+) -> str:
+    """Write ``out/index.html`` (self-contained), ``out/plots/*.png`` and ``out/results/<run>/*.json|csv``.
+
+    Args:
+        stores: one store, or two for the side-by-side comparison (e.g. imbalanced, balanced).
+        labels: a name per store (default: the stores' folder names).
+        results: precomputed ``analyze`` results per label (computed here when missing).
+        comparison: a :func:`fragility.compare` result to show.
+
+    Returns:
+        The path of ``index.html``.
+    """
+    out = os.fspath(out)
+    labels = list(labels or [os.path.basename(os.fspath(s).rstrip("/")).removesuffix(".fragility") for s in stores])
+    if len(set(labels)) != len(labels):
+        labels = [f"{lab} ({i + 1})" for i, lab in enumerate(labels)]
+    opened = {lab: Store(s) for lab, s in zip(labels, stores)}
+    try:
+        results = dict(results or {})
+        for lab in labels:
+            if lab not in results:
+                results[lab] = analyze(opened[lab], k=k, progress=progress, plugin_manager=plugin_manager)
+        ctx = ReportContext(labels, opened, results, comparison)
+        reg = ReportSectionRegistrar()
+        Hooks(plugin_manager).register_report_sections(reg)
+        os.makedirs(os.path.join(out, "plots"), exist_ok=True)
+        for lab in labels:
+            for r in results[lab].values():
+                r.save(os.path.join(out, "results", lab.replace("/", "_")))
+        if comparison is not None:
+            comparison.save(os.path.join(out, "results"))
+        parts = [f"<h1>fragility report</h1><p class='meta'>{html.escape(_describe(opened, labels))}</p>"]
+        if headline is not None:
+            parts.append(_table_html(headline))
+        for name, (order, title, func) in sorted(reg.sections.items(), key=lambda kv: (kv[1][0], kv[0])):
+            items = func(ctx) or []
+            if not items:
+                continue
+            parts.append(f"<h2>{html.escape(title)}</h2>")
+            for i, item in enumerate(items):
+                if isinstance(item, Table):
+                    parts.append(_table_html(item))
+                    continue
+                caption, fig = item
+                png = _png(fig)
+                fname = f"{name}-{i:02d}.png"
+                with open(os.path.join(out, "plots", fname), "wb") as fh:
+                    fh.write(png)
+                b64 = base64.b64encode(png).decode()
+                parts.append(
+                    f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{b64}'>"
+                    f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+                )
+        doc = (
+            "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>fragility report</title>"
+            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
+        )
+        index = os.path.join(out, "index.html")
+        with open(index, "w") as fh:
+            fh.write(doc)
+        return index
+    finally:
+        for s in opened.values():
+            s.close()
+
+
+def _describe(stores: dict[str, Store], labels: list[str]) -> str:
+    bits = []
+    for lab in labels:
+        s = stores[lab]
+        bits.append(f"{lab}: {s.metadata.get('model_name', '?')}, {s.num_classes} classes, {len(s.passes)} passes, D={s.feature_dim}")
+    return " · ".join(bits)

@@ -1,0 +1,171 @@
+"""Every command run as a subprocess on stores the tests create, bad inputs included."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from fragility.testing import make_random_store
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run(*args, env=None, check=True):
+    e = {**os.environ, "NO_COLOR": "1", "FRAGILITY_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})}
+    p = subprocess.run([sys.executable, "-m", "fragility", *map(str, args)], capture_output=True, text=True, env=e, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    return make_random_store(d / "a.fragility", seed=1), make_random_store(d / "b.fragility", seed=2)
+
+
+def test_help_on_every_command_has_an_example():
+    for cmd in ("demo", "inspect", "analyze", "compare", "report", "plugins"):
+        out = run(cmd, "--help").stdout
+        assert "examples:" in out and f"fragility {cmd}" in out, cmd
+
+
+def test_inspect(stores):
+    a, _ = stores
+    text = run("inspect", a).stdout
+    assert "schema v1" in text and "random" in text and "train" in text
+    info = json.loads(run("inspect", a, "--json").stdout)
+    assert info["schema_version"] == 1 and info["feature_dim"] == 12
+    assert [(p["split"], p["epoch"], p["rows"], p["complete"]) for p in info["passes"]] == [
+        ("train", 0, 73, True), ("test", 0, 73, True), ("train", 1, 73, True), ("test", 1, 73, True)]
+    assert {d["path"] for d in info["datasets"]} >= {"passes/0000.h5:fe", "passes/0003.h5:classifier/weight"}
+    assert info["size_bytes"] > 0
+
+
+def test_analyze_json_matches_the_api(stores):
+    a, _ = stores
+    from fragility.analysis import analyze
+
+    got = json.loads(run("analyze", a, "-a", "topk", "--split", "test", "--epoch", "last", "--k", "3", "--json").stdout)
+    want = analyze(a, ["topk"], split=["test"], epoch="last", k=3)["topk"].to_dict()
+    assert got["topk"] == json.loads(json.dumps(want))
+    text = run("analyze", a, "-a", "topk", "-a", "diversity", "--k", "3").stdout
+    assert "test@1: class top-3" in text and "diversity" in text
+
+
+def test_analyze_out_writes_csv_json_plots_and_report(stores, tmp_path):
+    a, _ = stores
+    out = tmp_path / "res"
+    run("analyze", a, "--k", "3", "--out", out)
+    assert json.loads((out / "results" / "topk.json").read_text())["analyzer"] == "topk"
+    assert list((out / "results").glob("magnitude-*.csv"))
+    _check_report(out)
+
+
+def test_compare(stores):
+    a, b = stores
+    text = run("compare", a, b, "--k", "3", "--labels", "imb", "bal").stdout
+    assert "imb vs bal" in text
+    data = json.loads(run("compare", a, b, "--k", "3", "--json").stdout)
+    assert data["analyzer"] == "compare" and len(data["data"]["classes"]) == 5
+
+
+def test_plugins():
+    rows = json.loads(run("plugins", "--json").stdout)
+    by = {r["name"]: r for r in rows}
+    assert by["fragility_plugins.topk"]["analyzers"] == ["topk"]
+    assert "fragility_resolve_head" in by["fragility_plugins.timm_taps"]["hooks"]
+    assert "fragility_plugins.report_sections" in run("plugins").stdout
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.tags, self.links = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        a = dict(attrs)
+        if tag == "img":
+            self.imgs.append(a.get("src", ""))
+        if tag in ("link", "script") and (a.get("href") or a.get("src")):
+            self.links.append(a)
+
+
+def _check_report(out: Path, min_images: int = 5):
+    html = (out / "index.html").read_text()
+    p = _Collect()
+    p.feed(html)
+    p.close()
+    assert p.tags[0] == "html" and "table" in p.tags
+    assert len(p.imgs) >= min_images and not p.links
+    for src in p.imgs:
+        assert src.startswith("data:image/png;base64,"), "only embedded images"
+        png = base64.b64decode(src.split(",", 1)[1])
+        assert png.startswith(PNG_MAGIC)
+    pngs = list((out / "plots").glob("*.png"))
+    assert len(pngs) >= min_images
+    from PIL import Image
+
+    for f in pngs:
+        assert f.read_bytes().startswith(PNG_MAGIC)
+        im = Image.open(f).convert("L")
+        lo, hi = im.getextrema()
+        assert im.size[0] > 200 and hi - lo > 100, f"{f.name} looks empty"
+
+
+def test_report_with_comparison(stores, tmp_path):
+    a, b = stores
+    out = tmp_path / "rep"
+    printed = run("report", a, "--compare", b, "--labels", "imbalanced", "balanced", "--k", "3", "--out", out).stdout
+    assert printed.strip().endswith("index.html")
+    _check_report(out, min_images=6)
+    html = (out / "index.html").read_text()
+    assert "imbalanced vs balanced" in html and "Magnitude drift" in html
+
+
+def test_bad_inputs_are_one_line_errors(stores, tmp_path):
+    a, _ = stores
+    cases = [
+        (["inspect", tmp_path / "missing.fragility"], "does not exist"),
+        (["analyze", tmp_path], "is a directory without store.h5, so not a fragility store"),
+        (["analyze", a, "-a", "topp"], "unknown analyzer 'topp' (did you mean 'topk'?)"),
+        (["analyze", a, "--split", "validation"], "split 'validation' is not in store"),
+        (["analyze", a, "--k", "99"], "K=99 is out of range"),
+        (["analyze", a, "--epoch", "x"], "--epoch 'x' must be an integer or 'last'"),
+        (["demo", "--data", "cifar10"], "--data cifar10 needs --root PATH"),
+        (["demo", "--data", "cifar10", "--root", tmp_path], "CIFAR-10 not found"),
+    ]
+    notstore = tmp_path / "x.txt"
+    notstore.write_text("hi")
+    cases.append((["inspect", notstore], "is a file, not a fragility store"))
+    for args, msg in cases:
+        p = run(*args, check=False)
+        assert p.returncode == 2, (args, p.stderr)
+        assert msg in p.stderr, (args, p.stderr)
+        assert "Traceback" not in p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert p.stdout == ""
+
+
+def test_empty_split_selection(tmp_path):
+    import timm
+    import torch
+
+    import fragility
+
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
+    path = tmp_path / "e.fragility"
+    with fragility.Recorder(model, path) as rec:
+        rec.evaluate([(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))], split="test")
+        rec.start_pass("val")
+        rec.end_pass()
+    p = run("analyze", path, "--split", "val", check=False)
+    assert p.returncode == 2 and "holds no rows" in p.stderr and len(p.stderr.strip().splitlines()) == 1

@@ -1,0 +1,100 @@
+"""Demo data: digits imbalance profile, CIFAR-10/SVHN loaders on small files in the real on-disk formats,
+and the demo itself end to end."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from fragility.datasets import exponential_counts, imbalance, load
+from fragility.errors import DataError
+
+from .test_cli import _check_report, run
+
+
+def test_exponential_profile_and_subset():
+    assert exponential_counts(100, 3, 100) == [100, 10, 1]
+    assert exponential_counts(144, 10, 1) == [144] * 10
+    with pytest.raises(DataError, match="imbalance ratio 0.5 must be >= 1"):
+        exponential_counts(10, 3, 0.5)
+    d = load("digits")
+    assert d.x_train.shape[1:] == (3, 32, 32) and len(d.classes) == 10
+    assert len(d.y_train) + len(d.y_test) == 1797
+    x, y = imbalance(d.x_train, d.y_train, 20)
+    counts = torch.bincount(y).tolist()
+    n_min = int(torch.bincount(d.y_train).min())
+    assert counts == exponential_counts(n_min, 10, 20)
+    assert counts[0] / counts[-1] == pytest.approx(20, rel=0.15)
+
+
+def _write_cifar(root, n=6):
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        d = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
+        with open(base / name, "wb") as fh:
+            pickle.dump(d, fh)
+    with open(base / "batches.meta", "wb") as fh:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, fh)
+    return d
+
+
+def test_cifar10_loader_reads_torchvision_layout(tmp_path):
+    last = _write_cifar(tmp_path)
+    d = load("cifar10", str(tmp_path))
+    assert d.x_train.shape == (30, 3, 32, 32) and d.x_test.shape == (6, 3, 32, 32)
+    assert d.classes == [f"c{i}" for i in range(10)]
+    np.testing.assert_array_equal(d.y_test.numpy(), last[b"labels"])
+    # pixel (0, 0) of channel 1 of the first test image, normalized to [-1, 1]
+    assert d.x_test[0, 1, 0, 0].item() == pytest.approx(last[b"data"][0, 1024] / 255 * 2 - 1, abs=1e-6)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"data_batch_3 is not a CIFAR-10 batch"):
+        load("cifar10", str(tmp_path))
+
+
+def test_svhn_loader_reads_mat_files(tmp_path):
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 7), ("test", 3)):
+        X = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+        y = rng.integers(1, 11, (n, 1))
+        savemat(tmp_path / f"{split}_32x32.mat", {"X": X, "y": y})
+    d = load("svhn", str(tmp_path))
+    assert d.x_train.shape == (7, 3, 32, 32)
+    np.testing.assert_array_equal(d.y_test.numpy(), y.reshape(-1) % 10)
+    assert d.x_test[2, 0, 5, 7].item() == pytest.approx(X[5, 7, 0, 2] / 255 * 2 - 1, abs=1e-6)
+    (tmp_path / "test_32x32.mat").unlink()
+    with pytest.raises(DataError, match=r"test_32x32.mat is missing"):
+        load("svhn", str(tmp_path))
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    p = run("demo", "--epochs", "2", "--out", out, "--model", "test_resnet")
+    assert "imbalanced (imb) vs balanced (bal)" in p.stdout.replace("\n", " ")
+    assert "test accuracy: imbalanced" in p.stdout and "index.html" in p.stdout
+    assert "train imbalanced" in p.stderr  # progress on stderr
+    _check_report(out, min_images=6)
+    cmp = json.loads((out / "results" / "compare.json").read_text())
+    classes = cmp["data"]["classes"]
+    n_imb = [c["n_train_imbalanced"] for c in classes]
+    assert n_imb == sorted(n_imb, reverse=True) and n_imb[0] > 10 * n_imb[-1]
+    assert len({c["n_train_balanced"] for c in classes}) > 1 and min(c["n_train_balanced"] for c in classes) > 100
+    # the stores are real stores: inspect them
+    info = json.loads(run("inspect", out / "stores" / "imbalanced.fragility", "--json").stdout)
+    assert [p["split"] for p in info["passes"]] == ["train", "test", "train", "test"]
+
+
+def test_demo_cifar10_from_local_files(tmp_path):
+    _write_cifar(tmp_path / "data", n=20)
+    out = tmp_path / "c"
+    p = run("demo", "--data", "cifar10", "--root", tmp_path / "data", "--epochs", "1", "--imbalance", "2",
+            "--model", "test_resnet", "--out", out)
+    assert "c0" in p.stdout and (out / "index.html").exists()
