@@ -4,14 +4,24 @@ epoch trajectories, and the two-run comparison."""
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
+import fragility
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
-import fragility  # noqa: E402
+class _LazyPyplot:
+    """matplotlib is imported on first use: registering the plugin (every Recorder does) stays cheap."""
+
+    def __getattr__(self, name):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as pyplot
+
+        return getattr(pyplot, name)
+
+
+plt = _LazyPyplot()
 
 
 def _last(data: dict, split: str) -> dict | None:

@@ -135,7 +135,7 @@ def iter_chunks(
     columns: set[str],
     spec: AnalysisSpec,
     *,
-    chunk_rows: int = 65536,
+    chunk_rows: int = 16384,
     skipped: dict[str, int] | None = None,
 ) -> Iterator[Chunk]:
     """Read each needed column once, chunk by chunk; drop (and count) rows with non-finite values."""
@@ -172,7 +172,7 @@ def analyze(
     tau: float = 0.0,
     reference_split: str = "train",
     reference_epoch: int | str = "last",
-    chunk_rows: int = 32768,
+    chunk_rows: int = 16384,
     knn_k: int = 5,
     knn_max_rows: int = 10000,
     progress: bool = False,
