@@ -25,6 +25,7 @@ import numpy as np
 import pluggy
 
 from .analysis import Result, analyze, iter_chunks, make_spec, registry
+from .analysis._engine import resolve_classes
 from .store import Store, StoreWriter
 
 __all__ = ["assert_close", "assert_results_equal", "check_analyzer", "make_random_store"]
@@ -128,9 +129,12 @@ def _merged_result(name: str, store: Store, kwargs: dict[str, Any], pm: pluggy.P
         store, passes, embedding=kwargs.get("embedding", "ce"), k=kwargs.get("k", 10), tau=kwargs.get("tau", 0.0),
         reference=reference, knn_k=kwargs.get("knn_k", 5), knn_max_rows=kwargs.get("knn_max_rows", 10000),
     )
+    classes = resolve_classes(store, kwargs.get("classes"))
+    correct = kwargs.get("correct")
     workers = [cls(spec) for _ in range(parts)]
     if cls.uses_reference:
-        for i, chunk in enumerate(iter_chunks(store, reference, workers[0].reference_columns(), spec, chunk_rows=5)):
+        ref_chunks = iter_chunks(store, reference, workers[0].reference_columns(), spec, chunk_rows=5, classes=classes)
+        for i, chunk in enumerate(ref_chunks):
             workers[i % parts].update_reference(chunk)
         for w in workers[1:]:
             workers[0].merge_reference(w)
@@ -141,7 +145,10 @@ def _merged_result(name: str, store: Store, kwargs: dict[str, Any], pm: pluggy.P
     selected = {p.name for p in passes}
     extra = [p for p in reference if p.name not in selected]
     main = {g.name for g in spec.groups}
-    for i, chunk in enumerate(iter_chunks(store, passes + extra, workers[0].columns(), spec, chunk_rows=5)):
+    cols = workers[0].columns()
+    chunks = list(iter_chunks(store, passes, cols, spec, chunk_rows=5, classes=classes, correct=correct))
+    chunks += list(iter_chunks(store, extra, cols, spec, chunk_rows=5, classes=classes))
+    for i, chunk in enumerate(chunks):
         if chunk.group in main or cls.uses_reference:
             workers[i % parts].update(chunk)
     for w in workers[1:]:
@@ -171,7 +178,7 @@ def check_analyzer(
             assert_results_equal(whole, got, rtol=rtol)
         for parts in (2, 3):
             merged = _merged_result(name, store, kwargs, plugin_manager, parts)
-            merged.notes = whole.notes  # engine-level notes (skipped rows) are not the analyzer's
+            merged.notes = whole.notes  # engine-level notes (skipped rows, selection) are not the analyzer's
             assert_results_equal(whole, merged, rtol=rtol)
         if expected is not None:
             want = expected(store)

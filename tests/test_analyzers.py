@@ -332,3 +332,25 @@ def test_store_without_ce_target_says_how_to_record_it(tmp_path):
         rec.evaluate([torch.randn(4, 3, 32, 32)], split="test")
     with pytest.raises(AnalyzerError, match=r"has no ce_target column.*record with labels"):
         analyze(path, ["topk"], embedding="ce_target")
+
+
+def test_class_and_correctness_selection(random_store):
+    full = analyze(random_store, ["topk"], k=K)["topk"].data["groups"]
+    sub = analyze(random_store, ["topk"], k=K, classes=["c1", 2])["topk"]
+    for g, data in sub.data["groups"].items():
+        for c, entry in enumerate(data["classes"]):
+            if c in (1, 2):
+                assert_close(entry, full[g]["classes"][c])
+            else:
+                assert entry["n"] == 0
+    assert "selection: only classes c1, c2" in sub.notes
+    rows, _ = _groups(Store(random_store))["test@1"]
+    wrong = analyze(random_store, ["topk"], k=K, correct=False, split="test", epoch=1)["topk"].data["groups"]["test@1"]
+    for c in range(4):
+        sel = (rows["label"] == c) & (rows["label"] != rows["pred"])
+        assert wrong["classes"][c]["n"] == sel.sum()
+        if sel.any():
+            assert list(wrong["classes"][c]["topk"]["all"]["indices"]) == _topk_ref(rows["ce_pred"][sel].mean(0), K)
+    with pytest.raises(SelectionError, match=r"class 'c9' is not in store .*classes: c0, c1, c2, c3, c4"):
+        analyze(random_store, ["topk"], classes=["c9"])
+    check_analyzer("magnitude", random_store, k=K, classes=[0, 1])

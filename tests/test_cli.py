@@ -58,6 +58,9 @@ def test_analyze_json_matches_the_api(stores):
     assert got["topk"] == json.loads(json.dumps(want))
     text = run("analyze", a, "-a", "topk", "-a", "diversity", "--k", "3").stdout
     assert "test@1: class top-3" in text and "diversity" in text
+    got = json.loads(run("analyze", a, "-a", "topk", "--k", "3", "--class", "c1", "--class", "3", "--incorrect", "--json").stdout)
+    want = analyze(a, ["topk"], k=3, classes=["c1", 3], correct=False)["topk"].to_dict()
+    assert got["topk"] == json.loads(json.dumps(want))
 
 
 def test_analyze_out_writes_csv_json_plots_and_report(stores, tmp_path):
@@ -140,6 +143,7 @@ def test_bad_inputs_are_one_line_errors(stores, tmp_path):
         (["analyze", a, "--split", "validation"], "split 'validation' is not in store"),
         (["analyze", a, "--k", "99"], "K=99 is out of range"),
         (["analyze", a, "--epoch", "x"], "--epoch 'x' must be an integer or 'last'"),
+        (["analyze", a, "--class", "cat"], "class 'cat' is not in store"),
         (["demo", "--data", "cifar10"], "--data cifar10 needs --root PATH"),
         (["demo", "--data", "cifar10", "--root", tmp_path], "CIFAR-10 not found"),
     ]

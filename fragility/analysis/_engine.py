@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -10,7 +11,7 @@ import numpy as np
 import pluggy
 
 from .._manager import Hooks
-from ..errors import AnalyzerError, PluginError, close_matches
+from ..errors import AnalyzerError, PluginError, SelectionError, close_matches
 from ..store import FLOAT_COLUMNS, PassInfo, Store
 from ._base import EMBEDDINGS, AnalysisSpec, Analyzer, Chunk, Group
 from ._results import Result
@@ -137,21 +138,24 @@ def iter_chunks(
     *,
     chunk_rows: int = 16384,
     skipped: dict[str, int] | None = None,
+    classes: Sequence[int] | None = None,
+    correct: bool | None = None,
 ) -> Iterator[Chunk]:
-    """Read each needed column once, chunk by chunk; drop (and count) rows with non-finite values."""
+    """Read each needed column once, chunk by chunk; drop (and count) rows with non-finite values.
+
+    ``classes`` / ``correct`` select rows by true class and correctness; rows they drop cost only their
+    ``label`` and ``pred`` reads.
+    """
     ordinal = {p.name: i for i, p in enumerate(store.passes)}
     cols = sorted(set(columns) | {"label", "pred"})
     for p in passes:
         have = [c for c in cols if c in p.columns]
-        for start in range(0, p.rows, chunk_rows):
-            stop = min(p.rows, start + chunk_rows)
-            rows = store.read(p, have, start, stop)
-            keys = (np.int64(ordinal[p.name]) << np.int64(32)) + np.arange(start, stop, dtype=np.int64)
-            finite = np.ones(stop - start, dtype=bool)
+        for _, rows in store.iter_rows([p], have, chunk_rows=chunk_rows, classes=classes, correct=correct, positions=True):
+            keys = (np.int64(ordinal[p.name]) << np.int64(32)) + rows.pop("row")
+            finite = rows["label"] >= 0
             for c in have:
                 if c in FLOAT_COLUMNS:
                     finite &= np.isfinite(rows[c]).all(axis=1)
-            finite &= rows["label"] >= 0
             chunk = Chunk(_group_name(p), rows, keys, spec)
             if not finite.all():
                 if skipped is not None:
@@ -159,6 +163,28 @@ def iter_chunks(
                 chunk = chunk.subset(finite)
             if len(chunk):
                 yield chunk
+
+
+def resolve_classes(store: Store, classes: Sequence[int | str] | None) -> list[int] | None:
+    """Class names or indices → indices (errors list the classes, with close matches)."""
+    if classes is None:
+        return None
+    names = store.class_names
+    out = []
+    for c in classes:
+        if isinstance(c, str) and c in names:
+            out.append(names.index(c))
+            continue
+        try:
+            i = int(c)
+        except (TypeError, ValueError):
+            i = -1
+        if not 0 <= i < len(names):
+            raise SelectionError(
+                f"class {c!r} is not in store {store.path}{close_matches(str(c), names)}; classes: {', '.join(names)}"
+            )
+        out.append(i)
+    return sorted(set(out))
 
 
 def analyze(
@@ -170,6 +196,8 @@ def analyze(
     embedding: str = "ce",
     k: int = 10,
     tau: float = 0.0,
+    classes: Sequence[int | str] | None = None,
+    correct: bool | None = None,
     reference_split: str = "train",
     reference_epoch: int | str = "last",
     chunk_rows: int = 16384,
@@ -185,6 +213,9 @@ def analyze(
         store: a :class:`fragility.Store` or its path.
         analyzers: names (default: ``topk``, ``magnitude``, ``diversity``); third-party names work too.
         split, epoch: which passes to analyze (``epoch="last"`` for each split's last epoch).
+        classes: only rows of these true classes (names or indices); also applied to the reference rows.
+        correct: only correctly classified (``True``) or misclassified (``False``) rows (main pass only:
+            the reference — e.g. the training top-K — is taken from all its rows).
         embedding: ``"ce"`` (CE of the predicted class), ``"ce_target"`` or ``"fe"``.
         k: top-K size. tau: frequency floor for ``unique_c(tau)``.
         reference_split, reference_epoch: the reference pass of analyzers that need one (magnitude).
@@ -205,6 +236,7 @@ def analyze(
         reg = registry(plugin_manager)
         names = resolve_names(analyzers, reg)
         passes = [p for p in st.select(split=split, epoch=epoch) if p.rows]
+        class_ids = resolve_classes(st, classes)
         if not passes:
             raise AnalyzerError(f"the selection (split={split!r}, epoch={epoch!r}) of {st.path} holds no rows")
         classes = [reg.analyzers[n] for n in names]
@@ -231,7 +263,7 @@ def analyze(
             users = [a for a in instances if a.uses_reference]
             if users:
                 cols = set().union(*(a.reference_columns() for a in users))
-                for chunk in iter_chunks(st, reference, cols, spec, chunk_rows=chunk_rows):
+                for chunk in iter_chunks(st, reference, cols, spec, chunk_rows=chunk_rows, classes=class_ids):
                     for a in users:
                         a.update_reference(chunk)
                     advance(len(chunk))
@@ -241,13 +273,21 @@ def analyze(
             selected = {p.name for p in passes}
             extra = [p for p in reference if p.name not in selected]  # reference rows the users still need
             main_groups = {g.name for g in spec.groups}
-            for chunk in iter_chunks(st, list(passes) + extra, cols, spec, chunk_rows=chunk_rows, skipped=skipped):
+            chunks = itertools.chain(
+                iter_chunks(st, passes, cols, spec, chunk_rows=chunk_rows, skipped=skipped, classes=class_ids, correct=correct),
+                iter_chunks(st, extra, cols, spec, chunk_rows=chunk_rows, classes=class_ids),
+            )
+            for chunk in chunks:
                 for a in instances if chunk.group in main_groups else users:
                     a.update(chunk)
                 advance(len(chunk))
         results = {}
         for a in instances:
             r = a.compute()
+            if class_ids is not None or correct is not None:
+                what = [] if class_ids is None else [f"classes {', '.join(spec.class_names[c] for c in class_ids)}"]
+                what += [] if correct is None else ["correctly classified rows" if correct else "misclassified rows"]
+                r.notes.append("selection: only " + " and ".join(what))
             for g, n in skipped.items():
                 r.notes.append(f"{n} rows of {g} with non-finite values were skipped")
             results[a.name] = r

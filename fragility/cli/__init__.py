@@ -73,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
         "analyze", help="run analyzers over a store", formatter_class=_Formatter,
         description="Run analyzers (built-in and third-party) in one read of the store.",
         epilog="examples:\n  fragility analyze run.fragility\n  fragility analyze run.fragility -a topk -a magnitude --split test --epoch last\n"
-        "  fragility analyze run.fragility --embedding fe --k 5 --json > results.json\n  fragility analyze run.fragility --out results/",
+        "  fragility analyze run.fragility --embedding fe --k 5 --json > results.json\n  fragility analyze run.fragility --out results/\n"
+        "  fragility analyze run.fragility -a topk --class 8 --class 9 --incorrect",
     )
     a.add_argument("store")
     _analysis_options(a)
@@ -81,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="analyzer to run (repeatable; default: topk, magnitude, diversity)")
     a.add_argument("--split", action="append", help="split(s) to analyze (repeatable; default: all)")
     a.add_argument("--epoch", default=None, help="epoch number or 'last' (default: all)")
+    a.add_argument("--class", action="append", dest="classes", metavar="CLASS",
+                   help="only rows of this true class, by name or index (repeatable)")
+    which = a.add_mutually_exclusive_group()
+    which.add_argument("--correct", action="store_const", const=True, dest="correct", help="only correctly classified rows")
+    which.add_argument("--incorrect", action="store_const", const=False, dest="correct", help="only misclassified rows")
     a.add_argument("--tau", type=float, default=0.0, help="frequency floor for unique_c(tau) (default: 0)")
     a.add_argument("--reference-split", default="train", help="reference split for magnitude (default: train)")
     a.add_argument("--json", action="store_true", help="print JSON on stdout")
@@ -192,7 +198,8 @@ def cmd_analyze(args, out: Console, err: Console) -> int:
 
     results = analyze(
         args.store, args.analyzers, split=args.split, epoch=_epoch(args.epoch), embedding=args.embedding, k=args.k,
-        tau=args.tau, reference_split=args.reference_split, progress=not args.json or err.is_terminal,
+        tau=args.tau, reference_split=args.reference_split, classes=args.classes, correct=args.correct,
+        progress=not args.json or err.is_terminal,
     )
     if args.json:
         _json_out({name: r.to_dict() for name, r in results.items()})

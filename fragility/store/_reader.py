@@ -319,11 +319,13 @@ class Store:
         chunk_rows: int = 65536,
         classes: Sequence[int] | None = None,
         correct: bool | None = None,
+        positions: bool = False,
     ) -> Iterator[tuple[PassInfo, dict[str, np.ndarray]]]:
         """Yield ``(pass, rows)`` chunks; rows are filtered by true class and correctness.
 
         Only ``label``/``pred`` are read for rows a filter drops; chunks with no selected row skip the
-        float columns entirely.
+        float columns entirely. With ``positions=True`` each chunk also holds ``"row"``, the rows'
+        positions in their pass.
         """
         if chunk_rows < 1:
             raise SelectionError(f"chunk_rows={chunk_rows} must be positive")
@@ -333,7 +335,10 @@ class Store:
             for start in range(0, p.rows, chunk_rows):
                 stop = min(start + chunk_rows, p.rows)
                 if not filt:
-                    yield p, self.read(p, need, start, stop)
+                    rows = self.read(p, need, start, stop)
+                    if positions:
+                        rows["row"] = np.arange(start, stop, dtype=np.int64)
+                    yield p, rows
                     continue
                 keys = self.read(p, ["label", "pred"], start, stop)
                 mask = np.ones(stop - start, dtype=bool)
@@ -346,6 +351,8 @@ class Store:
                 rest = [c for c in need if c not in keys]
                 rows = self.read(p, rest, start, stop)
                 rows.update({k: v for k, v in keys.items() if k in need})
+                if positions:
+                    rows["row"] = np.arange(start, stop, dtype=np.int64)
                 yield p, {k: v[mask] for k, v in rows.items()}
 
     def datasets(self) -> list[dict[str, Any]]:
