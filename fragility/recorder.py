@@ -44,7 +44,10 @@ class Recorder:
         max_rows_per_class: in training passes, keep at most this many rows per true class per pass
             (the first ones seen; a shuffled loader makes it a random sample). Minority classes below
             the cap keep every row.
-        rank: the distributed rank written in every row (one store per rank).
+        rank: the distributed rank written in every row. Default: ``torch.distributed``'s rank when a
+            process group is initialized, else 0. With more than one process, each rank writes its own
+            store ``<path>/rank<N>``; ``fragility.Store(path)`` reads them as one, sample ids
+            (``index=``) letting it drop the duplicates ``DistributedSampler`` pads with.
         overwrite: replace an existing store file.
         flush_interval: seconds between commits; committed rows survive a crash.
         chunk_rows: HDF5 chunk height.
@@ -74,7 +77,7 @@ class Recorder:
         compression: str | None = None,
         every: int = 1,
         max_rows_per_class: int | None = None,
-        rank: int = 0,
+        rank: int | None = None,
         overwrite: bool = False,
         flush_interval: float = 1.0,
         chunk_rows: int = 1024,
@@ -89,6 +92,13 @@ class Recorder:
             raise RecorderError(f"max_rows_per_class={max_rows_per_class} must be >= 1 or None")
         self.model = model
         self.path = os.fspath(path)
+        world = 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+            rank = torch.distributed.get_rank() if rank is None else rank
+        rank = 0 if rank is None else int(rank)
+        if world > 1:  # one writer per store: each rank gets its own, read back as one by Store(path)
+            self.path = os.path.join(self.path, f"rank{rank}")
         self.hooks = Hooks(plugin_manager)
         head = self.hooks.resolve_head(model=model, classifier=classifier)
         if head is None:
@@ -109,7 +119,7 @@ class Recorder:
         self.class_names = class_names
         self.every = int(every)
         self.max_rows_per_class = None if max_rows_per_class is None else int(max_rows_per_class)
-        self.rank = int(rank)
+        self.rank = rank
         self.dtype = getattr(torch, dtype) if dtype in ("float16", "float32") else None
         from . import __version__
 

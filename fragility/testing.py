@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import pluggy
 
-from .analysis import Result, analyze, iter_chunks, make_spec, registry
-from .analysis._engine import resolve_classes
+from .analysis import Result, analyze
+from .analysis._engine import make_plan
 from .store import Store, StoreWriter
 
 __all__ = ["assert_close", "assert_results_equal", "check_analyzer", "make_random_store"]
@@ -119,41 +119,25 @@ def assert_results_equal(r1: Result, r2: Result, **tol: float) -> None:
 
 
 def _merged_result(name: str, store: Store, kwargs: dict[str, Any], pm: pluggy.PluginManager | None, parts: int) -> Result:
-    """Split the rows across ``parts`` analyzers (round-robin by chunk), merge their states, compute."""
-    cls = registry(pm).analyzers[name]
-    passes = [p for p in store.select(split=kwargs.get("split"), epoch=kwargs.get("epoch")) if p.rows]
-    reference = []
-    if cls.uses_reference:
-        reference = [p for p in store.select(split=kwargs.get("reference_split", "train"), epoch=kwargs.get("reference_epoch", "last")) if p.rows]
-    spec = make_spec(
-        store, passes, embedding=kwargs.get("embedding", "ce"), k=kwargs.get("k", 10), tau=kwargs.get("tau", 0.0),
-        reference=reference, knn_k=kwargs.get("knn_k", 5), knn_max_rows=kwargs.get("knn_max_rows", 10000),
-    )
-    classes = resolve_classes(store, kwargs.get("classes"))
-    correct = kwargs.get("correct")
-    workers = [cls(spec) for _ in range(parts)]
-    if cls.uses_reference:
-        ref_chunks = iter_chunks(store, reference, workers[0].reference_columns(), spec, chunk_rows=5, classes=classes)
-        for i, chunk in enumerate(ref_chunks):
-            workers[i % parts].update_reference(chunk)
+    """Split the work into 5-row units dealt round-robin to ``parts`` analyzers, merge their states, compute."""
+    plan = make_plan(store, [name], plugin_manager=pm, **kwargs)
+    workers = [plan.instances(pm) for _ in range(parts)]
+    for i, unit in enumerate(plan.units(plan.reference, rows=5)):
+        plan.fold_reference(store, workers[i % parts], [unit])
+    head = workers[0][0]
+    if head.uses_reference:
         for w in workers[1:]:
-            workers[0].merge_reference(w)
+            head.merge_reference(w[0])
         for w in workers[1:]:  # broadcast the reduced reference, as a DDP/Dask driver would
-            w.ref = copy.deepcopy(workers[0].ref)
+            w[0].ref = copy.deepcopy(head.ref)
         for w in workers:
-            w.end_reference()
-    selected = {p.name for p in passes}
-    extra = [p for p in reference if p.name not in selected]
-    main = {g.name for g in spec.groups}
-    cols = workers[0].columns()
-    chunks = list(iter_chunks(store, passes, cols, spec, chunk_rows=5, classes=classes, correct=correct))
-    chunks += list(iter_chunks(store, extra, cols, spec, chunk_rows=5, classes=classes))
-    for i, chunk in enumerate(chunks):
-        if chunk.group in main or cls.uses_reference:
-            workers[i % parts].update(chunk)
+            w[0].end_reference()
+    skipped: dict[str, int] = {}
+    for i, unit in enumerate(plan.units(plan.passes + plan.extra, rows=5)):
+        plan.fold_main(store, workers[i % parts], [unit], skipped)
     for w in workers[1:]:
-        workers[0].merge(w)
-    return workers[0].compute()
+        head.merge(w[0])
+    return plan.finish([head], skipped)[name]
 
 
 def check_analyzer(
@@ -178,7 +162,6 @@ def check_analyzer(
             assert_results_equal(whole, got, rtol=rtol)
         for parts in (2, 3):
             merged = _merged_result(name, store, kwargs, plugin_manager, parts)
-            merged.notes = whole.notes  # engine-level notes (skipped rows, selection) are not the analyzer's
             assert_results_equal(whole, merged, rtol=rtol)
         if expected is not None:
             want = expected(store)

@@ -2,7 +2,8 @@
 
 from ._base import AnalysisSpec, Analyzer, Chunk, Group
 from ._compare import compare
-from ._engine import AnalyzerRegistrar, analyze, iter_chunks, make_spec, registry
+from ._dask import analyze_dask
+from ._engine import AnalyzerRegistrar, Plan, analyze, iter_chunks, make_plan, make_spec, registry
 from ._results import Result, Table, jsonable
 
 __all__ = [
@@ -11,12 +12,15 @@ __all__ = [
     "AnalyzerRegistrar",
     "Chunk",
     "Group",
+    "Plan",
     "Result",
     "Table",
     "analyze",
+    "analyze_dask",
     "compare",
     "iter_chunks",
     "jsonable",
+    "make_plan",
     "make_spec",
     "registry",
 ]

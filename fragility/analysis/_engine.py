@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -140,6 +140,7 @@ def iter_chunks(
     skipped: dict[str, int] | None = None,
     classes: Sequence[int] | None = None,
     correct: bool | None = None,
+    span: tuple[int, int] | None = None,
 ) -> Iterator[Chunk]:
     """Read each needed column once, chunk by chunk; drop (and count) rows with non-finite values.
 
@@ -150,7 +151,8 @@ def iter_chunks(
     cols = sorted(set(columns) | {"label", "pred"})
     for p in passes:
         have = [c for c in cols if c in p.columns]
-        for _, rows in store.iter_rows([p], have, chunk_rows=chunk_rows, classes=classes, correct=correct, positions=True):
+        rows_iter = store.iter_rows([p], have, chunk_rows=chunk_rows, classes=classes, correct=correct, positions=True, span=span)
+        for _, rows in rows_iter:
             keys = (np.int64(ordinal[p.name]) << np.int64(32)) + rows.pop("row")
             finite = rows["label"] >= 0
             for c in have:
@@ -187,8 +189,79 @@ def resolve_classes(store: Store, classes: Sequence[int | str] | None) -> list[i
     return sorted(set(out))
 
 
-def analyze(
-    store: Store | str | os.PathLike,
+@dataclass
+class Plan:
+    """A validated analysis: which analyzers, which passes, the spec. Picklable, so workers can run parts.
+
+    Work is cut into *units* ``(pass, start, stop)``; folding any split of the units into analyzer
+    instances and merging them gives the same result (the analyzers' merge contract).
+    """
+
+    path: str
+    names: list[str]
+    passes: list[PassInfo]
+    reference: list[PassInfo]
+    spec: AnalysisSpec
+    classes: list[int] | None
+    correct: bool | None
+    chunk_rows: int
+
+    @property
+    def extra(self) -> list[PassInfo]:
+        """Reference passes outside the selection (read in the main phase for the reference users only)."""
+        selected = {p.name for p in self.passes}
+        return [p for p in self.reference if p.name not in selected]
+
+    def instances(self, plugin_manager: pluggy.PluginManager | None = None) -> list[Analyzer]:
+        reg = registry(plugin_manager)
+        return [reg.analyzers[n](self.spec) for n in self.names]
+
+    def units(self, passes: Sequence[PassInfo], rows: int | None = None) -> list[tuple[PassInfo, int, int]]:
+        rows = rows or max(1, max((p.rows for p in passes), default=1))
+        return [(p, s, min(p.rows, s + rows)) for p in passes for s in range(0, p.rows, rows)]
+
+    def fold_reference(self, store: Store, instances: list[Analyzer], units, advance=lambda n: None) -> None:
+        users = [a for a in instances if a.uses_reference]
+        if not users:
+            return
+        cols = set().union(*(a.reference_columns() for a in users))
+        for p, start, stop in units:
+            for chunk in iter_chunks(store, [p], cols, self.spec, chunk_rows=self.chunk_rows, classes=self.classes, span=(start, stop)):
+                for a in users:
+                    a.update_reference(chunk)
+                advance(len(chunk))
+
+    def fold_main(self, store: Store, instances: list[Analyzer], units, skipped: dict[str, int], advance=lambda n: None) -> None:
+        cols = set().union(*(a.columns() for a in instances))
+        main = {p.name for p in self.passes}
+        users = [a for a in instances if a.uses_reference]
+        for p, start, stop in units:
+            selected = p.name in main
+            chunks = iter_chunks(
+                store, [p], cols, self.spec, chunk_rows=self.chunk_rows, skipped=skipped if selected else None,
+                classes=self.classes, correct=self.correct if selected else None, span=(start, stop),
+            )
+            for chunk in chunks:
+                for a in instances if selected else users:
+                    a.update(chunk)
+                advance(len(chunk))
+
+    def finish(self, instances: list[Analyzer], skipped: dict[str, int]) -> dict[str, Result]:
+        results = {}
+        for a in instances:
+            r = a.compute()
+            if self.classes is not None or self.correct is not None:
+                what = [] if self.classes is None else [f"classes {', '.join(self.spec.class_names[c] for c in self.classes)}"]
+                what += [] if self.correct is None else ["correctly classified rows" if self.correct else "misclassified rows"]
+                r.notes.append("selection: only " + " and ".join(what))
+            for g, n in sorted(skipped.items()):
+                r.notes.append(f"{n} rows of {g} with non-finite values were skipped")
+            results[a.name] = r
+        return results
+
+
+def make_plan(
+    store: Store,
     analyzers: Sequence[str] | None = None,
     *,
     split: str | Sequence[str] | None = None,
@@ -203,9 +276,44 @@ def analyze(
     chunk_rows: int = 16384,
     knn_k: int = 5,
     knn_max_rows: int = 10000,
-    progress: bool = False,
     plugin_manager: pluggy.PluginManager | None = None,
     options: dict[str, Any] | None = None,
+) -> Plan:
+    """Validate an analysis request against a store (see :func:`analyze` for the arguments)."""
+    reg = registry(plugin_manager)
+    names = resolve_names(analyzers, reg)
+    passes = [p for p in store.select(split=split, epoch=epoch) if p.rows]
+    class_ids = resolve_classes(store, classes)
+    if not passes:
+        raise AnalyzerError(f"the selection (split={split!r}, epoch={epoch!r}) of {store.path} holds no rows")
+    users = [n for n in names if reg.analyzers[n].uses_reference]
+    reference: list[PassInfo] = []
+    if users:
+        try:
+            reference = [p for p in store.select(split=reference_split, epoch=reference_epoch) if p.rows]
+        except Exception as exc:  # noqa: BLE001 - reworded for the analyzer's point of view
+            raise AnalyzerError(
+                f"{', '.join(users)} needs reference rows (split={reference_split!r}, epoch={reference_epoch!r}) "
+                f"but: {exc}; pass reference_split/--reference-split"
+            ) from None
+        if not reference:
+            raise AnalyzerError(f"the reference selection (split={reference_split!r}) of {store.path} holds no rows")
+    if chunk_rows < 1:
+        raise AnalyzerError(f"chunk_rows={chunk_rows} must be a positive number of rows")
+    spec = make_spec(
+        store, passes, embedding=embedding, k=k, tau=tau, reference=reference, knn_k=knn_k,
+        knn_max_rows=knn_max_rows, options=options,
+    )
+    return Plan(store.path, names, passes, reference, spec, class_ids, correct, chunk_rows)
+
+
+def analyze(
+    store: Store | str | os.PathLike,
+    analyzers: Sequence[str] | None = None,
+    *,
+    progress: bool = False,
+    plugin_manager: pluggy.PluginManager | None = None,
+    **options: Any,
 ) -> dict[str, Result]:
     """Run analyzers over a store in one read of each dataset they need.
 
@@ -233,65 +341,18 @@ def analyze(
     own = not isinstance(store, Store)
     st = Store(store) if own else store
     try:
-        reg = registry(plugin_manager)
-        names = resolve_names(analyzers, reg)
-        passes = [p for p in st.select(split=split, epoch=epoch) if p.rows]
-        class_ids = resolve_classes(st, classes)
-        if not passes:
-            raise AnalyzerError(f"the selection (split={split!r}, epoch={epoch!r}) of {st.path} holds no rows")
-        classes = [reg.analyzers[n] for n in names]
-        reference: list[PassInfo] = []
-        if any(c.uses_reference for c in classes):
-            try:
-                reference = [p for p in st.select(split=reference_split, epoch=reference_epoch) if p.rows]
-            except Exception as exc:  # noqa: BLE001 - reworded for the analyzer's point of view
-                raise AnalyzerError(
-                    f"{', '.join(c.name for c in classes if c.uses_reference)} needs reference rows "
-                    f"(split={reference_split!r}, epoch={reference_epoch!r}) but: {exc}; pass reference_split/--reference-split"
-                ) from None
-            if not reference:
-                raise AnalyzerError(f"the reference selection (split={reference_split!r}) of {st.path} holds no rows")
-        spec = make_spec(
-            st, passes, embedding=embedding, k=k, tau=tau, reference=reference, knn_k=knn_k,
-            knn_max_rows=knn_max_rows, options=options,
-        )
-        instances = [c(spec) for c in classes]
+        plan = make_plan(st, analyzers, plugin_manager=plugin_manager, **options)
+        instances = plan.instances(plugin_manager)
         skipped: dict[str, int] = {}
-        names_sel = {p.name for p in passes}
-        total = sum(p.rows for p in passes) + 2 * sum(p.rows for p in reference) - sum(p.rows for p in reference if p.name in names_sel)
+        uses_ref = any(a.uses_reference for a in instances)
+        total = sum(p.rows for p in plan.passes) + (sum(p.rows for p in plan.reference) + sum(p.rows for p in plan.extra)) * uses_ref
         with _progress(progress, total) as advance:
-            users = [a for a in instances if a.uses_reference]
-            if users:
-                cols = set().union(*(a.reference_columns() for a in users))
-                for chunk in iter_chunks(st, reference, cols, spec, chunk_rows=chunk_rows, classes=class_ids):
-                    for a in users:
-                        a.update_reference(chunk)
-                    advance(len(chunk))
-                for a in users:
+            plan.fold_reference(st, instances, plan.units(plan.reference), advance)
+            for a in instances:
+                if a.uses_reference:
                     a.end_reference()
-            cols = set().union(*(a.columns() for a in instances))
-            selected = {p.name for p in passes}
-            extra = [p for p in reference if p.name not in selected]  # reference rows the users still need
-            main_groups = {g.name for g in spec.groups}
-            chunks = itertools.chain(
-                iter_chunks(st, passes, cols, spec, chunk_rows=chunk_rows, skipped=skipped, classes=class_ids, correct=correct),
-                iter_chunks(st, extra, cols, spec, chunk_rows=chunk_rows, classes=class_ids),
-            )
-            for chunk in chunks:
-                for a in instances if chunk.group in main_groups else users:
-                    a.update(chunk)
-                advance(len(chunk))
-        results = {}
-        for a in instances:
-            r = a.compute()
-            if class_ids is not None or correct is not None:
-                what = [] if class_ids is None else [f"classes {', '.join(spec.class_names[c] for c in class_ids)}"]
-                what += [] if correct is None else ["correctly classified rows" if correct else "misclassified rows"]
-                r.notes.append("selection: only " + " and ".join(what))
-            for g, n in skipped.items():
-                r.notes.append(f"{n} rows of {g} with non-finite values were skipped")
-            results[a.name] = r
-        return results
+            plan.fold_main(st, instances, plan.units(plan.passes + plan.extra), skipped, advance)
+        return plan.finish(instances, skipped)
     finally:
         if own:
             st.close()

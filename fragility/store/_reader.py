@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -72,6 +73,17 @@ def _open_h5(path: str, what: str) -> h5py.File:
     raise StoreError(f"{what} {path} is corrupt or truncated and cannot be opened ({msg}); re-record it or restore a copy")
 
 
+def _rank_dirs(path: str) -> list[tuple[int, str]]:
+    """``rank<N>/`` sub-stores of a distributed run, sorted by rank (empty for a plain store)."""
+    if not os.path.isdir(path) or os.path.exists(os.path.join(path, ROOT_FILE)):
+        return []
+    out = []
+    for name in os.listdir(path):
+        if name.startswith("rank") and name[4:].isdigit() and os.path.exists(os.path.join(path, name, ROOT_FILE)):
+            out.append((int(name[4:]), os.path.join(path, name)))
+    return sorted(out)
+
+
 def _resolve_dir(path: str) -> str:
     if not os.path.exists(path):
         raise StoreError(f"store {path} does not exist; check the path (record one with fragility.Recorder)")
@@ -110,6 +122,11 @@ class Store:
         >>> [p.label for p in store.select(split="test")]  # doctest: +SKIP
         ['test@0', 'test@1']
     """
+
+    def __new__(cls, path: str | os.PathLike) -> Store:
+        if cls is Store and _rank_dirs(os.fspath(path)):
+            return super().__new__(RankedStore)
+        return super().__new__(cls)
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = _resolve_dir(os.fspath(path))
@@ -320,20 +337,22 @@ class Store:
         classes: Sequence[int] | None = None,
         correct: bool | None = None,
         positions: bool = False,
+        span: tuple[int, int] | None = None,
     ) -> Iterator[tuple[PassInfo, dict[str, np.ndarray]]]:
         """Yield ``(pass, rows)`` chunks; rows are filtered by true class and correctness.
 
         Only ``label``/``pred`` are read for rows a filter drops; chunks with no selected row skip the
         float columns entirely. With ``positions=True`` each chunk also holds ``"row"``, the rows'
-        positions in their pass.
+        positions in their pass. ``span=(start, stop)`` restricts every pass to those rows.
         """
         if chunk_rows < 1:
             raise SelectionError(f"chunk_rows={chunk_rows} must be positive")
         need = list(dict.fromkeys(columns))
         filt = classes is not None or correct is not None
         for p in passes:
-            for start in range(0, p.rows, chunk_rows):
-                stop = min(start + chunk_rows, p.rows)
+            first, last = (0, p.rows) if span is None else (max(0, span[0]), min(p.rows, span[1]))
+            for start in range(first, last, chunk_rows):
+                stop = min(start + chunk_rows, last)
                 if not filt:
                     rows = self.read(p, need, start, stop)
                     if positions:
@@ -382,3 +401,90 @@ class Store:
         for folder, _, files in os.walk(self.path):
             total += sum(os.path.getsize(os.path.join(folder, n)) for n in files)
         return total
+
+
+class RankedStore(Store):
+    """One view of a distributed run: ``<store>/rank0``, ``<store>/rank1``, … (one writer per rank).
+
+    Passes are named ``r<rank>/<pass>``. Rows of one split and epoch that several ranks recorded for the
+    same sample id (the padding ``DistributedSampler`` adds to even out the ranks) are read once: the
+    lowest rank's row is kept (:meth:`iter_rows`; :meth:`read` returns a pass's raw rows).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        self._ranks = [(rank, Store(sub)) for rank, sub in _rank_dirs(self.path)]
+        self._load()
+
+    def _load(self) -> None:
+        first = self._ranks[0][1]
+        for rank, st in self._ranks[1:]:
+            if st.class_names != first.class_names or st.feature_dim not in (0, first.feature_dim):
+                raise StoreError(
+                    f"rank stores of {self.path} disagree (rank{rank}: {st.num_classes} classes, D={st.feature_dim}); "
+                    f"they must come from one run"
+                )
+        self.metadata = {**first.metadata, "ranks": [rank for rank, _ in self._ranks]}
+        self.metadata["feature_dim"] = max(st.feature_dim for _, st in self._ranks)
+        self._route: dict[str, tuple[Store, PassInfo]] = {}
+        self.passes = []
+        for rank, st in self._ranks:
+            for p in st.passes:
+                q = dataclasses.replace(p, name=f"r{rank}/{p.name}")
+                self._route[q.name] = (st, p)
+                self.passes.append(q)
+        self._keep: dict[str, np.ndarray] = {}
+        self.duplicates: dict[str, int] = {}
+
+    def refresh(self) -> None:
+        for _, st in self._ranks:
+            st.refresh()
+        self._load()
+
+    def close(self) -> None:
+        for _, st in self._ranks:
+            st.close()
+
+    def classifier(self, p: PassInfo) -> tuple[np.ndarray, np.ndarray]:
+        st, q = self._route[p.name]
+        return st.classifier(q)
+
+    def read(self, p: PassInfo, columns: Sequence[str], start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+        st, q = self._route[p.name]
+        return st.read(q, columns, start, stop)
+
+    def keep_mask(self, p: PassInfo) -> np.ndarray:
+        """Rows of ``p`` that are not a duplicate (same sample id) of a lower rank's row of the same split/epoch."""
+        if p.name not in self._keep:
+            seen: set[int] = set()
+            group = [q for q in self.passes if (q.split, q.epoch) == (p.split, p.epoch)]
+            for q in group:  # rank order
+                idx = self.read(q, ["index"])["index"] if "index" in q.columns and q.rows else np.zeros(0, dtype=np.int64)
+                keep = np.ones(len(idx), dtype=bool)
+                for i, v in enumerate(idx.tolist()):
+                    if v >= 0:
+                        keep[i] = v not in seen
+                        seen.add(v)
+                self._keep[q.name] = keep
+                self.duplicates[f"{q.split}@{q.epoch}"] = self.duplicates.get(f"{q.split}@{q.epoch}", 0) + int((~keep).sum())
+        return self._keep[p.name]
+
+    def iter_rows(self, passes, columns, *, chunk_rows=65536, classes=None, correct=None, positions=False, span=None):
+        for p in passes:
+            st, q = self._route[p.name]
+            keep = self.keep_mask(p)
+            for _, rows in st.iter_rows([q], columns, chunk_rows=chunk_rows, classes=classes, correct=correct, positions=True, span=span):
+                m = keep[rows["row"]]
+                if not positions:
+                    rows.pop("row")
+                if not m.all():
+                    rows = {k: v[m] for k, v in rows.items()}
+                if len(next(iter(rows.values()))):
+                    yield p, rows
+
+    def datasets(self) -> list[dict[str, Any]]:
+        out = []
+        for rank, st in self._ranks:
+            for d in st.datasets():
+                out.append({**d, "path": f"rank{rank}/{d['path']}"})
+        return out
