@@ -21,13 +21,14 @@ from .taps import Head, model_name
 __all__ = ["Recorder"]
 
 
-def _as_tensor(value: Any, name: str, n: int, device: torch.device) -> torch.Tensor:
+def _as_tensor(value: Any, name: str, n: int) -> torch.Tensor:
+    """``value`` as a 1-D int64 tensor of ``n`` rows, where it already lives (no device copy, no sync)."""
     t = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
     if t.dim() != 1 or t.shape[0] != n:
         raise RecorderError(f"{name} has shape {tuple(t.shape)} but the batch has {n} rows; pass one {name[:-1] if name.endswith('s') else name} per row")
     if t.dtype.is_floating_point or t.dtype == torch.bool:
         raise RecorderError(f"{name} has dtype {t.dtype}; pass integer class ids / sample ids")
-    return t.to(device=device, dtype=torch.int64, non_blocking=True)
+    return t.to(dtype=torch.int64)
 
 
 class Recorder:
@@ -230,7 +231,8 @@ class Recorder:
         """Record the batch of the last forward pass. Returns the number of rows queued.
 
         Args:
-            labels: true class per row (tensor/array of ints), or ``None`` when unknown.
+            labels: true class per row (tensor/array of ints), or ``None`` when unknown. Pass them as they
+                come from the DataLoader (on the host): they are validated there, without a device sync.
             index: dataset sample id per row (lets DDP padding duplicates be dropped); ``-1`` if omitted.
             logits: the model's logits, when its forward returns something else than an ``(N, C)`` tensor.
 
@@ -268,9 +270,11 @@ class Recorder:
                 raise RecorderError(
                     f"pass {p['split']}@{p['epoch']} mixes batches with and without labels; pass labels for every batch or none"
                 )
-            y = _as_tensor(labels, "labels", n, device) if labelled else None
+            y = _as_tensor(labels, "labels", n) if labelled else None
             if y is not None:
+                # checked on the host copy: labels from a DataLoader are there already (a GPU copy would sync)
                 y_cpu = y.cpu()
+                y = y.to(device, non_blocking=True)
                 lo, hi = int(y_cpu.min()), int(y_cpu.max())
                 if lo < 0 or hi >= self.num_classes:
                     bad = lo if lo < 0 else hi
@@ -278,7 +282,10 @@ class Recorder:
                         f"label {bad} is outside [0, {self.num_classes}) for classifier {self.head.name}; "
                         f"check the dataset's targets or the model's num_classes"
                     )
-            idx = _as_tensor(index, "index", n, device) if index is not None else torch.full((n,), -1, dtype=torch.int64, device=device)
+            if index is not None:
+                idx = _as_tensor(index, "index", n).to(device, non_blocking=True)
+            else:
+                idx = torch.full((n,), -1, dtype=torch.int64, device=device)
             keep = None
             if training and self.max_rows_per_class is not None and y is not None:
                 keep_np = np.zeros(n, dtype=bool)

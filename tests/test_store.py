@@ -185,3 +185,19 @@ def test_disk_full_keeps_what_was_flushed(store_path, tiny_model, monkeypatch):
         rec.close()
     s = Store(store_path)
     assert s.passes[0].rows == 4 and not s.passes[0].complete
+
+
+def test_buffered_rows_are_committed_without_new_batches(store_path, tiny_model):
+    import time
+
+    tiny_model.eval()
+    rec = fragility.Recorder(tiny_model, store_path, flush_interval=0.2, chunk_rows=4096)
+    rec.start_pass("test")
+    tiny_model(torch.randn(5, 3, 32, 32))
+    rec.record(torch.zeros(5, dtype=torch.long))
+    deadline = time.monotonic() + 10
+    while rec.flushed_rows.get("0000", 0) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rec.flushed_rows["0000"] == 5  # committed by the writer's timer, no flush() and no new rows
+    assert Store(store_path).passes[0].rows == 5
+    rec.close()

@@ -269,7 +269,13 @@ class StoreWriter:
 
     def _run(self) -> None:
         while True:
-            msg = self._queue.get()
+            try:
+                # wake up at least every flush_interval: buffered rows are committed even when no more come
+                msg = self._queue.get(timeout=max(self.flush_interval, 0.01))
+            except queue.Empty:
+                if self._error is None and time.monotonic() - self._last_commit >= self.flush_interval:
+                    self._guard(self._commit)
+                continue
             kind = msg[0]
             if kind is _STOP:
                 if self._error is None:
