@@ -211,9 +211,22 @@ class Recorder:
         name = self.start_pass(split, epoch, mode=mode)
         try:
             yield name
-        finally:
-            if self._pass is not None and not self._closed:
-                self.end_pass()
+        except BaseException:
+            self._abandon_pass()
+            raise
+        if self._pass is not None and not self._closed:
+            self.end_pass()
+
+    def _abandon_pass(self) -> None:
+        """The loop raised: keep the rows recorded so far, leave the pass marked incomplete."""
+        p = self._pass
+        if p is None or self._closed:
+            return
+        self._pass = None
+        try:
+            self._writer.abort_pass(p["name"])
+        except Exception:  # noqa: BLE001 - the loop's own exception is the one to show
+            pass
 
     def _public_info(self) -> dict[str, Any]:
         p = self._pass or {}
@@ -400,11 +413,15 @@ class Recorder:
 
     def close(self) -> dict[str, int]:
         """End any open pass, flush, remove every hook, close the store. Returns a summary."""
+        return self._close(abandon=False)
+
+    def _close(self, abandon: bool) -> dict[str, int]:
         if self._closed:
             return self._summary
+        self._summary = {"passes": self._n_passes, "rows": self._rows_total, "nonfinite_rows": 0}
         try:
             if self._pass is not None:
-                self.end_pass()
+                self._abandon_pass() if abandon else self.end_pass()
         finally:
             self.head.remove()
             self._model_hook.remove()
@@ -430,8 +447,9 @@ class Recorder:
     def __enter__(self) -> Recorder:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        # an exception inside the block leaves an open pass incomplete (its rows are kept)
+        self._close(abandon=exc_type is not None)
 
 
 def _unpack(batch: Any) -> tuple[torch.Tensor, Any, Any]:

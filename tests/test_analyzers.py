@@ -354,3 +354,12 @@ def test_class_and_correctness_selection(random_store):
     with pytest.raises(SelectionError, match=r"class 'c9' is not in store .*classes: c0, c1, c2, c3, c4"):
         analyze(random_store, ["topk"], classes=["c9"])
     check_analyzer("magnitude", random_store, k=K, classes=[0, 1])
+
+
+def test_default_analyzers_on_a_store_without_training_rows(tmp_path):
+    path = make_random_store(tmp_path / "t.fragility", passes=(("test", 0),))
+    res = analyze(path, k=3)
+    assert set(res) == {"topk", "diversity"}
+    assert "magnitude skipped: no reference rows (split 'train')" in res["topk"].notes
+    with pytest.raises(AnalyzerError, match="magnitude needs reference rows"):
+        analyze(path, ["magnitude"], k=3)

@@ -215,3 +215,16 @@ def test_lifecycle_hooks_called_once_per_batch(store_path, tiny_model):
     with fragility.Recorder(tiny_model, store_path, plugin_manager=pm) as rec:
         rec.evaluate([(torch.randn(3, 3, 32, 32), torch.zeros(3, dtype=torch.long))] * 2, split="test")
     assert events == ["recording_start", "pass_start test", "batch 3", "batch 3", "pass_end 6", "recording_end 6"]
+
+
+def test_exception_in_the_loop_keeps_rows_and_leaves_the_pass_incomplete(store_path, tiny_model):
+    tiny_model.eval()
+    with pytest.raises(ZeroDivisionError):
+        with fragility.Recorder(tiny_model, store_path) as rec:
+            rec.evaluate([(torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2]))], split="test")
+            with rec.capture("train", epoch=0):
+                tiny_model(torch.randn(4, 3, 32, 32))
+                rec.record(torch.tensor([0, 1, 2, 3]))
+                1 / 0
+    s = Store(store_path)
+    assert [(p.split, p.rows, p.complete) for p in s.passes] == [("test", 3, True), ("train", 4, False)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -205,6 +205,7 @@ class Plan:
     classes: list[int] | None
     correct: bool | None
     chunk_rows: int
+    notes: list[str] = field(default_factory=list)
 
     @property
     def extra(self) -> list[PassInfo]:
@@ -256,6 +257,7 @@ class Plan:
                 r.notes.append("selection: only " + " and ".join(what))
             for g, n in sorted(skipped.items()):
                 r.notes.append(f"{n} rows of {g} with non-finite values were skipped")
+            r.notes.extend(self.notes)
             results[a.name] = r
         return results
 
@@ -288,23 +290,31 @@ def make_plan(
         raise AnalyzerError(f"the selection (split={split!r}, epoch={epoch!r}) of {store.path} holds no rows")
     users = [n for n in names if reg.analyzers[n].uses_reference]
     reference: list[PassInfo] = []
+    notes: list[str] = []
     if users:
+        problem = None
         try:
             reference = [p for p in store.select(split=reference_split, epoch=reference_epoch) if p.rows]
+            if not reference:
+                problem = f"the reference selection (split={reference_split!r}) of {store.path} holds no rows"
         except Exception as exc:  # noqa: BLE001 - reworded for the analyzer's point of view
-            raise AnalyzerError(
+            problem = (
                 f"{', '.join(users)} needs reference rows (split={reference_split!r}, epoch={reference_epoch!r}) "
                 f"but: {exc}; pass reference_split/--reference-split"
-            ) from None
-        if not reference:
-            raise AnalyzerError(f"the reference selection (split={reference_split!r}) of {store.path} holds no rows")
+            )
+        if problem and analyzers:  # asked for by name: an error
+            raise AnalyzerError(problem)
+        if problem:  # the default set: run the others and say why one is missing
+            names = [n for n in names if n not in users]
+            notes.append(f"{', '.join(users)} skipped: no reference rows (split {reference_split!r})")
+            reference = []
     if chunk_rows < 1:
         raise AnalyzerError(f"chunk_rows={chunk_rows} must be a positive number of rows")
     spec = make_spec(
         store, passes, embedding=embedding, k=k, tau=tau, reference=reference, knn_k=knn_k,
         knn_max_rows=knn_max_rows, options=options,
     )
-    return Plan(store.path, names, passes, reference, spec, class_ids, correct, chunk_rows)
+    return Plan(store.path, names, passes, reference, spec, class_ids, correct, chunk_rows, notes)
 
 
 def analyze(

@@ -222,6 +222,10 @@ class StoreWriter:
     def end_pass(self, name: str, weight: np.ndarray | None = None, bias: np.ndarray | None = None) -> None:
         self._put(("end", name, weight, bias))
 
+    def abort_pass(self, name: str) -> None:
+        """Commit what a pass recorded and close it *incomplete* (the loop died with an exception)."""
+        self._put(("abort", name))
+
     def set_root_attrs(self, attrs: dict[str, Any]) -> None:
         self._put(("root", attrs))
 
@@ -344,6 +348,13 @@ class StoreWriter:
         p.status.flush()
         p.file.close()
         p.file = None
+
+    def _on_abort(self, name: str) -> None:
+        p = self._passes[name]
+        self._commit_pass(p)
+        if p.file is not None:
+            p.file.close()
+            p.file = None
 
     # ---------------------------------------------------------------- pass files
 
