@@ -13,7 +13,7 @@ from fragility.analysis._maths import class_sums, class_topk, overlap
 def row_magnitudes(v: np.ndarray, labels: np.ndarray, identity: np.ndarray) -> np.ndarray:
     """``m_n`` = mean of ``v_n`` over its true class's training top-K indices."""
     idx = identity[labels]  # (N, K)
-    return np.take_along_axis(np.asarray(v, dtype=np.float64), idx, axis=1).mean(axis=1)
+    return np.take_along_axis(v, idx, axis=1).astype(np.float64).mean(axis=1)  # gather first, then widen
 
 
 class Magnitude(Analyzer):

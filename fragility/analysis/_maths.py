@@ -116,13 +116,12 @@ def minimal_sets(ce_pred: np.ndarray, logits: np.ndarray, pred: np.ndarray, bias
     out = torch.zeros((n, d), dtype=torch.bool)
     if n == 0:
         return out.numpy()
-    ce64 = ce.double()
     lg = _t(logits).double()
     p = torch.from_numpy(np.asarray(pred, dtype=np.int64))
     others = lg.clone()
     others[torch.arange(n), p] = -torch.inf
     runner = others.max(dim=1).values
-    start = torch.from_numpy(np.asarray(bias, dtype=np.float64))[p] + ce64.clamp(max=0).sum(dim=1)
+    start = torch.from_numpy(np.asarray(bias, dtype=np.float64))[p] + ce.clamp(max=0).sum(dim=1, dtype=torch.float64)
     gap = runner - start  # what the positive entries must add up to
     pending = torch.nonzero(gap > 0).flatten()
     m = min(probe, d)
@@ -134,7 +133,7 @@ def minimal_sets(ce_pred: np.ndarray, logits: np.ndarray, pred: np.ndarray, bias
         vals, idx = torch.gather(vals, 1, o), torch.gather(idx, 1, o)
         o = torch.argsort(-vals, dim=1, stable=True)
         vals, idx = torch.gather(vals, 1, o), torch.gather(idx, 1, o)
-        vals64 = torch.gather(ce64[rows], 1, idx).clamp(min=0)
+        vals64 = vals.double().clamp(min=0)  # float32 -> float64 is exact: same values as the rows' own
         cum = torch.cumsum(vals64, dim=1)
         reached = cum >= gap[rows].unsqueeze(1)
         hit = reached.any(dim=1)
