@@ -77,3 +77,35 @@ def test_sigkill_at_random_moments_never_loses_acknowledged_rows(tmp_path):
         interrupted += not s.passes[-1].complete  # killed inside a pass (not between two)
         s.close()
     assert interrupted >= KILLS // 2, f"only {interrupted} of {KILLS} kills landed inside a pass"
+
+
+def test_live_reading_from_another_process_while_it_records(tmp_path):
+    """A second process opens the store of a running recorder (live analysis) and sees its flushed rows."""
+    script = Path(cw.__file__)
+    env = {**os.environ, "PYTHONPATH": str(script.parent.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    path = tmp_path / "live.fragility"
+    proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "READY"
+        acked: dict[str, int] = {}
+        while len(acked) < 3:  # let it write a few passes
+            line = proc.stdout.readline()
+            if line.startswith("ACK"):
+                _, name, rows = line.split()
+                acked[name] = int(rows)
+        s = Store(path)
+        for name, rows in acked.items():
+            p = s.pass_info(name)
+            assert p.rows >= rows
+            got = s.read(p, ["fe", "logits"])
+            fe, logits, _ = _expected(int(name), p.rows)
+            np.testing.assert_array_equal(got["fe"], fe)
+            np.testing.assert_array_equal(got["logits"], logits)
+        before = sum(p.rows for p in s.passes)
+        time.sleep(0.3)
+        s.refresh()
+        assert sum(p.rows for p in s.passes) > before  # the writer kept going and the reader sees it
+        s.close()
+    finally:
+        proc.kill()
+        proc.communicate()
