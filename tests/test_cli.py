@@ -146,6 +146,8 @@ def test_bad_inputs_are_one_line_errors(stores, tmp_path):
         (["analyze", a, "--class", "cat"], "class 'cat' is not in store"),
         (["demo", "--data", "cifar10"], "--data cifar10 needs --root PATH"),
         (["demo", "--data", "cifar10", "--root", tmp_path], "CIFAR-10 not found"),
+        (["analyze", a, "--k", "three"], "argument --k: invalid int value: 'three' (see `fragility analyze --help`)"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
     ]
     notstore = tmp_path / "x.txt"
     notstore.write_text("hi")

@@ -31,8 +31,16 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(EXIT_ERROR)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="fragility",
         description="Record FE/CE of timm models and analyze why they fail on minority classes.",
         epilog="examples:\n  fragility demo\n  fragility inspect run.fragility\n  fragility analyze run.fragility -a topk --split test --k 5\n"
@@ -43,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     from .. import __version__
 
     p.add_argument("--version", action="version", version=f"fragility {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     d = sub.add_parser(
         "demo", help="train on imbalanced vs balanced digits, analyze, write a report", formatter_class=_Formatter,
