@@ -363,3 +363,10 @@ def test_default_analyzers_on_a_store_without_training_rows(tmp_path):
     assert "magnitude skipped: no reference rows (split 'train')" in res["topk"].notes
     with pytest.raises(AnalyzerError, match="magnitude needs reference rows"):
         analyze(path, ["magnitude"], k=3)
+
+
+def test_pass_selection(random_store):
+    r = analyze(random_store, ["topk"], k=K, passes=["0001"])["topk"]
+    assert list(r.data["groups"]) == ["test@0"]
+    with pytest.raises(SelectionError, match=r"pass '0009' is not in store"):
+        analyze(random_store, ["topk"], passes=["0009"])

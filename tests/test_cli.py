@@ -56,6 +56,8 @@ def test_analyze_json_matches_the_api(stores):
     got = json.loads(run("analyze", a, "-a", "topk", "--split", "test", "--epoch", "last", "--k", "3", "--json").stdout)
     want = analyze(a, ["topk"], split=["test"], epoch="last", k=3)["topk"].to_dict()
     assert got["topk"] == json.loads(json.dumps(want))
+    one = json.loads(run("analyze", a, "-a", "topk", "--pass", "0002", "--k", "3", "--json").stdout)
+    assert list(one["topk"]["data"]["groups"]) == ["train@1"]
     text = run("analyze", a, "-a", "topk", "-a", "diversity", "--k", "3").stdout
     assert "test@1: class top-3" in text and "diversity" in text
     got = json.loads(run("analyze", a, "-a", "topk", "--k", "3", "--class", "c1", "--class", "3", "--incorrect", "--json").stdout)

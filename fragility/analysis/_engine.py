@@ -268,6 +268,7 @@ def make_plan(
     *,
     split: str | Sequence[str] | None = None,
     epoch: int | str | Sequence[int] | None = None,
+    passes: Sequence[str] | None = None,
     embedding: str = "ce",
     k: int = 10,
     tau: float = 0.0,
@@ -284,10 +285,14 @@ def make_plan(
     """Validate an analysis request against a store (see :func:`analyze` for the arguments)."""
     reg = registry(plugin_manager)
     names = resolve_names(analyzers, reg)
-    passes = [p for p in store.select(split=split, epoch=epoch) if p.rows]
+    chosen = [p for p in store.select(split=split, epoch=epoch) if p.rows]
+    if passes is not None:
+        named = {store.pass_info(n).name for n in passes}  # unknown names: SelectionError with close matches
+        chosen = [p for p in chosen if p.name in named]
+    passes_sel = chosen
     class_ids = resolve_classes(store, classes)
-    if not passes:
-        raise AnalyzerError(f"the selection (split={split!r}, epoch={epoch!r}) of {store.path} holds no rows")
+    if not passes_sel:
+        raise AnalyzerError(f"the selection (split={split!r}, epoch={epoch!r}, passes={passes!r}) of {store.path} holds no rows")
     users = [n for n in names if reg.analyzers[n].uses_reference]
     reference: list[PassInfo] = []
     notes: list[str] = []
@@ -311,10 +316,10 @@ def make_plan(
     if chunk_rows < 1:
         raise AnalyzerError(f"chunk_rows={chunk_rows} must be a positive number of rows")
     spec = make_spec(
-        store, passes, embedding=embedding, k=k, tau=tau, reference=reference, knn_k=knn_k,
+        store, passes_sel, embedding=embedding, k=k, tau=tau, reference=reference, knn_k=knn_k,
         knn_max_rows=knn_max_rows, options=options,
     )
-    return Plan(store.path, names, passes, reference, spec, class_ids, correct, chunk_rows, notes)
+    return Plan(store.path, names, passes_sel, reference, spec, class_ids, correct, chunk_rows, notes)
 
 
 def analyze(
@@ -331,6 +336,7 @@ def analyze(
         store: a :class:`fragility.Store` or its path.
         analyzers: names (default: ``topk``, ``magnitude``, ``diversity``); third-party names work too.
         split, epoch: which passes to analyze (``epoch="last"`` for each split's last epoch).
+        passes: only these passes, by name (``"0003"``; ``"r1/0003"`` in a multi-rank store).
         classes: only rows of these true classes (names or indices); also applied to the reference rows.
         correct: only correctly classified (``True``) or misclassified (``False``) rows (main pass only:
             the reference — e.g. the training top-K — is taken from all its rows).

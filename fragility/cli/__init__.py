@@ -90,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="analyzer to run (repeatable; default: topk, magnitude, diversity)")
     a.add_argument("--split", action="append", help="split(s) to analyze (repeatable; default: all)")
     a.add_argument("--epoch", default=None, help="epoch number or 'last' (default: all)")
+    a.add_argument("--pass", action="append", dest="passes", metavar="NAME", help="only this pass, e.g. 0003 (repeatable; see inspect)")
     a.add_argument("--class", action="append", dest="classes", metavar="CLASS",
                    help="only rows of this true class, by name or index (repeatable)")
     which = a.add_mutually_exclusive_group()
@@ -205,7 +206,7 @@ def cmd_analyze(args, out: Console, err: Console) -> int:
     from ..analysis import analyze
 
     results = analyze(
-        args.store, args.analyzers, split=args.split, epoch=_epoch(args.epoch), embedding=args.embedding, k=args.k,
+        args.store, args.analyzers, split=args.split, epoch=_epoch(args.epoch), passes=args.passes, embedding=args.embedding, k=args.k,
         tau=args.tau, reference_split=args.reference_split, classes=args.classes, correct=args.correct,
         progress=not args.json or err.is_terminal,
     )
