@@ -16,7 +16,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from .analysis import Result, Table, analyze, compare
+from .analysis import Result, Table, analyze, compare_results, last_group
 from .datasets import ImageData, imbalance, load
 from .errors import DataError
 from .recorder import Recorder
@@ -88,10 +88,7 @@ def findings(results: dict[str, dict[str, Result]], labels: tuple[str, str]) -> 
     la, lb = labels
     a, b = results[la], results[lb]
 
-    def last(data: dict, split: str) -> dict:
-        gs = [g for g in data["groups"].values() if g["split"] == split]
-        return max(gs, key=lambda g: g["epoch"])
-
+    last = last_group
     rows = []
     ta_tr, tb_tr = last(a["topk"].data, "train")["classes"], last(b["topk"].data, "train")["classes"]
     ta_te, tb_te = last(a["topk"].data, "test")["classes"], last(b["topk"].data, "test")["classes"]
@@ -158,7 +155,7 @@ def run_demo(
     for label in labels:
         stderr.print(f"analyzing {label} …")
         results[label] = analyze(runs[label]["store"], k=k, progress=True)
-    cmp = compare(runs[labels[0]]["store"], runs[labels[1]]["store"], k=k, labels=labels)
+    cmp = compare_results(results[labels[0]], results[labels[1]], labels=labels)  # no second read
     table = findings(results, labels)
     stdout.print(table)
     from .report import build_report

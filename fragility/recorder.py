@@ -149,7 +149,6 @@ class Recorder:
         self._pass: dict[str, Any] | None = None
         self._n_passes = 0
         self._step = 0
-        self._calls = 0
         self._rows_total = 0
         self._feature_dim: int | None = None
         self._closed = False
@@ -256,11 +255,10 @@ class Recorder:
         p = self._pass
         if p is None:
             raise RecorderError("record() called outside a pass; wrap the loop in `with recorder.capture('train', epoch):`")
-        self._calls += 1
         training = p["mode"] == "train"
         if training:
             self._step += 1
-            if (self._calls - 1) % self.every:
+            if (self._step - 1) % self.every:  # counts training steps only: eval sweeps don't shift it
                 self.head.clear()
                 return 0
         with torch.no_grad():

@@ -18,7 +18,7 @@ from typing import Any
 import pluggy
 
 from ._manager import Hooks
-from .analysis import Result, Table, analyze, jsonable
+from .analysis import Result, Table, analyze, compare_results, jsonable
 from .errors import PluginError
 from .store import Store
 
@@ -47,6 +47,11 @@ class ReportSectionRegistrar:
             raise PluginError(f"report section {name!r} is registered twice: by {self.owners[name]} and by {owner}; rename one")
         self.sections[name] = (order, title or name, func)
         self.owners[name] = owner
+
+
+def run_label(path: str | os.PathLike) -> str:
+    """A store's name for tables and reports: its folder name without ``.fragility``."""
+    return os.path.basename(os.path.normpath(os.fspath(path))).removesuffix(".fragility")
 
 
 def _png(fig: Any) -> bytes:
@@ -94,13 +99,13 @@ def build_report(
         stores: one store, or two for the side-by-side comparison (e.g. imbalanced, balanced).
         labels: a name per store (default: the stores' folder names).
         results: precomputed ``analyze`` results per label (computed here when missing).
-        comparison: a :func:`fragility.compare` result to show.
+        comparison: a :func:`fragility.compare` result to show (derived from ``results`` for two runs).
 
     Returns:
         The path of ``index.html``.
     """
     out = os.fspath(out)
-    labels = list(labels or [os.path.basename(os.fspath(s).rstrip("/")).removesuffix(".fragility") for s in stores])
+    labels = list(labels or [run_label(s) for s in stores])
     if len(set(labels)) != len(labels):
         labels = [f"{lab} ({i + 1})" for i, lab in enumerate(labels)]
     opened = {lab: Store(s) for lab, s in zip(labels, stores)}
@@ -109,6 +114,8 @@ def build_report(
         for lab in labels:
             if lab not in results:
                 results[lab] = analyze(opened[lab], k=k, progress=progress, plugin_manager=plugin_manager)
+        if comparison is None and len(labels) == 2 and all({"topk", "magnitude"} <= set(results[lab]) for lab in labels):
+            comparison = compare_results(results[labels[0]], results[labels[1]], labels=(labels[0], labels[1]))
         ctx = ReportContext(labels, opened, results, comparison)
         reg = ReportSectionRegistrar()
         Hooks(plugin_manager).register_report_sections(reg)

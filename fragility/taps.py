@@ -137,7 +137,6 @@ class Head:
     _inputs: list[torch.Tensor | None] = field(default_factory=list, repr=False)
     _handles: list = field(default_factory=list, repr=False)
     shared_input: bool | None = None
-    calls: int = 0
 
     def __post_init__(self) -> None:
         self.leaves = list(self.leaves)
@@ -165,18 +164,12 @@ class Head:
         self._handles.clear()
         self._inputs = [None] * len(self.leaves)
 
-    @property
-    def attached(self) -> bool:
-        return bool(self._handles)
-
     def _make_hook(self, i: int):
         def hook(module: nn.Module, args: tuple) -> None:
             x = args[0]
             if isinstance(x, torch.Tensor):
                 # detach: a reference to the value, never to the autograd graph
                 self._inputs[i] = x.detach()
-                if i == len(self.leaves) - 1:
-                    self.calls += 1
 
         return hook
 

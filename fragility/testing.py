@@ -91,9 +91,7 @@ def assert_close(a: Any, b: Any, *, rtol: float = 1e-9, atol: float = 1e-12, whe
             assert_close(a[k], b[k], rtol=rtol, atol=atol, where=f"{where}.{k}")
         return
     if isinstance(a, (list, tuple, np.ndarray)) and isinstance(b, (list, tuple, np.ndarray)):
-        a, b = list(np.asarray(a, dtype=object).ravel()) if isinstance(a, np.ndarray) else list(a), (
-            list(np.asarray(b, dtype=object).ravel()) if isinstance(b, np.ndarray) else list(b)
-        )
+        a, b = (x.tolist() if isinstance(x, np.ndarray) else list(x) for x in (a, b))
         assert len(a) == len(b), f"{where}: lengths differ: {len(a)} vs {len(b)}"
         for i, (x, y) in enumerate(zip(a, b)):
             assert_close(x, y, rtol=rtol, atol=atol, where=f"{where}[{i}]")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 import fragility
+from fragility.analysis import last_group
 
 
 class _LazyPyplot:
@@ -24,11 +25,6 @@ class _LazyPyplot:
 plt = _LazyPyplot()
 
 
-def _last(data: dict, split: str) -> dict | None:
-    gs = [g for g in data.get("groups", {}).values() if g["split"] == split]
-    return max(gs, key=lambda g: g["epoch"]) if gs else None
-
-
 def _runs(ctx, analyzer: str):
     return [(lab, ctx.results[lab][analyzer].data) for lab in ctx.labels if analyzer in ctx.results[lab]]
 
@@ -44,7 +40,7 @@ def accuracy(ctx):
         return []
     fig, axes = _fig(len(runs))
     for ax, (lab, data) in zip(axes, runs):
-        test, train = _last(data, "test") or _last(data, "train"), _last(data, "train")
+        test, train = last_group(data, "test") or last_group(data, "train"), last_group(data, "train")
         names = [c["class"] for c in test["classes"]]
         acc = [c["accuracy"] if c["accuracy"] is not None else 0 for c in test["classes"]]
         counts = [c["n"] for c in (train or test)["classes"]]
@@ -64,7 +60,7 @@ def topk_bars(ctx):
         return []
     fig, axes = _fig(len(runs), height=4.2, width=7.0)
     for ax, (lab, data) in zip(axes, runs):
-        g = _last(data, "train") or _last(data, "test")
+        g = last_group(data, "train") or last_group(data, "test")
         k = data["k"]
         cmap = plt.get_cmap("tab20")
         for c, entry in enumerate(g["classes"]):
@@ -91,7 +87,7 @@ def frequency(ctx):
         return []
     fig, axes = _fig(len(runs))
     for ax, (lab, data) in zip(axes, runs):
-        g = _last(data, "train") or _last(data, "test")
+        g = last_group(data, "train") or last_group(data, "test")
         for entry in g["classes"]:
             if entry["n"] == 0:
                 continue
@@ -112,7 +108,7 @@ def magnitude(ctx):
         return []
     fig, axes = _fig(len(runs))
     for ax, (lab, data) in zip(axes, runs):
-        g = _last(data, "test")
+        g = last_group(data, "test")
         if g is None:
             continue
         cls = g["classes"]
@@ -136,7 +132,7 @@ def diversity(ctx):
         return []
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
     for i, (lab, data) in enumerate(runs):
-        g = _last(data, "train") or _last(data, "test")
+        g = last_group(data, "train") or last_group(data, "test")
         cls = [c for c in g["classes"] if c["n"] > 0]
         n = [c["n"] for c in cls]
         marker = "os^D"[i % 4]
@@ -144,7 +140,7 @@ def diversity(ctx):
         axes[1].scatter(n, [c["unique_share"] or np.nan for c in cls], label=lab, marker=marker)
         for c in cls:
             axes[0].annotate(c["class"], (c["n"], c["participation_ratio"] or 0), fontsize=6)
-    for ax, name in zip(axes, ("FE participation ratio", f"unique top-K share (unique / D)")):
+    for ax, name in zip(axes, ("FE participation ratio", "unique top-K share (unique / D)")):
         ax.set_xscale("log")
         ax.set_xlabel("training rows in the class")
         ax.set_ylabel(name)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 

@@ -1,10 +1,10 @@
 """Analysis: mergeable streaming analyzers (plugins) run by a one-read engine over a store."""
 
 from ._base import AnalysisSpec, Analyzer, Chunk, Group
-from ._compare import compare
+from ._compare import compare, compare_results
 from ._dask import analyze_dask
 from ._engine import AnalyzerRegistrar, Plan, analyze, iter_chunks, make_plan, make_spec, registry
-from ._results import Result, Table, jsonable
+from ._results import Result, Table, jsonable, last_group
 
 __all__ = [
     "AnalysisSpec",
@@ -18,8 +18,10 @@ __all__ = [
     "analyze",
     "analyze_dask",
     "compare",
+    "compare_results",
     "iter_chunks",
     "jsonable",
+    "last_group",
     "make_plan",
     "make_spec",
     "registry",

@@ -10,7 +10,7 @@ import pluggy
 from ..errors import AnalyzerError
 from ..store import Store
 from ._maths import overlap
-from ._results import Result, Table
+from ._results import Result, Table, last_group
 from ._engine import analyze
 
 
@@ -31,21 +31,40 @@ def compare(
 
     Both stores must have the same classes. The last epoch of each split is used by default.
     """
-    runs = []
-    for store in (store_a, store_b):
-        res = analyze(
+    runs = [
+        analyze(
             store, ["topk", "magnitude"], split=[train_split, test_split], epoch=epoch, k=k, embedding=embedding,
             reference_split=train_split, plugin_manager=plugin_manager, progress=progress,
         )
-        runs.append(res)
+        for store in (store_a, store_b)
+    ]
+    return compare_results(runs[0], runs[1], labels=labels, test_split=test_split, train_split=train_split)
+
+
+def compare_results(
+    results_a: dict[str, Result],
+    results_b: dict[str, Result],
+    *,
+    labels: tuple[str, str] = ("A", "B"),
+    test_split: str = "test",
+    train_split: str = "train",
+) -> Result:
+    """The comparison of :func:`compare` from ``analyze`` results already at hand (``topk`` and ``magnitude``
+    of each run), so nothing is read twice."""
+    runs = [results_a, results_b]
+    for run in runs:
+        missing = {"topk", "magnitude"} - set(run)
+        if missing:
+            raise AnalyzerError(f"compare needs the {', '.join(sorted(missing))} results of both runs")
     ta, tb = runs[0]["topk"].data, runs[1]["topk"].data
+    k = ta["k"]
     ma, mb = runs[0]["magnitude"].data, runs[1]["magnitude"].data
 
     def group(data: dict[str, Any], split: str) -> dict[str, Any]:
-        found = [g for g in data["groups"].values() if g["split"] == split]
-        if not found:
+        found = last_group(data, split)
+        if found is None:
             raise AnalyzerError(f"compare needs split {split!r} in both stores")
-        return max(found, key=lambda g: g["epoch"])
+        return found
 
     names_a = [c["class"] for c in group(ta, test_split)["classes"]]
     names_b = [c["class"] for c in group(tb, test_split)["classes"]]

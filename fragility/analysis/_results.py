@@ -27,6 +27,12 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
+def last_group(data: dict[str, Any], split: str) -> dict[str, Any] | None:
+    """The group of ``split`` with the highest epoch in an analyzer's ``data["groups"]`` (or ``None``)."""
+    found = [g for g in data.get("groups", {}).values() if g["split"] == split]
+    return max(found, key=lambda g: g["epoch"]) if found else None
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "–"

@@ -216,23 +216,20 @@ def cmd_analyze(args, out: Console, err: Console) -> int:
         for r in results.values():
             out.print(r)
     if args.out:
-        from ..report import build_report
+        from ..report import build_report, run_label
 
         for r in results.values():
             r.save(os.path.join(args.out, "results"))
-        index = build_report([args.store], args.out, results={_label(args.store): results}, labels=[_label(args.store)], k=args.k)
+        index = build_report([args.store], args.out, results={run_label(args.store): results}, labels=[run_label(args.store)], k=args.k)
         err.print(f"wrote {index}")
     return 0
 
 
-def _label(path: str) -> str:
-    return os.path.basename(os.path.normpath(path)).removesuffix(".fragility")
-
-
 def cmd_compare(args, out: Console, err: Console) -> int:
     from ..analysis import compare
+    from ..report import run_label
 
-    labels = tuple(args.labels) if args.labels else (_label(args.store_a), _label(args.store_b))
+    labels = tuple(args.labels) if args.labels else (run_label(args.store_a), run_label(args.store_b))
     if labels[0] == labels[1]:
         labels = (labels[0] + " (A)", labels[1] + " (B)")
     r = compare(args.store_a, args.store_b, k=args.k, embedding=args.embedding, labels=labels, progress=not args.json)
@@ -247,13 +244,11 @@ def cmd_compare(args, out: Console, err: Console) -> int:
 
 
 def cmd_report(args, out: Console, err: Console) -> int:
-    from ..analysis import compare
-    from ..report import build_report
+    from ..report import build_report, run_label
 
     stores = [args.store] + ([args.compare] if args.compare else [])
-    labels = list(args.labels) if args.labels else [_label(s) for s in stores]
-    cmp = compare(stores[0], stores[1], k=args.k, labels=tuple(labels), progress=True) if args.compare else None
-    index = build_report(stores, args.out, labels=labels, comparison=cmp, k=args.k, progress=True)
+    labels = list(args.labels) if args.labels else [run_label(s) for s in stores]
+    index = build_report(stores, args.out, labels=labels, k=args.k, progress=True)  # derives the comparison
     out.print(index)
     return 0
 

@@ -53,11 +53,7 @@ def _decode(value: Any) -> Any:
 
 def _open_h5(path: str, what: str) -> h5py.File:
     """Open one HDF5 file of a store read-only, live or killed writers included."""
-    try:
-        is_h5 = h5py.is_hdf5(path)
-    except OSError:
-        is_h5 = False
-    if not is_h5:
+    if not _is_hdf5(path):
         raise StoreError(f"{what} {path} is not an HDF5 file, so not part of a fragility store; re-record it or restore a copy")
     try:
         return h5py.File(path, "r", locking=False)
@@ -221,10 +217,6 @@ class Store:
     @property
     def feature_dim(self) -> int:
         return int(self.metadata.get("feature_dim", 0))
-
-    @property
-    def splits(self) -> list[str]:
-        return sorted({p.split for p in self.passes})
 
     def refresh(self) -> None:
         """Re-read the store to see rows and passes a live writer added since opening."""

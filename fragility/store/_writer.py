@@ -87,7 +87,6 @@ class _Pass:
         self.status: h5py.Dataset | None = None
         self.columns: dict[str, h5py.Dataset] = {}
         self.rows = 0
-        self.committed = 0
         self.nonfinite = 0
         self.pending: list[dict[str, np.ndarray]] = []
         self.pending_rows = 0
@@ -432,13 +431,12 @@ class StoreWriter:
 
     def _commit_pass(self, p: _Pass) -> None:
         self._write_pending(p)
-        if p.file is None or p.committed == p.rows:
+        if p.file is None or self.flushed_rows[p.name] == p.rows:
             return
         for ds in p.columns.values():
             ds.flush()
         p.status[...] = np.array([p.rows, 0, p.nonfinite, 0], dtype="<i8")
         p.status.flush()
-        p.committed = p.rows
         self.flushed_rows[p.name] = p.rows
 
     def _commit(self) -> None:
