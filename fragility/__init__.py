@@ -7,7 +7,7 @@ Analysis: :func:`analyze` with analyzer plugins (:mod:`fragility.analysis`). Plu
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .errors import (
     AnalyzerError,

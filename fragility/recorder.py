@@ -15,8 +15,8 @@ from torch import nn
 
 from ._manager import Hooks
 from .errors import HeadError, RecorderError
-from .store import StoreWriter
-from .taps import Head, model_name
+from .store import FLOAT_COLUMNS, StoreWriter
+from .taps import Head, affine_error, check_tolerance, model_name
 
 __all__ = ["Recorder"]
 
@@ -54,6 +54,9 @@ class Recorder:
         chunk_rows: HDF5 chunk height.
         queue_size: batches that may wait for the writer thread before :meth:`record` blocks.
         plugin_manager: a plugin manager (default: :func:`fragility.make_plugin_manager`).
+        check_head: on the first recorded batch of every pass, check that the head's affine map reproduces
+            the logits the model returned (within :func:`fragility.taps.check_tolerance`) and raise
+            :class:`HeadError` if not. Turn off only for a head you know to be approximate.
 
     Example:
         >>> import timm, torch                                         # doctest: +SKIP
@@ -84,6 +87,7 @@ class Recorder:
         chunk_rows: int = 1024,
         queue_size: int = 16,
         plugin_manager: pluggy.PluginManager | None = None,
+        check_head: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise RecorderError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -103,9 +107,11 @@ class Recorder:
         self.hooks = Hooks(plugin_manager)
         head = self.hooks.resolve_head(model=model, classifier=classifier)
         if head is None:
+            linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+            hint = f", e.g. Recorder(model, path, classifier=model.{linears[-1]})" if linears else ""
             raise HeadError(
                 f"model {model_name(model)} has no get_classifier() and no plugin knows its head; "
-                f"pass classifier=<the final nn.Linear>, e.g. Recorder(model, path, classifier=model.linear)"
+                f"pass classifier=<the final nn.Linear>{hint}"
             )
         self.head: Head = head
         self.num_classes = head.num_classes
@@ -143,9 +149,9 @@ class Recorder:
             queue_size=queue_size,
             overwrite=overwrite,
         )
-        self._logits: torch.Tensor | None = None
-        head.attach()
-        self._model_hook = model.register_forward_hook(self._on_output)
+        self.check_head = bool(check_head)
+        head.active = False  # forwards are captured only while a pass is open
+        head.attach(model)
         self._pass: dict[str, Any] | None = None
         self._n_passes = 0
         self._step = 0
@@ -154,18 +160,14 @@ class Recorder:
         self._closed = False
         self.hooks.recording_start(store_path=self.path, model=model, metadata=dict(self.metadata))
 
-    # ------------------------------------------------------------------ hooks
-
-    def _on_output(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] == self.num_classes:
-            self._logits = output.detach()
-        else:
-            self._logits = None
-
     # ------------------------------------------------------------------ passes
 
     def start_pass(self, split: str, epoch: int = 0, *, mode: str | None = None) -> str:
-        """Start a pass (a training epoch or an eval sweep). Returns its name in the store."""
+        """Start a pass (a training epoch or an eval sweep). Returns its name in the store.
+
+        The pass's mode (``train``/``eval``) is the mode the model's forwards run in; ``mode=`` only states
+        what it must be (a forward in the other mode is refused). A pass holds forwards of one mode.
+        """
         self._check_open()
         if self._pass is not None:
             raise RecorderError(
@@ -174,16 +176,20 @@ class Recorder:
             )
         if not isinstance(split, str) or not split:
             raise RecorderError(f"split={split!r} must be a non-empty string such as 'train' or 'test'")
-        mode = mode or ("train" if self.model.training else "eval")
-        if mode not in ("train", "eval"):
+        if mode not in (None, "train", "eval"):
             raise RecorderError(f"mode={mode!r} must be 'train' or 'eval'")
+        expected = mode
+        mode = mode or ("train" if self.model.training else "eval")  # until the first forward says
         name = f"{self._n_passes:04d}"
         self._n_passes += 1
         info = {"name": name, "split": split, "epoch": int(epoch), "mode": mode, "rank": self.rank}
         self._writer.begin_pass(name, {k: v for k, v in info.items() if k != "name"})
-        self._pass = {**info, "rows": 0, "per_class": np.zeros(self.num_classes, dtype=np.int64), "labelled": None}
+        self._pass = {
+            **info, "rows": 0, "per_class": np.zeros(self.num_classes, dtype=np.int64), "labelled": None,
+            "expected_mode": expected, "mode_seen": None, "checked": False,
+        }
         self.head.clear()
-        self._logits = None
+        self.head.active = True
         self.hooks.pass_start(pass_info=self._public_info())
         return name
 
@@ -195,8 +201,9 @@ class Recorder:
             raise RecorderError("end_pass() called with no open pass; call start_pass() or use capture()")
         weight = bias = None
         if p["rows"]:
-            w, b = self.head.weight_bias()
-            weight, bias = w.float().cpu().numpy(), b.float().cpu().numpy()
+            weight, bias = self.head.weight_bias()  # the writer copies them before this returns
+        self.head.active = False
+        self.head.clear()
         self._writer.end_pass(p["name"], weight, bias)
         if p["mode"] == "train" and p["labelled"] and self.every == 1 and self.max_rows_per_class is None:
             self._writer.set_root_attrs({"class_counts": [int(c) for c in p["per_class"]]})
@@ -222,10 +229,31 @@ class Recorder:
         if p is None or self._closed:
             return
         self._pass = None
+        self.head.active = False
+        self.head.clear()
         try:
             self._writer.abort_pass(p["name"])
         except Exception:  # noqa: BLE001 - the loop's own exception is the one to show
             pass
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Forwards inside this block are not captured (e.g. a validation loop inside a training pass).
+
+        Example:
+            >>> with recorder.capture("train", epoch):            # doctest: +SKIP
+            ...     for x, y in loader:
+            ...         loss = criterion(model(x), y); recorder.record(y); ...
+            ...         if step % 100 == 0:
+            ...             with recorder.paused():
+            ...                 validate(model)
+        """
+        was = self.head.active
+        self.head.active = False
+        try:
+            yield
+        finally:
+            self.head.active = was and self._pass is not None
 
     def _public_info(self) -> dict[str, Any]:
         p = self._pass or {}
@@ -242,6 +270,11 @@ class Recorder:
     ) -> int:
         """Record the batch of the last forward pass. Returns the number of rows queued.
 
+        Every stored value comes from that forward: FE, the classifier's weights and the logits are what the
+        head saw and returned then, so ``record()`` may be called before or after ``backward()`` and
+        ``optimizer.step()``. One ``record()`` per forward: a second forward since the last ``record()``
+        is refused (record each view, or run forwards you do not want recorded under :meth:`paused`).
+
         Args:
             labels: true class per row (tensor/array of ints), or ``None`` when unknown. Pass them as they
                 come from the DataLoader (on the host): they are validated there, without a device sync.
@@ -249,31 +282,49 @@ class Recorder:
             logits: the model's logits, when its forward returns something else than an ``(N, C)`` tensor.
 
         Raises:
-            RecorderError: no open pass, labels out of ``[0, C)``, or lengths that do not match the batch.
+            RecorderError: no open pass, several forwards, a pass mixing train and eval forwards, labels out
+                of ``[0, C)``, or lengths that do not match the batch.
+            HeadError: on the first batch of a pass, the head's affine map does not reproduce the logits.
         """
         self._check_open()
         p = self._pass
         if p is None:
             raise RecorderError("record() called outside a pass; wrap the loop in `with recorder.capture('train', epoch):`")
-        training = p["mode"] == "train"
+        forward, count = self.head.take()
+        if count > 1:
+            raise RecorderError(
+                f"{count} forwards reached classifier {self.head.name} since the last record(); call record() after "
+                f"each forward (e.g. once per augmented view), or run the forwards you do not want recorded under "
+                f"`with recorder.paused():`"
+            )
+        if forward is None:
+            raise HeadError(
+                f"head {self.head.name}: no forward pass of the model reached the classifier since the last record(); "
+                f"call model(x) before record(), and attach the recorder before torch.compile"
+            )
+        mode = "train" if forward.training else "eval"
+        self._set_mode(p, mode)
+        training = mode == "train"
         if training:
             self._step += 1
-            if (self._step - 1) % self.every:  # counts training steps only: eval sweeps don't shift it
-                self.head.clear()
+            kept = (self._step - 1) % self.every == 0  # counts training steps only: eval sweeps don't shift it
+            self.head.armed = self._step % self.every == 0  # will the next training forward be kept?
+            if not kept:
                 return 0
         with torch.no_grad():
-            fe = self.head.features()
-            self.head.clear()
+            fe = self.head.features(forward)
             n, device = fe.shape[0], fe.device
-            weight, bias = self.head.weight_bias()
+            if n == 0:
+                raise RecorderError(f"the batch of the last forward has 0 rows; call record() only after a non-empty batch")
+            weight, bias = self.head.weight_bias(forward)
             if logits is None:
-                logits = self._logits
-            if logits is None or logits.shape[0] != n:
-                logits = torch.addmm(bias, fe.to(weight.dtype), weight.t())
+                logits = forward.logits if forward.logits is not None else self.head.head_logits(forward)
             logits = logits.detach()
-            self._logits = None
             if logits.shape != (n, self.num_classes):
                 raise RecorderError(f"logits have shape {tuple(logits.shape)}, expected ({n}, {self.num_classes})")
+            if not p["checked"]:
+                self._check_head(fe, weight, bias, logits)
+                p["checked"] = True
             labelled = labels is not None
             if p["labelled"] is None:
                 p["labelled"] = labelled
@@ -309,14 +360,16 @@ class Recorder:
             elif y is not None:
                 p["per_class"] += np.bincount(y_cpu.numpy(), minlength=self.num_classes)
             pred = logits.argmax(dim=1)
-            w = weight.to(fe.dtype)
+            # CE in float32 from what the head consumed, also under autocast
+            fe32, w32, b32 = fe.float(), weight.float(), bias.float()
             cols: dict[str, torch.Tensor] = {
                 "fe": fe,
-                "ce_pred": fe * w[pred],
+                "ce_pred": fe32 * w32[pred],
+                "bias_pred": b32[pred],
                 "logits": logits,
             }
             if y is not None:
-                cols["ce_target"] = fe * w[y]
+                cols["ce_target"] = fe32 * w32[y]
                 cols["label"] = y
             else:
                 cols["label"] = torch.full((n,), -1, dtype=torch.int64, device=device)
@@ -336,7 +389,7 @@ class Recorder:
             elif fe.shape[1] != self._feature_dim:
                 raise RecorderError(f"feature dim changed from {self._feature_dim} to {fe.shape[1]}; one store holds one head")
             if p["rows"] == 0:
-                self._writer.write_classifier(p["name"], weight.float().cpu().numpy(), bias.float().cpu().numpy())
+                self._writer.write_classifier(p["name"], weight, bias)
             self.hooks.batch_recorded(pass_info=self._public_info(), batch={k: v for k, v in cols.items() if k != "nonfinite"})
             host, event = self._to_host(cols)
         self._writer.append(p["name"], host, event)
@@ -344,12 +397,45 @@ class Recorder:
         self._rows_total += rows
         return rows
 
+    def _set_mode(self, p: dict[str, Any], mode: str) -> None:
+        """The pass's mode is the mode its forwards ran in; one pass, one mode."""
+        if p["mode_seen"] is None:
+            if p["expected_mode"] not in (None, mode):
+                raise RecorderError(
+                    f"pass {p['split']}@{p['epoch']} was started with mode={p['expected_mode']!r} but the model ran in "
+                    f"{mode} mode; call model.{'train' if p['expected_mode'] == 'train' else 'eval'}() first, or drop mode="
+                )
+            p["mode_seen"] = mode
+            if mode != p["mode"]:
+                p["mode"] = mode
+                self._writer.set_pass_attrs(p["name"], {"mode": mode})
+        elif p["mode_seen"] != mode:
+            raise RecorderError(
+                f"pass {p['split']}@{p['epoch']} mixes {p['mode_seen']}-mode and {mode}-mode forwards (was model.train()/eval() "
+                f"switched inside the pass?); set the mode before capture(), and record eval sweeps in their own pass "
+                f"(recorder.evaluate)"
+            )
+
+    def _check_head(self, fe: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, logits: torch.Tensor) -> None:
+        """Self-check: the head's affine map must reproduce the logits the model returned."""
+        if not self.check_head:
+            return
+        err = affine_error(fe, weight, bias, logits)
+        tol = check_tolerance(fe.dtype, logits.dtype, weight.dtype)
+        if not err <= tol:
+            raise HeadError(
+                f"model {model_name(self.model)}: head {self.head.name} does not reproduce the model's logits (error "
+                f"{err:.3g} of the logit scale, tolerance {tol:.3g}), so its CE would not sum to the logits; pass "
+                f"classifier= the layer whose output is the logits, teach fragility the head with a "
+                f"fragility_resolve_head plugin, or pass check_head=False to record it anyway"
+            )
+
     def _to_host(self, cols: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Any]:
         """Copy columns to host memory; asynchronously (pinned memory + CUDA event) on a GPU."""
         out = {}
         on_cuda = cols["fe"].is_cuda
         for k, v in cols.items():
-            if v.dtype.is_floating_point:
+            if k in FLOAT_COLUMNS:
                 v = v.to(self.dtype)
             if on_cuda:
                 host = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
@@ -422,7 +508,6 @@ class Recorder:
                 self._abandon_pass() if abandon else self.end_pass()
         finally:
             self.head.remove()
-            self._model_hook.remove()
             self._closed = True
             self._writer.close()
         nonfinite = self._writer.nonfinite_rows

@@ -40,12 +40,19 @@ def make_random_store(
     seed: int = 0,
     ties: bool = True,
     nonfinite: int = 0,
+    unlabelled: int = 0,
+    dtype: str = "float32",
+    moving: bool = True,
 ) -> str:
     """Write a small store of random rows whose columns obey every invariant of the format.
 
     ``fe`` is non-negative (like pooled ReLU features); with ``ties=True`` values are rounded to one
-    decimal so equal values (and tie-breaking) are common. Classes with count 0 are empty. ``logits``
-    are ``fe @ W.T + b``; ``pred`` is their argmax; CE columns are ``fe * W[pred]`` and ``fe * W[label]``.
+    decimal so equal values (and tie-breaking) are common. Classes with count 0 are empty. Rows are
+    written in batches of 9; in ``train`` passes with ``moving=True`` every batch has its own classifier
+    (the weights move inside a training pass, as under SGD) and the pass's snapshot is the last one.
+    ``logits`` are ``fe @ W.T + b`` of the row's batch; ``pred`` is their argmax; CE columns are
+    ``fe * W[pred]`` and ``fe * W[label]``; ``bias_pred`` is ``b[pred]``. ``unlabelled`` rows per pass get
+    label ``-1``; ``dtype`` is the storage dtype of the float columns.
     """
     rng = np.random.default_rng(seed)
     c = len(counts)
@@ -54,10 +61,11 @@ def make_random_store(
         path,
         {"model_name": "random", "head": "random.fc(Linear)", "num_classes": c, "class_names": [f"c{i}" for i in range(c)],
          "feature_dim": d, "rank": 0, "plugins": [], "fragility_version": "test"},
-        dtype="float32", chunk_rows=16, overwrite=True,
+        dtype=dtype, chunk_rows=16, overwrite=True,
     )
     for i, (split, epoch) in enumerate(passes):
         name = f"{i:04d}"
+        train = split == "train"
         weight = rng.normal(size=(c, d)).round(1 if ties else 6).astype(np.float32)
         bias = rng.normal(size=c).round(1 if ties else 6).astype(np.float32)
         labels = np.repeat(np.arange(c), counts)
@@ -67,16 +75,24 @@ def make_random_store(
         fe = fe.round(1 if ties else 6).astype(np.float32)
         if nonfinite and n:
             fe[rng.choice(n, size=min(nonfinite, n), replace=False), 0] = np.nan
-        logits = (fe.astype(np.float64) @ weight.T.astype(np.float64) + bias).astype(np.float32)
-        pred = np.nan_to_num(logits, nan=-np.inf).argmax(axis=1)
-        w.begin_pass(name, {"split": split, "epoch": epoch, "mode": "train" if split == "train" else "eval", "rank": 0})
-        w.write_classifier(name, weight, bias)
+        stored = labels.copy()
+        if unlabelled and n:
+            stored[rng.choice(n, size=min(unlabelled, n), replace=False)] = -1
+        w.begin_pass(name, {"split": split, "epoch": epoch, "mode": "train" if train else "eval", "rank": 0})
         for s in range(0, n, 9):
             sl = slice(s, s + 9)
+            if train and moving and s:  # an SGD step between batches: W and b move
+                weight = (weight + rng.normal(size=weight.shape) * 0.3).round(1 if ties else 6).astype(np.float32)
+                bias = (bias + rng.normal(size=c) * 0.5).round(1 if ties else 6).astype(np.float32)
+            if s == 0:
+                w.write_classifier(name, weight, bias)
+            logits = (fe[sl].astype(np.float64) @ weight.T.astype(np.float64) + bias).astype(np.float32)
+            pred = np.nan_to_num(logits, nan=-np.inf).argmax(axis=1)
+            m = len(pred)
             w.append(name, {
-                "fe": fe[sl], "ce_pred": fe[sl] * weight[pred[sl]], "ce_target": fe[sl] * weight[labels[sl]],
-                "logits": logits[sl], "label": labels[sl], "pred": pred[sl], "index": np.arange(n)[sl],
-                "step": np.zeros(len(labels[sl]), dtype=np.int64), "rank": np.zeros(len(labels[sl]), dtype=np.int32),
+                "fe": fe[sl], "ce_pred": fe[sl] * weight[pred], "ce_target": fe[sl] * weight[labels[sl]],
+                "bias_pred": bias[pred], "logits": logits, "label": stored[sl], "pred": pred, "index": np.arange(n)[sl],
+                "step": np.zeros(m, dtype=np.int64), "rank": np.zeros(m, dtype=np.int32),
             })
         w.end_pass(name, weight, bias)
     w.close()
@@ -130,7 +146,7 @@ def _merged_result(name: str, store: Store, kwargs: dict[str, Any], pm: pluggy.P
             w[0].ref = copy.deepcopy(head.ref)
         for w in workers:
             w[0].end_reference()
-    skipped: dict[str, int] = {}
+    skipped: dict[str, dict[str, int]] = {}
     for i, unit in enumerate(plan.units(plan.passes + plan.extra, rows=5)):
         plan.fold_main(store, workers[i % parts], [unit], skipped)
     for w in workers[1:]:

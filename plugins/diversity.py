@@ -95,11 +95,13 @@ class Diversity(Analyzer):
         result = Result(self.name)
         data: dict = {"embedding": spec.embedding, "k": spec.k, "knn_k": kk, "groups": {}}
         for g in spec.groups:
-            if g.name not in self.state:
-                continue
-            st = self.state[g.name]
+            if g.name in self.state:
+                st = self.state[g.name]
+                labels, fe = self.gathered(g.name, "label"), self.gathered(g.name, "fe")
+            else:  # a selected group with no usable row (e.g. all unlabelled): every class is empty
+                st = {"n": np.zeros(C, dtype=np.int64), "count": np.zeros((C, D), dtype=np.int64)}
+                labels, fe = np.zeros(0, dtype=np.int64), np.zeros((0, D), dtype=np.float32)
             n, count = st["n"], st["count"]
-            labels, fe = self.gathered(g.name, "label"), self.gathered(g.name, "fe")
             sampled = len(labels)
             types = archetype(knn_same_class(fe, labels, kk), kk) if sampled > 1 else np.zeros(0, dtype=int)
             if sampled < int(n.sum()):

@@ -16,6 +16,10 @@ def row_magnitudes(v: np.ndarray, labels: np.ndarray, identity: np.ndarray) -> n
     return np.take_along_axis(v, idx, axis=1).astype(np.float64).mean(axis=1)  # gather first, then widen
 
 
+#: the state key of the reference rows measured at the reference's top-K (not a split@epoch group)
+REFERENCE = "reference rows"
+
+
 class Magnitude(Analyzer):
     """Magnitude at the training top-K features: train vs correct/incorrect test, percentiles, trajectory."""
 
@@ -38,13 +42,22 @@ class Magnitude(Analyzer):
     def end_reference(self) -> None:
         self.identity = class_topk(self.ref["sum"], self.ref["n"], self.spec.k)[0]
 
+    def _magnitudes(self, chunk: Chunk) -> np.ndarray:
+        ident = np.where(self.identity < 0, 0, self.identity)  # classes absent from the reference: masked later
+        return row_magnitudes(chunk.v, chunk.labels, ident)
+
+    def update_reference_rows(self, chunk: Chunk) -> None:
+        # the training distribution: every reference row (a --correct/--incorrect selection never filters it)
+        self.accumulate(REFERENCE, "keys", chunk.keys)
+        self.accumulate(REFERENCE, "label", chunk.labels)
+        self.accumulate(REFERENCE, "m", self._magnitudes(chunk))
+
     def update(self, chunk: Chunk) -> None:
         C, g = self.spec.num_classes, chunk.group
-        ident = np.where(self.identity < 0, 0, self.identity)  # classes absent from the reference: masked later
         self.accumulate(g, "keys", chunk.keys)
         self.accumulate(g, "label", chunk.labels)
         self.accumulate(g, "correct", chunk.correct)
-        self.accumulate(g, "m", row_magnitudes(chunk.v, chunk.labels, ident))
+        self.accumulate(g, "m", self._magnitudes(chunk))
         self.accumulate(g, "sum", class_sums(chunk.labels, chunk.v, C))
         self.accumulate(g, "n", np.bincount(chunk.labels, minlength=C))
 
@@ -54,26 +67,33 @@ class Magnitude(Analyzer):
         ref = spec.reference
         result = Result(self.name)
         ref_ok = self.ref["n"] > 0
-        rl, rm = self.gathered(ref.name, "label"), self.gathered(ref.name, "m")
+        rl, rm = self.gathered(REFERENCE, "label"), self.gathered(REFERENCE, "m")
+        if rl is None:
+            rl, rm = np.zeros(0, dtype=np.int64), np.zeros(0)
         train_mean = np.array([rm[rl == c].mean() if ref_ok[c] and (rl == c).any() else np.nan for c in range(C)])
-        p5 = np.array([np.percentile(rm[rl == c], 5) if (rl == c).any() else np.nan for c in range(C)])
+        p5 = np.array([np.percentile(rm[rl == c], 5) if ref_ok[c] and (rl == c).any() else np.nan for c in range(C)])
         data: dict = {
             "embedding": spec.embedding,
             "k": k,
             "reference": ref.name,
             "identity": [self.identity[c] if ref_ok[c] else None for c in range(C)],
+            "train_n": self.ref["n"],
             "train_mean": train_mean,
             "train_p5": p5,
             "groups": {},
         }
-        for g in [x for x in spec.groups if x.name != ref.name] + [ref]:
-            if g.name not in self.state:
+        no_ref = f"no training rows of this class in the reference {ref.name}, so it has no training top-{k} to measure"
+        for g in spec.groups:
+            if g.name == ref.name:  # the reference against itself says nothing
                 continue
-            lab, ok, m = (self.gathered(g.name, s) for s in ("label", "correct", "m"))
+            empty = np.zeros(0)
+            lab, ok, m = (self.gathered(g.name, s) if g.name in self.state else empty for s in ("label", "correct", "m"))
+            lab, ok = lab.astype(np.int64), ok.astype(bool)
             classes, rows = [], []
             for c in range(C):
-                sel = (lab == c) & ref_ok[c]
-                n = int(sel.sum())
+                in_c = lab == c
+                n = int(in_c.sum())
+                sel = in_c & ref_ok[c]
 
                 def mean(mask):
                     return float(m[mask].mean()) if mask.any() else None
@@ -89,37 +109,40 @@ class Magnitude(Analyzer):
                     "mean_incorrect": mi,
                     "ratio_correct": None if mc is None or not train_mean[c] else mc / train_mean[c],
                     "ratio_incorrect": None if mi is None or not train_mean[c] else mi / train_mean[c],
-                    "share_below_p5": float(below.sum() / n) if n else None,
+                    "share_below_p5": float(below.sum() / n) if sel.any() else None,
                     "accuracy_below_p5": float(ok[below].mean()) if below.any() else None,
                     "accuracy_above_p5": float(ok[sel & ~below].mean()) if (sel & ~below).any() else None,
+                    "reason": None if ref_ok[c] or not n else no_ref,
                 }
                 classes.append(entry)
                 rows.append([names[c], n, entry["n_train"], train_mean[c], mc, mi, entry["ratio_correct"], entry["ratio_incorrect"],
                              entry["share_below_p5"], entry["accuracy_below_p5"]])
             data["groups"][g.name] = {"split": g.split, "epoch": g.epoch, "classes": classes}
-            if g.name != ref.name:
-                result.tables.append(
-                    Table(
-                        f"{g.name}: magnitude at training ({ref.name}) top-{k} {spec.embedding} features",
-                        ["class", "n", "n train", "train", "correct", "misclassified", "correct/train", "misclassified/train",
-                         "share < train p5", "accuracy < p5"],
-                        rows,
-                    )
+            result.tables.append(
+                Table(
+                    f"{g.name}: magnitude at training ({ref.name}) top-{k} {spec.embedding} features",
+                    ["class", "n", "n train", "train", "correct", "misclassified", "correct/train", "misclassified/train",
+                     "share < train p5", "accuracy < p5"],
+                    rows,
                 )
+            )
+            if any(e["reason"] for e in classes):
+                missing = ", ".join(e["class"] for e in classes if e["reason"])
+                result.notes.append(f"{g.name}: classes {missing} have rows but {no_ref}")
         # trajectory across the reference split's epochs
-        traj_groups = sorted((g for g in self._all_groups() if g[0] == ref.split), key=lambda g: g[1])
+        traj_groups = sorted((g for g in spec.groups if g.split == ref.split and g.name in self.state), key=lambda g: g.epoch)
         if traj_groups:
             rows = []
             traj = {}
-            for split, epoch, name in traj_groups:
-                st = self.state[name]
+            for g in traj_groups:
+                st = self.state[g.name]
                 ident_e = class_topk(st["sum"], st["n"], k)[0]
-                lab, m = self.gathered(name, "label"), self.gathered(name, "m")
+                lab, m = self.gathered(g.name, "label"), self.gathered(g.name, "m")
                 ov = [overlap(ident_e[c], self.identity[c], k) if st["n"][c] and ref_ok[c] else None for c in range(C)]
                 mag = [float(m[lab == c].mean()) if (lab == c).any() and ref_ok[c] else None for c in range(C)]
-                traj[name] = {"epoch": epoch, "identity_overlap": ov, "magnitude": mag}
+                traj[g.name] = {"epoch": g.epoch, "identity_overlap": ov, "magnitude": mag}
                 for c in range(C):
-                    rows.append([names[c], int(st["n"][c]), epoch, ov[c], mag[c]])
+                    rows.append([names[c], int(st["n"][c]), g.epoch, ov[c], mag[c]])
             data["trajectory"] = traj
             result.tables.append(
                 Table(
@@ -130,12 +153,6 @@ class Magnitude(Analyzer):
             )
         result.data = data
         return result
-
-    def _all_groups(self):
-        seen = {g.name: (g.split, g.epoch, g.name) for g in self.spec.groups}
-        ref = self.spec.reference
-        seen.setdefault(ref.name, (ref.split, ref.epoch, ref.name))
-        return [v for name, v in seen.items() if name in self.state]
 
 
 @fragility.hookimpl

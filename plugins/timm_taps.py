@@ -1,4 +1,9 @@
-"""Built-in tap resolution: timm's ``get_classifier()`` contract, or an explicit ``classifier=``."""
+"""Built-in tap resolution: timm's ``get_classifier()`` contract, or an explicit ``classifier=``.
+
+The tapped layers are the final affine layers of what the classifier module holds
+(:func:`fragility.taps.final_affine`); the recorder's self-check verifies on the first batch of every pass
+that they reproduce the model's logits, and refuses the head otherwise.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,14 @@ from torch import nn
 
 import fragility
 from fragility import Head, HeadError, model_name
+from fragility.taps import final_affine
 
 
-def _leaves(classifier: Any) -> list[nn.Module]:
+def _modules(classifier: Any) -> list[Any]:
     if isinstance(classifier, (tuple, list, nn.ModuleList)):
-        out: list[nn.Module] = []
+        out: list[Any] = []
         for c in classifier:
-            out.extend(_leaves(c))
+            out.extend(_modules(c))
         return out
     return [classifier]
 
@@ -34,14 +40,22 @@ def fragility_resolve_head(model: nn.Module, classifier: Any) -> Head | None:
         if get_classifier is None:
             return None
         classifier = get_classifier()
-    leaves = _leaves(classifier)
-    for leaf in leaves:
-        if not isinstance(leaf, nn.Module):
-            raise HeadError(f"model {name}: classifier {leaf!r} is not a torch module; pass classifier=<nn.Linear>")
-        if isinstance(leaf, nn.Identity) or not any(True for _ in leaf.parameters()):
+    num_classes = getattr(model, "num_classes", None)
+    num_classes = num_classes if isinstance(num_classes, int) and num_classes > 0 else None
+    leaves: list[nn.Module] = []
+    for module in _modules(classifier):
+        if not isinstance(module, nn.Module):
+            raise HeadError(f"model {name}: classifier {module!r} is not a torch module; pass classifier=<nn.Linear>")
+        where = _qualname(model, module)
+        if isinstance(module, nn.Identity) or not any(True for _ in module.parameters()):
             raise HeadError(
-                f"model {name} has no classifier ({_qualname(model, leaf)} is {type(leaf).__name__}, as with "
+                f"model {name} has no classifier ({where} is {type(module).__name__}, as with "
                 f"num_classes=0); create the model with num_classes>0 or pass classifier=<the nn.Linear>"
             )
+        try:
+            leaves.extend(m for _, m in final_affine(module, num_classes))
+        except HeadError as exc:
+            raise HeadError(f"model {name}: classifier {where}: {exc}") from None
+    leaves = list(dict.fromkeys(leaves))  # a layer listed twice is tapped once
     label = "+".join(f"{_qualname(model, leaf)}({type(leaf).__name__})" for leaf in leaves)
     return Head(leaves, name=f"{name}.{label}")

@@ -26,7 +26,7 @@ class TopK(Analyzer):
     }
 
     def columns(self) -> set[str]:
-        return {self.spec.embedding, "ce_pred", "logits", "label", "pred"}
+        return {self.spec.embedding, "ce_pred", "logits", "bias_pred", "label", "pred"}
 
     def update(self, chunk: Chunk) -> None:
         C, g = self.spec.num_classes, chunk.group
@@ -36,15 +36,23 @@ class TopK(Analyzer):
         self.accumulate(g, "sum_correct", class_sums(y[ok], chunk.v[ok], C))
         self.accumulate(g, "sum_incorrect", class_sums(y[~ok], chunk.v[~ok], C))
         self.accumulate(g, "count", instance_counts(y, chunk.topk_mask(), C))
-        bias = self.spec.group(g).bias
+        bias = self.spec.group(g).bias_pred(chunk)
         if bias is not None:
             sets = chunk.cached("mscs", lambda: minimal_sets(chunk["ce_pred"], chunk["logits"], chunk["pred"], bias))
             self.accumulate(g, "mscs_count", instance_counts(y, sets, C))
             self.accumulate(g, "mscs_size", np.bincount(y, weights=sets.sum(axis=1), minlength=C).astype(np.int64))
             self.accumulate(g, "mscs_rows", np.bincount(y, minlength=C))
 
+    def _state(self, group: str) -> dict:
+        """A group's state; a selected group with no usable row (e.g. all unlabelled) reads as empty."""
+        if group in self.state:
+            return self.state[group]
+        C, D = self.spec.num_classes, self.spec.feature_dim
+        zc, zcd = np.zeros(C, dtype=np.int64), np.zeros((C, D))
+        return {"n": zc, "n_correct": zc, "sum_correct": zcd, "sum_incorrect": zcd, "count": zcd.astype(np.int64)}
+
     def group_identity(self, group: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        st = self.state[group]
+        st = self._state(group)
         k = self.spec.k
         sc, si = st["sum_correct"], st["sum_incorrect"]
         n, nc = st["n"], st["n_correct"]
@@ -62,15 +70,14 @@ class TopK(Analyzer):
         data: dict = {"embedding": spec.embedding, "k": k, "tau": spec.tau, "feature_dim": D, "groups": {}}
         identity = {}
         for g in spec.groups:
-            if g.name not in self.state:
-                continue
-            st = self.state[g.name]
+            st = self._state(g.name)
             n, nc = st["n"], st["n_correct"]
+            rows_in = {"all": n, "correct": nc, "incorrect": n - nc}
             ident = identity[g.name] = self.group_identity(g.name)
             count = st["count"]
             freq = count / np.maximum(n, 1)[:, None]
             unique = (count > 0).sum(axis=1)
-            unique_tau = (freq > spec.tau).sum(axis=1) if spec.tau > 0 else unique
+            unique_tau = (freq > spec.tau).sum(axis=1)
             has_mscs = "mscs_count" in st
             rows, classes = [], []
             for c in range(C):
@@ -81,10 +88,15 @@ class TopK(Analyzer):
                     "class": names[c],
                     "n": int(n[c]),
                     "accuracy": None if empty else float(nc[c] / n[c]),
-                    "topk": {f: {"indices": ident[f][0][c], "values": ident[f][1][c], "share": ident[f][2][c]} for f in ident},
+                    # a filter with no rows has no top-K: null, never -1 (a valid index from the end)
+                    "topk": {
+                        f: {"indices": ident[f][0][c], "values": ident[f][1][c], "share": ident[f][2][c]} if rows_in[f][c]
+                        else {"indices": None, "values": None, "share": None}
+                        for f in ident
+                    },
                     "freq": freq[c],
                     "unique": int(unique[c]),
-                    "unique_tau": int(unique_tau[c]),
+                    "unique_tau": int(unique_tau[c]) if spec.tau > 0 else None,
                     "overlap_correct_incorrect": ov_ci,
                 }
                 if has_mscs:
@@ -98,7 +110,8 @@ class TopK(Analyzer):
                 classes.append(entry)
                 rows.append(
                     [
-                        names[c], int(n[c]), entry["accuracy"], int(unique[c]), int(unique_tau[c]),
+                        names[c], int(n[c]), entry["accuracy"], int(unique[c]),
+                        *([int(unique_tau[c])] if spec.tau > 0 else []),
                         entry["mscs"]["unique"] if has_mscs else None,
                         entry["mscs"]["mean_size"] if has_mscs else None,
                         ov_ci,
@@ -112,31 +125,39 @@ class TopK(Analyzer):
                     if n[a] and n[b]:
                         between[a, b] = overlap(ident["all"][0][a], ident["all"][0][b], k)
             data["groups"][g.name] = {"split": g.split, "epoch": g.epoch, "classes": classes, "overlap_between_classes": between}
-            title = f"{g.name}: class top-{k} {spec.embedding} (unique = features in any row's top-{k})"
-            cols = ["class", "n", "accuracy", "unique", f"unique(tau={spec.tau:g})", "mscs unique", "mscs mean size",
-                    "overlap correct/incorrect", "top-K features", "top-K sum"]
+            tau_note = f"; unique > tau counts features with frequency above tau={spec.tau:g}" if spec.tau > 0 else ""
+            title = f"{g.name}: class top-{k} {spec.embedding} (unique = features in any row's top-{k}{tau_note})"
+            cols = ["class", "n", "accuracy", "unique", *(["unique > tau"] if spec.tau > 0 else []), "mscs unique",
+                    "mscs mean size", "overlap correct/incorrect", "top-K features", "top-K sum"]
             result.tables.append(Table(title, cols, rows))
         # between splits at the same epoch (e.g. train vs test), per class
         pairs = []
         for a in spec.groups:
             for b in spec.groups:
-                if a.epoch == b.epoch and a.split < b.split and a.name in identity and b.name in identity:
+                if a.epoch == b.epoch and a.split < b.split:
                     pairs.append((a, b))
         if pairs:
             rows = []
-            data["overlap_between_splits"] = {}
+            data["overlap_between_splits"] = []
             for a, b in pairs:
                 ia, ib = identity[a.name]["all"][0], identity[b.name]["all"][0]
-                na, nb = self.state[a.name]["n"], self.state[b.name]["n"]
+                na, nb = self._state(a.name)["n"], self._state(b.name)["n"]
                 ov = [overlap(ia[c], ib[c], k) if na[c] and nb[c] else None for c in range(C)]
                 jc = [jaccard(ia[c], ib[c]) if na[c] and nb[c] else None for c in range(C)]
-                data["overlap_between_splits"][f"{a.name}~{b.name}"] = {"overlap": ov, "jaccard": jc}
+                data["overlap_between_splits"].append({"a": a.name, "b": b.name, "overlap": ov, "jaccard": jc})
                 for c in range(C):
                     rows.append([names[c], int(na[c]), int(nb[c]), f"{a.name} vs {b.name}", ov[c], jc[c]])
             result.tables.append(Table(f"class top-{k} identity overlap between splits", ["class", "n", "n (other)", "group", "overlap", "jaccard"], rows))
         result.data = data
         if any("mscs_count" not in self.state[g.name] for g in spec.groups if g.name in self.state):
             result.notes.append("minimal sufficient CE sets need the classifier bias; passes without a snapshot were left out")
+        for g in spec.groups:
+            if g.approximate_bias:
+                result.notes.append(
+                    f"{g.name}: minimal sufficient CE sets are approximate: this older store (schema 1) has no per-row "
+                    f"bias_pred, so the end-of-pass bias stands in for the bias each training row was computed with; "
+                    f"re-record with fragility >= 0.2 for exact sets"
+                )
         result.notes.append("minimal sufficient CE sets start from the predicted class's bias b_p (the authors' script used the true class's bias for misclassified rows)")
         return result
 

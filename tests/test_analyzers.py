@@ -33,9 +33,9 @@ def _topk_ref(v, k):
     return sorted(range(len(v)), key=lambda j: (-float(v[j]), j))[:k]
 
 
-def _mscs_ref(ce, logits, p, bias):
+def _mscs_ref(ce, logits, p, bias_p):
     runner = max(float(logits[j]) for j in range(len(logits)) if j != p)
-    total = float(bias[p]) + sum(float(x) for x in ce if x < 0)
+    total = float(bias_p) + sum(float(x) for x in ce if x < 0)
     out = []
     for j in sorted(range(len(ce)), key=lambda j: (-float(ce[j]), j)):
         if total >= runner or ce[j] <= 0:
@@ -46,19 +46,22 @@ def _mscs_ref(ce, logits, p, bias):
 
 
 def _groups(store):
+    """Every group's usable rows (labelled, finite) in float64, and each row's own b[pred]."""
     out = {}
     for p in store.passes:
-        rows = store.read(p, ["fe", "ce_pred", "ce_target", "logits", "label", "pred"])
-        ok = np.isfinite(rows["fe"]).all(1) & np.isfinite(rows["logits"]).all(1)
+        rows = store.read(p, ["fe", "ce_pred", "ce_target", "logits", "bias_pred", "label", "pred"])
+        ok = np.isfinite(rows["fe"]).all(1) & np.isfinite(rows["logits"]).all(1) & (rows["label"] >= 0)
         rows = {k: v[ok].astype(np.float64) if v.dtype.kind == "f" else v[ok] for k, v in rows.items()}
-        w, b = store.classifier(p)
-        out[f"{p.split}@{p.epoch}"] = (rows, b.astype(np.float64))
+        out[f"{p.split}@{p.epoch}"] = (rows, rows["bias_pred"])
     return out
 
 
-@pytest.fixture(scope="module")
-def random_store(tmp_path_factory):
-    return make_random_store(tmp_path_factory.mktemp("an") / "r.fragility", nonfinite=2)
+@pytest.fixture(scope="module", params=["float32", "float16"])
+def random_store(tmp_path_factory, request):
+    # ties, negative CE, tiny and empty classes, weights moving inside training passes, non-finite and
+    # unlabelled rows, in both storage dtypes
+    path = tmp_path_factory.mktemp("an") / f"r-{request.param}.fragility"
+    return make_random_store(path, nonfinite=2, unlabelled=2, dtype=request.param)
 
 
 # ----------------------------------------------------------------------------- topk
@@ -85,13 +88,15 @@ def _topk_expected(store):
                     want[f"{key}/topk/{f}/indices"] = idx
                     want[f"{key}/topk/{f}/values"] = [mean[j] for j in idx]
                     want[f"{key}/topk/{f}/share"] = [mean[j] / sum(mean[i] for i in idx) for j in idx]
+                else:  # no rows under this filter: no top-K (null, never -1)
+                    want[f"{key}/topk/{f}"] = {"indices": None, "values": None, "share": None}
             count = np.zeros(D, dtype=int)
             mcount = np.zeros(D, dtype=int)
             sizes = []
             for n in np.nonzero(sel)[0]:
                 for j in _topk_ref(v[n], K):
                     count[j] += 1
-                s = _mscs_ref(rows["ce_pred"][n], rows["logits"][n], rows["pred"][n], bias)
+                s = _mscs_ref(rows["ce_pred"][n], rows["logits"][n], rows["pred"][n], rows["bias_pred"][n])
                 sizes.append(len(s))
                 for j in s:
                     mcount[j] += 1
@@ -112,7 +117,7 @@ def test_topk_conformance_and_reference(random_store):
     assert g["overlap_between_classes"][0][1] == len(set(a) & set(b)) / K
     tr = r.data["groups"]["train@1"]["classes"][2]["topk"]["all"]["indices"]
     te = r.data["groups"]["test@1"]["classes"][2]["topk"]["all"]["indices"]
-    got = r.data["overlap_between_splits"]["test@1~train@1"]
+    (got,) = [x for x in r.data["overlap_between_splits"] if (x["a"], x["b"]) == ("test@1", "train@1")]
     assert got["overlap"][2] == len(set(tr) & set(te)) / K
     assert got["jaccard"][2] == len(set(tr) & set(te)) / len(set(tr) | set(te))
     # the empty class is reported as empty, not NaN soup, and the JSON is valid
@@ -120,6 +125,14 @@ def test_topk_conformance_and_reference(random_store):
     assert empty["n"] == 0 and empty["accuracy"] is None and empty["unique"] == 0
     json.loads(r.to_json())
     assert any("non-finite values were skipped" in n for n in r.notes)
+    assert any("without a label were skipped" in n for n in r.notes)
+    # skipped rows are counted in fields, non-finite and unlabelled apart
+    store = Store(random_store)
+    for p in store.passes:
+        rows = store.read(p, ["fe", "label"])
+        finite = np.isfinite(rows["fe"]).all(1)
+        assert r.data["skipped"][f"{p.split}@{p.epoch}"] == {
+            "nonfinite": int((~finite).sum()), "unlabelled": int((finite & (rows["label"] < 0)).sum())}
 
 
 def test_topk_on_fe_and_ce_target(random_store):
@@ -254,9 +267,10 @@ def test_hand_worked_minimal_sufficient_set():
     ce = np.array([[3.0, -1.0, 2.0, 0.5]])
     bias = np.array([0.5, 0.0, 0.0])
     # logit_p = 0.5 + 4.5 = 5.0; start = 0.5 - 1 = -0.5
-    assert minimal_sets(ce, np.array([[5.0, 2.0, 1.0]]), np.array([0]), bias).tolist() == [[True, False, False, False]]  # -0.5+3 >= 2
-    assert minimal_sets(ce, np.array([[5.0, 4.2, 1.0]]), np.array([0]), bias).tolist() == [[True, False, True, False]]  # 2.5 < 4.2 <= 4.5
-    assert minimal_sets(ce, np.array([[5.0, -3.0, -1.0]]), np.array([0]), bias).tolist() == [[False] * 4]  # start already wins
+    b0 = bias[[0]]  # b[pred] of the row
+    assert minimal_sets(ce, np.array([[5.0, 2.0, 1.0]]), np.array([0]), b0).tolist() == [[True, False, False, False]]  # -0.5+3 >= 2
+    assert minimal_sets(ce, np.array([[5.0, 4.2, 1.0]]), np.array([0]), b0).tolist() == [[True, False, True, False]]  # 2.5 < 4.2 <= 4.5
+    assert minimal_sets(ce, np.array([[5.0, -3.0, -1.0]]), np.array([0]), b0).tolist() == [[False] * 4]  # start already wins
 
 
 def test_hand_worked_diversity_measures():
@@ -294,9 +308,9 @@ def test_minimal_sets_match_brute_force(ce, p, seed):
     logits = rng.normal(size=(n, 3)) * 3
     pred = np.full(n, p)
     logits[:, p] = ce.sum(1) + bias[p]
-    got = minimal_sets(ce, logits, pred, bias, probe=4)
+    got = minimal_sets(ce, logits, pred, bias[pred], probe=4)
     for i in range(n):
-        assert np.nonzero(got[i])[0].tolist() == sorted(_mscs_ref(ce[i], logits[i], p, bias))
+        assert np.nonzero(got[i])[0].tolist() == sorted(_mscs_ref(ce[i], logits[i], p, bias[p]))
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -370,3 +384,91 @@ def test_pass_selection(random_store):
     assert list(r.data["groups"]) == ["test@0"]
     with pytest.raises(SelectionError, match=r"pass '0009' is not in store"):
         analyze(random_store, ["topk"], passes=["0009"])
+
+
+# ----------------------------------------------------------------------------- exact per row (issue 7)
+
+
+def test_magnitude_selection_never_filters_the_training_reference(random_store):
+    """--incorrect compares misclassified test rows with the training distribution of *all* training rows."""
+    full = analyze(random_store, ["magnitude"], k=K)["magnitude"]
+    wrong = analyze(random_store, ["magnitude"], k=K, correct=False)["magnitude"]
+    right = analyze(random_store, ["magnitude"], k=K, correct=True)["magnitude"]
+    want = _magnitude_expected(Store(random_store))
+    for r in (wrong, right):
+        assert_close(r.data["train_mean"], full.data["train_mean"])
+        assert_close(r.data["train_p5"], full.data["train_p5"])
+        for c in range(4):
+            assert_close(r.data["train_mean"][c], want[f"train_mean/{c}"], rtol=1e-7)
+    for c in range(4):
+        got = wrong.data["groups"]["test@1"]["classes"][c]["ratio_incorrect"]
+        ref = want.get(f"groups/test@1/classes/{c}/mean_incorrect")
+        assert_close(got, None if ref is None else ref / want[f"train_mean/{c}"], rtol=1e-7)
+    # the reference is not reported against itself
+    assert "train@1" not in full.data["groups"] and "train@0" in full.data["groups"]
+
+
+def test_minimal_sets_use_each_rows_own_bias_when_weights_move(tmp_path):
+    """Two training batches, b_0 raised by 1 between them: each row's set uses the bias of its forward."""
+    import torch
+    from torch import nn
+
+    import fragility
+
+    model = nn.Sequential(nn.Identity(), nn.Linear(2, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+        model[1].bias.copy_(torch.tensor([-1.5, 0.0]))
+    x = torch.tensor([[1.0, 1.0]])
+    path = tmp_path / "m.fragility"
+    with fragility.Recorder(model, path, classifier=model[1], dtype="float32") as rec, rec.capture("train"):
+        model(x)  # logits (0.5, 0): start -1.5 needs both entries -> |S| = 2
+        rec.record(torch.tensor([0]))
+        with torch.no_grad():
+            model[1].bias.add_(torch.tensor([1.0, 0.0]))
+        model(x)  # logits (1.5, 0): start -0.5 needs one entry -> |S| = 1
+        rec.record(torch.tensor([0]))
+    r = analyze(path, ["topk"], k=1)["topk"]
+    assert r.data["groups"]["train@0"]["classes"][0]["mscs"]["mean_size"] == 1.5
+    assert not any("approximate" in n for n in r.notes)
+
+
+def test_results_shape_for_programs(random_store, tmp_path):
+    r = analyze(random_store, ["topk"], k=K)["topk"]
+    # tau = 0: no second, identical "unique" column; the field is null
+    t = r.table("test@1")
+    assert t.columns == ["class", "n", "accuracy", "unique", "mscs unique", "mscs mean size", "overlap correct/incorrect",
+                         "top-K features", "top-K sum"]
+    assert all(c["unique_tau"] is None for c in r.data["groups"]["test@1"]["classes"])
+    # tau > 0: one more column, whose name does not carry the option's value
+    r2 = analyze(random_store, ["topk"], k=K, tau=0.25)["topk"]
+    assert r2.table("test@1").columns[4] == "unique > tau"
+    # an empty class's top-K is null everywhere (never -1)
+    empty = r.data["groups"]["test@0"]["classes"][4]["topk"]
+    assert all(empty[f] == {"indices": None, "values": None, "share": None} for f in ("all", "correct", "incorrect"))
+    assert "-1" not in json.dumps(r.to_dict()["data"]["groups"]["test@0"]["classes"][4]["topk"])
+
+
+def test_magnitude_says_why_a_class_without_training_rows_is_empty(tmp_path):
+    path = make_random_store(tmp_path / "z.fragility", counts=(10, 10, 4), passes=(("train", 0), ("test", 0)), seed=3)
+    # drop class 2 from the training pass: relabel its rows as class 0
+    import h5py
+
+    with h5py.File(f"{path}/passes/0000.h5", "r+") as f:
+        lab = f["label"][...]
+        lab[lab == 2] = 0
+        f["label"][...] = lab
+    r = analyze(path, ["magnitude"], k=2)["magnitude"]
+    c2 = r.data["groups"]["test@0"]["classes"][2]
+    assert c2["n"] == 4 and c2["mean"] is None and "no training rows of this class" in c2["reason"]
+    assert r.data["groups"]["test@0"]["classes"][0]["reason"] is None
+    assert any("classes c2 have rows but no training rows" in n for n in r.notes)
+
+
+def test_an_unlabelled_split_alone_returns_its_group(tmp_path):
+    path = make_random_store(tmp_path / "u.fragility", counts=(5, 5), passes=(("train", 0), ("pool", 0)), unlabelled=10)
+    res = analyze(path, ["topk", "diversity"], k=2, split="pool")
+    for name in ("topk", "diversity"):
+        g = res[name].data["groups"]["pool@0"]
+        assert [c["n"] for c in g["classes"]] == [0, 0]
+        assert res[name].data["skipped"]["pool@0"] == {"nonfinite": 0, "unlabelled": 10}

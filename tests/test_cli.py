@@ -40,9 +40,9 @@ def test_help_on_every_command_has_an_example():
 def test_inspect(stores):
     a, _ = stores
     text = run("inspect", a).stdout
-    assert "schema v1" in text and "random" in text and "train" in text
+    assert "schema v2" in text and "random" in text and "train" in text
     info = json.loads(run("inspect", a, "--json").stdout)
-    assert info["schema_version"] == 1 and info["feature_dim"] == 12
+    assert info["schema_version"] == 2 and info["feature_dim"] == 12
     assert [(p["split"], p["epoch"], p["rows"], p["complete"]) for p in info["passes"]] == [
         ("train", 0, 73, True), ("test", 0, 73, True), ("train", 1, 73, True), ("test", 1, 73, True)]
     assert {d["path"] for d in info["datasets"]} >= {"passes/0000.h5:fe", "passes/0003.h5:classifier/weight"}

@@ -83,3 +83,24 @@ def test_released_v1_store_stays_readable():
         rows["ce_pred"].astype(np.float32).sum(1) + b[pred],
         rows["logits"][np.arange(4), pred].astype(np.float32), rtol=2e-2, atol=2e-2,
     )
+
+
+def test_released_v2_store_stays_readable_and_exact_per_row():
+    """tests/data/store-v2 was written by fragility 0.2.0 (schema 2): a training pass whose weights moved
+    between its two batches (an SGD step before each record()), then a test sweep."""
+    s = Store(ROOT / "tests" / "data" / "store-v2")
+    assert s.metadata["schema_version"] == 2
+    assert [(p.split, p.epoch, p.mode, p.rows, p.complete) for p in s.passes] == [
+        ("train", 0, "train", 8, True), ("test", 0, "eval", 4, True)]
+    for p in s.passes:
+        rows = s.read(p, ["ce_pred", "bias_pred", "logits", "pred"])
+        pred = rows["pred"]
+        n = len(pred)
+        np.testing.assert_allclose(
+            rows["ce_pred"].astype(np.float64).sum(1) + rows["bias_pred"],
+            rows["logits"][np.arange(n), pred].astype(np.float64), rtol=2e-2, atol=2e-2,
+        )
+    # the end-of-pass snapshot differs from the bias the training rows were computed with
+    _, b = s.classifier(s.passes[0])
+    first = s.read(s.passes[0], ["bias_pred", "pred"], 0, 4)
+    assert not np.array_equal(first["bias_pred"], b[first["pred"]])

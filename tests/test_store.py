@@ -127,7 +127,7 @@ def test_root_not_hdf5(recorded):
 def test_newer_schema_version(recorded):
     with h5py.File(recorded / "store.h5", "r+") as f:
         f.attrs["schema_version"] = 99
-    with pytest.raises(StoreVersionError, match=r"schema version 99, newer than the 1 .*upgrade fragility"):
+    with pytest.raises(StoreVersionError, match=r"schema version 99, newer than the 2 .*upgrade fragility"):
         Store(recorded)
 
 

@@ -25,6 +25,15 @@ class Group:
     rows: int
     bias: np.ndarray | None = None
     weight: np.ndarray | None = None
+    #: a training pass of the group lacks per-row ``bias_pred`` (schema-1 store): its ``b[pred]`` comes
+    #: from the end-of-pass snapshot, which is not the bias every row was computed with
+    approximate_bias: bool = False
+
+    def bias_pred(self, chunk: Chunk) -> np.ndarray | None:
+        """Each row's ``b[pred]`` in its own forward (the snapshot's for schema-1 stores; ``None`` if unknown)."""
+        if "bias_pred" in chunk.rows:
+            return chunk["bias_pred"].astype(np.float64)
+        return None if self.bias is None else np.asarray(self.bias, dtype=np.float64)[chunk["pred"]]
 
 
 @dataclass
@@ -155,6 +164,14 @@ class Analyzer:
 
     def end_reference(self) -> None:
         """Called once after every reference chunk was folded, before the main pass."""
+
+    def update_reference_rows(self, chunk: Chunk) -> None:
+        """Fold a chunk of the reference rows once more, after :meth:`end_reference` (main phase).
+
+        Every reference row comes here (a ``correct`` selection never filters the reference), so an
+        analyzer can measure the reference rows against what it derived from them — e.g. each training
+        row's magnitude at the training top-K. Accumulate into ``self.state`` (merged like any group).
+        """
 
     def compute(self) -> Result:
         raise NotImplementedError

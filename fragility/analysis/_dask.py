@@ -14,7 +14,7 @@ from typing import Any
 
 from ..store import Store
 from ._base import Analyzer
-from ._engine import Plan, make_plan
+from ._engine import Plan, make_plan, merge_skipped
 from ._results import Result
 
 
@@ -25,13 +25,13 @@ def _reference_task(plan: Plan, unit: tuple) -> list[Analyzer]:
     return instances
 
 
-def _main_task(plan: Plan, refs: dict[str, dict], unit: tuple) -> tuple[list[Analyzer], dict[str, int]]:
+def _main_task(plan: Plan, refs: dict[str, dict], unit: tuple) -> tuple[list[Analyzer], dict[str, dict[str, int]]]:
     instances = plan.instances()
     for a in instances:
         if a.uses_reference:
             a.ref = refs[a.name]
             a.end_reference()
-    skipped: dict[str, int] = {}
+    skipped: dict[str, dict[str, int]] = {}
     with Store(plan.path) as store:
         plan.fold_main(store, instances, [unit], skipped)
     return instances, skipped
@@ -73,11 +73,10 @@ def analyze_dask(
         if a.uses_reference:
             a.end_reference()
     units = plan.units(plan.passes + plan.extra, rows=unit_rows)
-    skipped: dict[str, int] = {}
+    skipped: dict[str, dict[str, int]] = {}
     futures = client.map(_main_task, [plan] * len(units), [refs] * len(units), units, pure=False)
     for parts, part_skipped in client.gather(futures):
         for head, part in zip(heads, parts):
             head.merge(part)
-        for g, n in part_skipped.items():
-            skipped[g] = skipped.get(g, 0) + n
+        merge_skipped(skipped, part_skipped)
     return plan.finish(heads, skipped)

@@ -105,6 +105,7 @@ def make_spec(
     for p in passes:
         g = groups.setdefault(_group_name(p), Group(_group_name(p), p.split, p.epoch, 0))
         g.rows += p.rows
+        g.approximate_bias |= bool(p.rows) and p.mode == "train" and "bias_pred" not in p.columns
         if p.rows:
             try:
                 g.weight, g.bias = store.classifier(p)
@@ -137,12 +138,13 @@ def iter_chunks(
     spec: AnalysisSpec,
     *,
     chunk_rows: int = 16384,
-    skipped: dict[str, int] | None = None,
+    skipped: dict[str, dict[str, int]] | None = None,
     classes: Sequence[int] | None = None,
     correct: bool | None = None,
     span: tuple[int, int] | None = None,
 ) -> Iterator[Chunk]:
-    """Read each needed column once, chunk by chunk; drop (and count) rows with non-finite values.
+    """Read each needed column once, chunk by chunk; drop (and count) unlabelled rows and rows with
+    non-finite values (``skipped[group] = {"nonfinite": n, "unlabelled": m}``).
 
     ``classes`` / ``correct`` select rows by true class and correctness; rows they drop cost only their
     ``label`` and ``pred`` reads.
@@ -154,17 +156,29 @@ def iter_chunks(
         rows_iter = store.iter_rows([p], have, chunk_rows=chunk_rows, classes=classes, correct=correct, positions=True, span=span)
         for _, rows in rows_iter:
             keys = (np.int64(ordinal[p.name]) << np.int64(32)) + rows.pop("row")
-            finite = rows["label"] >= 0
+            labelled = rows["label"] >= 0
+            finite = np.ones(len(keys), dtype=bool)
             for c in have:
-                if c in FLOAT_COLUMNS:
-                    finite &= np.isfinite(rows[c]).all(axis=1)
+                if rows[c].dtype.kind == "f":
+                    finite &= np.isfinite(rows[c]).reshape(len(keys), -1).all(axis=1)
             chunk = Chunk(_group_name(p), rows, keys, spec)
-            if not finite.all():
+            keep = finite & labelled
+            if not keep.all():
                 if skipped is not None:
-                    skipped[chunk.group] = skipped.get(chunk.group, 0) + int((~finite).sum())
-                chunk = chunk.subset(finite)
+                    counts = skipped.setdefault(chunk.group, {"nonfinite": 0, "unlabelled": 0})
+                    counts["nonfinite"] += int((~finite).sum())
+                    counts["unlabelled"] += int((finite & ~labelled).sum())
+                chunk = chunk.subset(keep)
             if len(chunk):
                 yield chunk
+
+
+def merge_skipped(into: dict[str, dict[str, int]], other: dict[str, dict[str, int]]) -> None:
+    """Add the skipped-row counts of another part of the work."""
+    for g, counts in other.items():
+        mine = into.setdefault(g, {"nonfinite": 0, "unlabelled": 0})
+        for k, n in counts.items():
+            mine[k] = mine.get(k, 0) + n
 
 
 def resolve_classes(store: Store, classes: Sequence[int | str] | None) -> list[int] | None:
@@ -232,22 +246,40 @@ class Plan:
                     a.update_reference(chunk)
                 advance(len(chunk))
 
-    def fold_main(self, store: Store, instances: list[Analyzer], units, skipped: dict[str, int], advance=lambda n: None) -> None:
+    def fold_main(self, store: Store, instances: list[Analyzer], units, skipped: dict[str, dict[str, int]], advance=lambda n: None) -> None:
+        """Fold the selected rows into every analyzer, and the reference rows into those that use one.
+
+        Reference rows are all rows of the reference passes (never filtered by ``correct``): analyzers
+        measure them again against what :meth:`Analyzer.end_reference` derived (e.g. the training
+        distribution at the training top-K). A pass that is both is read once, unless ``correct`` filters
+        the selection.
+        """
         cols = set().union(*(a.columns() for a in instances))
         main = {p.name for p in self.passes}
         users = [a for a in instances if a.uses_reference]
+        ref_names = {p.name for p in self.reference} if users else set()
+        ref_cols = set().union(*(a.reference_columns() for a in users)) if users else set()
         for p, start, stop in units:
-            selected = p.name in main
-            chunks = iter_chunks(
-                store, [p], cols, self.spec, chunk_rows=self.chunk_rows, skipped=skipped if selected else None,
-                classes=self.classes, correct=self.correct if selected else None, span=(start, stop),
+            selected, as_ref = p.name in main, p.name in ref_names
+            if selected and as_ref and self.correct is not None:
+                self._fold(store, p, (start, stop), ref_cols, [], users, None, None, advance)
+                as_ref = False
+            self._fold(
+                store, p, (start, stop), (cols if selected else set()) | (ref_cols if as_ref else set()),
+                instances if selected else [], users if as_ref else [], skipped if selected else None,
+                self.correct if selected else None, advance,
             )
-            for chunk in chunks:
-                for a in instances if selected else users:
-                    a.update(chunk)
-                advance(len(chunk))
 
-    def finish(self, instances: list[Analyzer], skipped: dict[str, int]) -> dict[str, Result]:
+    def _fold(self, store, p, span, cols, update, reference, skipped, correct, advance) -> None:
+        for chunk in iter_chunks(store, [p], cols, self.spec, chunk_rows=self.chunk_rows, skipped=skipped,
+                                 classes=self.classes, correct=correct, span=span):
+            for a in reference:
+                a.update_reference_rows(chunk)
+            for a in update:
+                a.update(chunk)
+            advance(len(chunk))
+
+    def finish(self, instances: list[Analyzer], skipped: dict[str, dict[str, int]]) -> dict[str, Result]:
         results = {}
         for a in instances:
             r = a.compute()
@@ -255,8 +287,12 @@ class Plan:
                 what = [] if self.classes is None else [f"classes {', '.join(self.spec.class_names[c] for c in self.classes)}"]
                 what += [] if self.correct is None else ["correctly classified rows" if self.correct else "misclassified rows"]
                 r.notes.append("selection: only " + " and ".join(what))
-            for g, n in sorted(skipped.items()):
-                r.notes.append(f"{n} rows of {g} with non-finite values were skipped")
+            for g, counts in sorted(skipped.items()):
+                if counts["nonfinite"]:
+                    r.notes.append(f"{counts['nonfinite']} rows of {g} with non-finite values were skipped")
+                if counts["unlabelled"]:
+                    r.notes.append(f"{counts['unlabelled']} rows of {g} without a label were skipped (per-class quantities need labels)")
+            r.data["skipped"] = {g: dict(counts) for g, counts in sorted(skipped.items())}
             r.notes.extend(self.notes)
             results[a.name] = r
         return results
@@ -359,7 +395,7 @@ def analyze(
     try:
         plan = make_plan(st, analyzers, plugin_manager=plugin_manager, **options)
         instances = plan.instances(plugin_manager)
-        skipped: dict[str, int] = {}
+        skipped: dict[str, dict[str, int]] = {}
         uses_ref = any(a.uses_reference for a in instances)
         total = sum(p.rows for p in plan.passes) + (sum(p.rows for p in plan.reference) + sum(p.rows for p in plan.extra)) * uses_ref
         with _progress(progress, total) as advance:

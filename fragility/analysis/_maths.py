@@ -101,10 +101,11 @@ def class_topk(sums: np.ndarray, counts: np.ndarray, k: int) -> tuple[np.ndarray
     return idx, val, share
 
 
-def minimal_sets(ce_pred: np.ndarray, logits: np.ndarray, pred: np.ndarray, bias: np.ndarray, probe: int = 32) -> np.ndarray:
+def minimal_sets(ce_pred: np.ndarray, logits: np.ndarray, pred: np.ndarray, bias_pred: np.ndarray, probe: int = 32) -> np.ndarray:
     """Minimal sufficient CE sets (arXiv 2407.10165) as a boolean ``(N, D)`` mask.
 
-    For row ``n`` with predicted class ``p`` and runner-up ``r`` (largest other logit): start from
+    For row ``n`` with predicted class ``p``, its bias ``b_p = bias_pred[n]`` (per row: in a training pass
+    the bias moves between rows) and runner-up ``r`` (largest other logit): start from
     ``b_p + sum of negative entries of CE_p``; add the largest entries (ties: lower index first) until the
     total reaches ``logit_r``. The added indices form ``S_n`` (empty when the start already reaches it).
 
@@ -121,7 +122,7 @@ def minimal_sets(ce_pred: np.ndarray, logits: np.ndarray, pred: np.ndarray, bias
     others = lg.clone()
     others[torch.arange(n), p] = -torch.inf
     runner = others.max(dim=1).values
-    start = torch.from_numpy(np.asarray(bias, dtype=np.float64))[p] + ce.clamp(max=0).sum(dim=1, dtype=torch.float64)
+    start = torch.from_numpy(np.asarray(bias_pred, dtype=np.float64)) + ce.clamp(max=0).sum(dim=1, dtype=torch.float64)
     gap = runner - start  # what the positive entries must add up to
     pending = torch.nonzero(gap > 0).flatten()
     m = min(probe, d)

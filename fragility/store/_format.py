@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+#: 2: per-row ``bias_pred``; pass ``mode`` taken from the forwards; FE is the final affine layer's input
+SCHEMA_VERSION = 2
 ENCODING_VERSION = "1.0"
 
 STORE_TYPE = "fragility-store"
@@ -17,9 +18,9 @@ LOCK_FILE = ".writer.lock"
 
 #: per-sample float columns, shape (N, D) except logits (N, C)
 FLOAT_COLUMNS = ("fe", "ce_pred", "ce_target", "logits")
-#: per-sample integer columns, shape (N,)
-INT_COLUMNS = {"label": "<i8", "pred": "<i8", "index": "<i8", "step": "<i8", "rank": "<i4"}
-ALL_COLUMNS = FLOAT_COLUMNS + tuple(INT_COLUMNS)
+#: per-sample columns of fixed dtype, shape (N,)
+FIXED_COLUMNS = {"bias_pred": "<f4", "label": "<i8", "pred": "<i8", "index": "<i8", "step": "<i8", "rank": "<i4"}
+ALL_COLUMNS = FLOAT_COLUMNS + tuple(FIXED_COLUMNS)
 STORAGE_DTYPES = ("float16", "float32")
 
 #: layout of a pass file's ``status`` dataset (int64)

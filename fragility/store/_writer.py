@@ -34,7 +34,7 @@ from ..errors import RecorderError, StoreError
 from ._format import (
     CLASSIFIER_TYPE,
     COLUMN_TYPE,
-    INT_COLUMNS,
+    FIXED_COLUMNS,
     LOCK_FILE,
     PASS_TYPE,
     PASSES_DIR,
@@ -55,6 +55,13 @@ def _now() -> str:
 
 def _attr(value: Any) -> Any:
     return value if isinstance(value, (str, int, float, bool, np.generic)) else json.dumps(value)
+
+
+def _copy32(value: Any) -> np.ndarray:
+    """A float32 numpy copy of an array or tensor (never a view of memory the caller may change)."""
+    if hasattr(value, "detach"):
+        value = value.detach().to("cpu", copy=False).float().numpy()
+    return np.array(value, dtype="<f4", copy=True)
 
 
 def _acquire_writer_lock(directory: str):
@@ -215,11 +222,17 @@ class StoreWriter:
         """
         self._put(("rows", name, columns, event))
 
-    def write_classifier(self, name: str, weight: np.ndarray, bias: np.ndarray) -> None:
-        self._put(("classifier", name, weight, bias))
+    def write_classifier(self, name: str, weight: Any, bias: Any) -> None:
+        """Queue the pass's classifier snapshot (copied now: later in-place changes never reach the file)."""
+        self._put(("classifier", name, _copy32(weight), _copy32(bias)))
 
-    def end_pass(self, name: str, weight: np.ndarray | None = None, bias: np.ndarray | None = None) -> None:
-        self._put(("end", name, weight, bias))
+    def set_pass_attrs(self, name: str, attrs: dict[str, Any]) -> None:
+        """Change attributes of a pass that has no rows on disk yet (they are fixed once its file holds rows)."""
+        self._put(("attrs", name, dict(attrs)))
+
+    def end_pass(self, name: str, weight: Any = None, bias: Any = None) -> None:
+        """End a pass, with the classifier snapshot of its end (copied now)."""
+        self._put(("end", name, None if weight is None else _copy32(weight), None if bias is None else _copy32(bias)))
 
     def abort_pass(self, name: str) -> None:
         """Commit what a pass recorded and close it *incomplete* (the loop died with an exception)."""
@@ -312,6 +325,13 @@ class StoreWriter:
         # a closed placeholder (no columns, complete=0) makes a pass killed before its first rows visible
         self._build_pass_file(p, {}, keep_open=False)
 
+    def _on_attrs(self, name: str, attrs: dict[str, Any]) -> None:
+        p = self._passes[name]
+        if p.file is not None:
+            raise RecorderError(f"pass {name} already holds rows; its attributes are fixed")
+        p.attrs.update(attrs)
+        self._build_pass_file(p, {}, keep_open=False)  # the placeholder says it too, should the writer die now
+
     def _on_classifier(self, name: str, weight: np.ndarray, bias: np.ndarray) -> None:
         p = self._passes[name]
         p.weight, p.bias = weight, bias
@@ -376,8 +396,8 @@ class StoreWriter:
             f.attrs[key] = _attr(value)
         p.columns = {}
         for key, arr in arrays.items():
-            if key in INT_COLUMNS:
-                dtype, shape = np.dtype(INT_COLUMNS[key]), ()
+            if key in FIXED_COLUMNS:
+                dtype, shape = np.dtype(FIXED_COLUMNS[key]), ()
             else:
                 dtype, shape = self.dtype, arr.shape[1:]
             ds = f.create_dataset(
