@@ -73,7 +73,12 @@ def test_two_forwards_before_one_record_are_refused_and_paused_forwards_ignored(
     assert s.passes[0].rows == 12
 
 
-def test_classifier_snapshot_is_a_copy_not_the_live_weights(store_path):
+def test_classifier_snapshot_is_a_copy_not_the_live_weights(store_path, monkeypatch):
+    from fragility.store import StoreWriter
+
+    # a busy writer thread: it reaches the pass's end only after the loop went on and changed the weights
+    slow_end = StoreWriter._on_end
+    monkeypatch.setattr(StoreWriter, "_on_end", lambda self, *a: (__import__("time").sleep(0.3), slow_end(self, *a)))
     model = _model().eval()
     with torch.no_grad():
         w0, b0 = model.fc.weight.clone(), model.fc.bias.clone()

@@ -11,7 +11,7 @@ import numpy as np
 import pluggy
 
 from .._manager import Hooks
-from ..errors import AnalyzerError, PluginError, SelectionError, close_matches
+from ..errors import AnalyzerError, FragilityError, PluginError, SelectionError, StoreError, close_matches
 from ..store import FLOAT_COLUMNS, PassInfo, Store
 from ._base import EMBEDDINGS, AnalysisSpec, Analyzer, Chunk, Group
 from ._results import Result
@@ -173,6 +173,20 @@ def iter_chunks(
                 yield chunk
 
 
+def _call(a: Analyzer, method: str, *args: Any) -> Any:
+    """Call an analyzer's method; a failure inside it is one line naming the analyzer and its plugin."""
+    try:
+        return getattr(a, method)(*args)
+    except FragilityError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - third-party code: reported, with the cause kept for --debug
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise AnalyzerError(
+            f"analyzer {a.name!r} (plugin module {type(a).__module__}) failed in {method}(): {type(exc).__name__}: {detail}; "
+            f"fix or uninstall the plugin, or leave it out with -a"
+        ) from exc
+
+
 def merge_skipped(into: dict[str, dict[str, int]], other: dict[str, dict[str, int]]) -> None:
     """Add the skipped-row counts of another part of the work."""
     for g, counts in other.items():
@@ -243,7 +257,7 @@ class Plan:
         for p, start, stop in units:
             for chunk in iter_chunks(store, [p], cols, self.spec, chunk_rows=self.chunk_rows, classes=self.classes, span=(start, stop)):
                 for a in users:
-                    a.update_reference(chunk)
+                    _call(a, "update_reference", chunk)
                 advance(len(chunk))
 
     def fold_main(self, store: Store, instances: list[Analyzer], units, skipped: dict[str, dict[str, int]], advance=lambda n: None) -> None:
@@ -274,15 +288,17 @@ class Plan:
         for chunk in iter_chunks(store, [p], cols, self.spec, chunk_rows=self.chunk_rows, skipped=skipped,
                                  classes=self.classes, correct=correct, span=span):
             for a in reference:
-                a.update_reference_rows(chunk)
+                _call(a, "update_reference_rows", chunk)
             for a in update:
-                a.update(chunk)
+                _call(a, "update", chunk)
             advance(len(chunk))
 
     def finish(self, instances: list[Analyzer], skipped: dict[str, dict[str, int]]) -> dict[str, Result]:
         results = {}
         for a in instances:
-            r = a.compute()
+            r = _call(a, "compute")
+            if not isinstance(r, Result):
+                raise AnalyzerError(f"analyzer {a.name!r} ({type(a).__module__}) returned {type(r).__name__} from compute(), not a Result; fix the plugin")
             if self.classes is not None or self.correct is not None:
                 what = [] if self.classes is None else [f"classes {', '.join(self.spec.class_names[c] for c in self.classes)}"]
                 what += [] if self.correct is None else ["correctly classified rows" if self.correct else "misclassified rows"]
@@ -363,6 +379,7 @@ def analyze(
     analyzers: Sequence[str] | None = None,
     *,
     progress: bool = False,
+    verify: bool = False,
     plugin_manager: pluggy.PluginManager | None = None,
     **options: Any,
 ) -> dict[str, Result]:
@@ -382,6 +399,8 @@ def analyze(
         chunk_rows: rows per read; results do not depend on it.
         knn_k, knn_max_rows: k-NN archetypes (diversity); groups above the cap are sampled.
         progress: show a progress bar on stderr.
+        verify: first check the rows to analyze against the writer's checksums (one more read); corrupt
+            blocks raise :class:`StoreError` naming them.
 
     Returns:
         ``{name: Result}``.
@@ -394,6 +413,12 @@ def analyze(
     st = Store(store) if own else store
     try:
         plan = make_plan(st, analyzers, plugin_manager=plugin_manager, **options)
+        if verify:
+            corrupt = [f for f in st.verify(plan.passes + plan.extra) if f["problem"] == "corrupt"]
+            if corrupt:
+                where = ", ".join(f"pass {f['pass']} ({f['group']}) rows {f['start']}:{f['stop']}" for f in corrupt[:3])
+                more = f" and {len(corrupt) - 3} more" if len(corrupt) > 3 else ""
+                raise StoreError(f"store {st.path} is corrupt: {where}{more} fail their checksums; re-record those passes or restore a copy")
         instances = plan.instances(plugin_manager)
         skipped: dict[str, dict[str, int]] = {}
         uses_ref = any(a.uses_reference for a in instances)
@@ -402,7 +427,7 @@ def analyze(
             plan.fold_reference(st, instances, plan.units(plan.reference), advance)
             for a in instances:
                 if a.uses_reference:
-                    a.end_reference()
+                    _call(a, "end_reference")
             plan.fold_main(st, instances, plan.units(plan.passes + plan.extra), skipped, advance)
         return plan.finish(instances, skipped)
     finally:

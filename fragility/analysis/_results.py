@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from .._safe import markup, printable
+
 
 def jsonable(obj: Any) -> Any:
     """Convert numpy scalars/arrays (and NaN) into plain JSON values (NaN becomes ``None``)."""
@@ -63,11 +65,12 @@ class Table:
     def __rich__(self):
         from rich.table import Table as RichTable
 
-        t = RichTable(title=self.title, title_justify="left", header_style="bold")
+        # names in titles and cells come from stores: shown literally, never as markup or control codes
+        t = RichTable(title=markup(self.title), title_justify="left", header_style="bold")
         for c in self.columns:
-            t.add_column(c, justify="left" if c in ("class", "group", "top-K features") else "right")
+            t.add_column(markup(c), justify="left" if c in ("class", "group", "top-K features") else "right")
         for r in self.rows:
-            t.add_row(*(_fmt(v) for v in r))
+            t.add_row(*(markup(_fmt(v)) for v in r))
         return t
 
 
@@ -117,7 +120,7 @@ class Result:
         from rich.console import Group
         from rich.text import Text
 
-        parts: list[Any] = [Text(f"● {self.analyzer}", style="bold cyan")]
+        parts: list[Any] = [Text(printable(f"● {self.analyzer}"), style="bold cyan")]
         parts.extend(self.tables)
-        parts.extend(Text(f"  note: {n}", style="yellow") for n in self.notes)
+        parts.extend(Text(printable(f"  note: {n}"), style="yellow") for n in self.notes)
         return Group(*parts)
