@@ -15,12 +15,14 @@ __all__ = [
     "DataError",
     "FragilityError",
     "HeadError",
+    "OutputError",
     "PluginError",
     "RecorderError",
     "SelectionError",
     "StoreError",
     "StoreVersionError",
     "close_matches",
+    "output_dir",
 ]
 
 
@@ -52,6 +54,10 @@ class SelectionError(FragilityError):
     """A selection (split, epoch, class, pass) names something the store does not hold."""
 
 
+class OutputError(FragilityError):
+    """An output folder or file (``--out``, a report) cannot be written."""
+
+
 class DataError(FragilityError):
     """A data set is missing or malformed."""
 
@@ -66,3 +72,18 @@ def close_matches(word: str, choices: Iterable[str]) -> str:
     if not found:
         return ""
     return " (did you mean " + " or ".join(repr(f) for f in found) + "?)"
+
+
+def output_dir(path: str) -> str:
+    """Create output folder ``path`` (and parents), or raise :class:`OutputError` in one line."""
+    import os
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputError(f"output folder {path} is an existing file; choose a folder name with --out")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {path}: {exc.strerror or exc}; choose another --out folder") from None
+    if not os.access(path, os.W_OK):
+        raise OutputError(f"output folder {path} is not writable; choose another --out folder")
+    return path

@@ -23,7 +23,18 @@ __all__ = ["Recorder"]
 
 def _as_tensor(value: Any, name: str, n: int) -> torch.Tensor:
     """``value`` as a 1-D int64 tensor of ``n`` rows, where it already lives (no device copy, no sync)."""
-    t = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    if not isinstance(value, torch.Tensor):
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "iub":
+            kind = "text" if arr.dtype.kind in "US" else f"{arr.dtype}" if arr.dtype.kind != "O" else "Python objects"
+            first = arr.flat[0] if arr.size else None
+            first = first.item() if isinstance(first, np.generic) else first
+            example = f" such as {first!r:.40}" if arr.size else ""
+            raise RecorderError(
+                f"{name} are {kind}{example}; pass integer class ids / sample ids (e.g. class_names.index(label) per row)"
+            )
+        value = torch.from_numpy(np.ascontiguousarray(arr))
+    t = value
     if t.dim() != 1 or t.shape[0] != n:
         raise RecorderError(f"{name} has shape {tuple(t.shape)} but the batch has {n} rows; pass one {name[:-1] if name.endswith('s') else name} per row")
     if t.dtype.is_floating_point or t.dtype == torch.bool:

@@ -19,7 +19,7 @@ import pluggy
 
 from ._manager import Hooks
 from .analysis import Result, Table, analyze, compare_results, jsonable
-from .errors import PluginError
+from .errors import OutputError, PluginError, output_dir
 from .store import Store
 
 
@@ -119,7 +119,7 @@ def build_report(
         ctx = ReportContext(labels, opened, results, comparison)
         reg = ReportSectionRegistrar()
         Hooks(plugin_manager).register_report_sections(reg)
-        os.makedirs(os.path.join(out, "plots"), exist_ok=True)
+        output_dir(os.path.join(out, "plots"))
         for lab in labels:
             for r in results[lab].values():
                 r.save(os.path.join(out, "results", lab.replace("/", "_")))
@@ -128,32 +128,39 @@ def build_report(
         parts = [f"<h1>fragility report</h1><p class='meta'>{html.escape(_describe(opened, labels))}</p>"]
         if headline is not None:
             parts.append(_table_html(headline))
-        for name, (order, title, func) in sorted(reg.sections.items(), key=lambda kv: (kv[1][0], kv[0])):
-            items = func(ctx) or []
-            if not items:
-                continue
-            parts.append(f"<h2>{html.escape(title)}</h2>")
-            for i, item in enumerate(items):
-                if isinstance(item, Table):
-                    parts.append(_table_html(item))
+        import matplotlib
+
+        # names from stores reach plot text: never parsed as mathtext (a "$" in a class name would raise)
+        with matplotlib.rc_context({"text.parse_math": False}):
+            for name, (order, title, func) in sorted(reg.sections.items(), key=lambda kv: (kv[1][0], kv[0])):
+                items = func(ctx) or []
+                if not items:
                     continue
-                caption, fig = item
-                png = _png(fig)
-                fname = f"{name}-{i:02d}.png"
-                with open(os.path.join(out, "plots", fname), "wb") as fh:
-                    fh.write(png)
-                b64 = base64.b64encode(png).decode()
-                parts.append(
-                    f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{b64}'>"
-                    f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-                )
+                parts.append(f"<h2>{html.escape(title)}</h2>")
+                for i, item in enumerate(items):
+                    if isinstance(item, Table):
+                        parts.append(_table_html(item))
+                        continue
+                    caption, fig = item
+                    png = _png(fig)
+                    fname = f"{name}-{i:02d}.png"
+                    with open(os.path.join(out, "plots", fname), "wb") as fh:
+                        fh.write(png)
+                    b64 = base64.b64encode(png).decode()
+                    parts.append(
+                        f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{b64}'>"
+                        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+                    )
         doc = (
             "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>fragility report</title>"
             f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
         )
         index = os.path.join(out, "index.html")
-        with open(index, "w") as fh:
-            fh.write(doc)
+        try:
+            with open(index, "w") as fh:
+                fh.write(doc)
+        except OSError as exc:
+            raise OutputError(f"cannot write the report {index}: {exc.strerror or exc}; choose another --out folder") from None
         return index
     finally:
         for s in opened.values():

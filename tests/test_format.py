@@ -104,3 +104,10 @@ def test_released_v2_store_stays_readable_and_exact_per_row():
     _, b = s.classifier(s.passes[0])
     first = s.read(s.passes[0], ["bias_pred", "pred"], 0, 4)
     assert not np.array_equal(first["bias_pred"], b[first["pred"]])
+    assert s.verify() == []  # every committed row is covered by an intact checksum
+
+
+def test_v1_store_rows_are_reported_unverified():
+    s = Store(ROOT / "tests" / "data" / "store-v1")
+    assert [(f["pass"], f["start"], f["stop"], f["problem"]) for f in s.verify()] == [
+        ("0000", 0, 4, "unverified"), ("0001", 0, 4, "unverified")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -75,7 +76,8 @@ def test_live_reading_while_a_writer_appends(store_path, tiny_model):
 def test_second_writer_is_refused(store_path, tiny_model):
     rec = fragility.Recorder(tiny_model, store_path)
     other = timm.create_model("test_resnet", pretrained=False, num_classes=4)
-    with pytest.raises(StoreError, match=r"is being written by another process \(pid \d+\); one writer per store"):
+    # the same process: not "another process (pid <our own pid>)"
+    with pytest.raises(StoreError, match=r"is already being written by another Recorder in this process; close\(\) it first"):
         fragility.Recorder(other, store_path, overwrite=True)
     code = (
         "import sys, timm, fragility\n"
@@ -87,11 +89,39 @@ def test_second_writer_is_refused(store_path, tiny_model):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 3, out.stderr
-    assert "is being written by another process" in out.stdout
+    assert f"is being written by another process (pid {os.getpid()})" in out.stdout
     rec.close()
     with pytest.raises(StoreError, match="already exists; pass overwrite=True"):
         fragility.Recorder(other, store_path)
     fragility.Recorder(other, store_path, overwrite=True).close()
+
+
+def test_lock_is_sound_when_a_writer_opens_it_during_anothers_close(store_path, tiny_model):
+    """A opens the lock file, B closes (releases) meanwhile, A locks it: a third writer must still be refused."""
+    import fcntl
+
+    from fragility.store import _writer
+
+    os.makedirs(store_path)
+    handle_b = _writer._acquire_writer_lock(str(store_path))  # B holds the store
+    fd_a = open(os.path.join(store_path, ".writer.lock"), "a+")  # A opens the lock file ...
+    handle_b[0].close()  # ... B closes ...
+    _writer._HELD.pop(handle_b[1])
+    fcntl.flock(fd_a.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # ... A locks what it opened
+    fd_a.seek(0)
+    fd_a.truncate()
+    fd_a.write("4242")
+    fd_a.flush()
+    code = (
+        "import sys, fragility.store._writer as w\n"
+        "try:\n"
+        f"    w._acquire_writer_lock({str(store_path)!r})\n"
+        "except Exception as e:\n"
+        "    print(e); sys.exit(3)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3 and "another process (pid 4242)" in out.stdout, out.stdout + out.stderr
+    fd_a.close()
 
 
 def test_missing_and_not_a_store(tmp_path):

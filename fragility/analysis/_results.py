@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .._safe import markup, printable
+from ..errors import OutputError, output_dir
 
 
 def jsonable(obj: Any) -> Any:
@@ -99,8 +100,15 @@ class Result:
 
     def save(self, directory: str | os.PathLike) -> list[str]:
         """Write ``<analyzer>.json`` and one CSV per table into ``directory``; return the paths."""
-        os.makedirs(directory, exist_ok=True)
+        directory = output_dir(os.fspath(directory))
         paths = [os.path.join(directory, f"{self.analyzer}.json")]
+        try:
+            self._write(paths, directory)
+        except OSError as exc:
+            raise OutputError(f"cannot write results into {directory}: {exc.strerror or exc}; choose another --out folder") from None
+        return paths
+
+    def _write(self, paths: list[str], directory: str) -> None:
         with open(paths[0], "w") as fh:
             fh.write(self.to_json(indent=1))
         for i, t in enumerate(self.tables):
@@ -114,7 +122,6 @@ class Result:
                 for r in jsonable(t.rows):
                     w.writerow([";".join(map(str, v)) if isinstance(v, list) else ("" if v is None else v) for v in r])
             paths.append(path)
-        return paths
 
     def __rich__(self):
         from rich.console import Group

@@ -13,6 +13,8 @@ from typing import Any
 
 from rich.console import Console
 
+from .._safe import markup
+
 EXIT_ERROR = 2
 
 
@@ -100,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--reference-split", default="train", help="reference split for magnitude (default: train)")
     a.add_argument("--json", action="store_true", help="print JSON on stdout")
     a.add_argument("--out", default=None, help="write CSV/JSON, plots and index.html into this folder")
+    a.add_argument("--verify", action="store_true", help="check the selected rows against the writer's checksums first")
 
     c = sub.add_parser(
         "compare", help="compare two stores class by class", formatter_class=_Formatter,
@@ -126,11 +129,23 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--k", type=int, default=10)
     r.add_argument("--out", required=True, help="report folder")
 
+    v = sub.add_parser(
+        "verify", help="check every committed row against the writer's checksums", formatter_class=_Formatter,
+        description="Recompute the CRC-32 of every block of rows the writer checksummed and report each corrupt block by "
+        "pass and row range (exit 1 if any). Rows of stores written before schema 2 have no checksums and are listed as "
+        "unverified.",
+        epilog="examples:\n  fragility verify run.fragility\n  fragility verify run.fragility --json",
+    )
+    v.add_argument("store", help="the store folder")
+    v.add_argument("--json", action="store_true", help="print JSON on stdout")
+
     pl = sub.add_parser(
         "plugins", help="loaded plugins and the hooks each implements", formatter_class=_Formatter,
         epilog="examples:\n  fragility plugins\n  FRAGILITY_DISABLE_PLUGIN_AUTOLOAD=1 fragility plugins --json",
     )
     pl.add_argument("--json", action="store_true")
+    for cmd in sub.choices.values():
+        cmd.add_argument("-v", "--debug", action="store_true", help="on an error, print the full traceback too")
     return p
 
 
@@ -176,30 +191,53 @@ def cmd_inspect(args, out: Console, err: Console) -> int:
     if args.json:
         _json_out(info)
         return 0
-    out.print(f"[bold]{info['path']}[/]  schema v{info['schema_version']} (fragility {info['fragility_version']}), "
+    m = markup  # every value below may come from a shared store: shown literally
+    out.print(f"[bold]{m(info['path'])}[/]  schema v{info['schema_version']} (fragility {m(info['fragility_version'])}), "
               f"{info['size_bytes'] / 2**20:.1f} MiB on disk")
-    out.print(f"model {info['model']}, head {info['head']}, D={info['feature_dim']}, stored as {info['storage_dtype']}")
+    out.print(f"model {m(info['model'])}, head {m(info['head'])}, D={info['feature_dim']}, stored as {m(info['storage_dtype'])}")
     t = RichTable(title="classes", title_justify="left")
     t.add_column("class")
     t.add_column("training rows", justify="right")
     for c in info["classes"]:
-        t.add_row(c["name"], "–" if c["count"] is None else str(c["count"]))
+        t.add_row(m(c["name"]), "–" if c["count"] is None else str(c["count"]))
     out.print(t)
     t = RichTable(title="passes", title_justify="left")
     for col in ("pass", "split", "epoch", "mode", "rows", "complete", "non-finite", "started"):
         t.add_column(col, justify="right" if col in ("epoch", "rows", "non-finite") else "left")
     for p in info["passes"]:
-        t.add_row(p["name"], p["split"], str(p["epoch"]), p["mode"], str(p["rows"]), "yes" if p["complete"] else "[red]no[/]",
-                  str(p["nonfinite_rows"]), p["started"])
+        t.add_row(m(p["name"]), m(p["split"]), str(p["epoch"]), m(p["mode"]), str(p["rows"]), "yes" if p["complete"] else "[red]no[/]",
+                  str(p["nonfinite_rows"]), m(p["started"]))
     out.print(t)
     t = RichTable(title="datasets", title_justify="left")
     for col in ("dataset", "shape", "dtype", "chunks", "compression"):
         t.add_column(col)
     for d in info["datasets"]:
-        t.add_row(d["path"], "×".join(map(str, d["shape"])), d["dtype"], "×".join(map(str, d["chunks"] or [])) or "–",
-                  d["compression"] or "–")
+        t.add_row(m(d["path"]), "×".join(map(str, d["shape"])), m(d["dtype"]), "×".join(map(str, d["chunks"] or [])) or "–",
+                  m(d["compression"] or "–"))
     out.print(t)
     return 0
+
+
+def cmd_verify(args, out: Console, err: Console) -> int:
+    from ..store import Store
+
+    with Store(args.store) as s:
+        total = sum(p.rows for p in s.passes)
+        with _Progress(err, total, "verifying") as advance:
+            found = s.verify(progress=advance)
+        rows = sum(p.rows for p in s.passes)
+    corrupt = [f for f in found if f["problem"] == "corrupt"]
+    if args.json:
+        _json_out({"path": args.store, "rows": rows, "problems": found, "ok": not corrupt})
+    else:
+        for f in found:
+            what = "CORRUPT" if f["problem"] == "corrupt" else "unverified (no checksums: written before schema 2)"
+            out.print(f"{markup(f['pass'])} ({markup(f['group'])}) rows {f['start']}:{f['stop']}: {what}", highlight=False)
+        if corrupt:
+            out.print(f"{len(corrupt)} corrupt block(s) in {markup(args.store)}: re-record those passes or restore a copy", highlight=False)
+        else:
+            out.print(f"{markup(args.store)}: {rows} committed rows, every checksummed block intact", highlight=False)
+    return 1 if corrupt else 0
 
 
 def cmd_analyze(args, out: Console, err: Console) -> int:
@@ -208,7 +246,7 @@ def cmd_analyze(args, out: Console, err: Console) -> int:
     results = analyze(
         args.store, args.analyzers, split=args.split, epoch=_epoch(args.epoch), passes=args.passes, embedding=args.embedding, k=args.k,
         tau=args.tau, reference_split=args.reference_split, classes=args.classes, correct=args.correct,
-        progress=not args.json or err.is_terminal,
+        progress=not args.json or err.is_terminal, verify=args.verify,
     )
     if args.json:
         _json_out({name: r.to_dict() for name, r in results.items()})
@@ -221,7 +259,7 @@ def cmd_analyze(args, out: Console, err: Console) -> int:
         for r in results.values():
             r.save(os.path.join(args.out, "results"))
         index = build_report([args.store], args.out, results={run_label(args.store): results}, labels=[run_label(args.store)], k=args.k)
-        err.print(f"wrote {index}")
+        err.print(f"wrote {markup(index)}")
     return 0
 
 
@@ -239,7 +277,7 @@ def cmd_compare(args, out: Console, err: Console) -> int:
         out.print(r)
     if args.out:
         r.save(args.out)
-        err.print(f"wrote {args.out}")
+        err.print(f"wrote {markup(args.out)}")
     return 0
 
 
@@ -249,7 +287,7 @@ def cmd_report(args, out: Console, err: Console) -> int:
     stores = [args.store] + ([args.compare] if args.compare else [])
     labels = list(args.labels) if args.labels else [run_label(s) for s in stores]
     index = build_report(stores, args.out, labels=labels, k=args.k, progress=True)  # derives the comparison
-    out.print(index)
+    out.print(markup(index), highlight=False)
     return 0
 
 
@@ -271,7 +309,7 @@ def cmd_plugins(args, out: Console, err: Console) -> int:
     for col in ("plugin", "source", "version", "hooks", "analyzers"):
         t.add_column(col)
     for row in rows:
-        t.add_row(row["name"], row["source"], row["version"], "\n".join(row["hooks"]), ", ".join(row["analyzers"]) or "–")
+        t.add_row(*(markup(v) for v in (row["name"], row["source"], row["version"], "\n".join(row["hooks"]), ", ".join(row["analyzers"]) or "–")))
     out.print(t)
     return 0
 
@@ -285,7 +323,26 @@ def cmd_demo(args, out: Console, err: Console) -> int:
 
 
 COMMANDS = {"demo": cmd_demo, "inspect": cmd_inspect, "analyze": cmd_analyze, "compare": cmd_compare,
-            "report": cmd_report, "plugins": cmd_plugins}
+            "report": cmd_report, "verify": cmd_verify, "plugins": cmd_plugins}
+
+
+class _Progress:
+    """A rich progress bar on stderr (plain periodic lines without a terminal would be quieter: none)."""
+
+    def __init__(self, err: Console, total: int, what: str) -> None:
+        self.err, self.total, self.what = err, total, what
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._p = Progress(TextColumn(self.what), BarColumn(), MofNCompleteColumn(), TextColumn("rows"), TimeRemainingColumn(),
+                           console=self.err, transient=True, disable=not self.err.is_terminal)
+        self._p.start()
+        task = self._p.add_task(self.what, total=self.total)
+        return lambda n: self._p.advance(task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        self._p.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -298,16 +355,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     out, err = _consoles()
+    debug = bool(getattr(args, "debug", False))
     try:
         return COMMANDS[args.command](args, out, err)
     except FragilityError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        _error(err, str(exc), debug)
         return EXIT_ERROR
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # noqa: BLE001 - a bug (ours or a plugin's): one line, the traceback behind --debug
+        _error(err, f"{type(exc).__name__}: {exc} (a bug: please report it with the output of --debug)", debug)
+        return 1
+
+
+def _error(err: Console, message: str, debug: bool) -> None:
+    lines = message.strip().splitlines() or [""]
+    hint = "" if debug else " (run with --debug for the traceback)"
+    cause = sys.exc_info()[1]
+    if not debug and cause is not None and cause.__cause__ is not None:
+        lines[0] += hint
+    err.print(f"[bold red]error:[/] {markup(lines[0])}", highlight=False, soft_wrap=True)
+    if debug:
+        import traceback
+
+        err.print(markup("".join(traceback.format_exc())), highlight=False, soft_wrap=True)
 
 
 def _entry() -> None:

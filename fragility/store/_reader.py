@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import os
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,10 +14,8 @@ import h5py
 import numpy as np
 
 from ..errors import SelectionError, StoreError, StoreVersionError, close_matches
-from ._format import ALL_COLUMNS, PASS_TYPE, PASSES_DIR, ROOT_FILE, SCHEMA_VERSION, STATUS_FIELDS, STORE_TYPE
-
-_JSON_ATTRS = ("class_names", "class_counts", "plugins")
-
+from ._format import ALL_COLUMNS, PASSES_DIR, ROOT_FILE, SCHEMA_VERSION, STORE_TYPE, block_order
+from ._validate import check_objects, read_attrs, real_directory, regular_file, validate_pass, validate_root
 
 @dataclass(frozen=True)
 class PassInfo:
@@ -43,30 +41,40 @@ class PassInfo:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def _decode(value: Any) -> Any:
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def _open_h5(path: str, what: str) -> h5py.File:
-    """Open one HDF5 file of a store read-only, live or killed writers included."""
+    """Open one HDF5 file of a store read-only (live or killed writers included), after the validation
+    layer checked that it is a regular file and before anything else of it is read: every object is checked.
+    """
+    regular_file(path, what)
     if not _is_hdf5(path):
         raise StoreError(f"{what} {path} is not an HDF5 file, so not part of a fragility store; re-record it or restore a copy")
+    f = None
     try:
-        return h5py.File(path, "r", locking=False)
-    except (OSError, ValueError) as exc:
-        msg = str(exc).splitlines()[0]
-    if "already open for write" in msg or "SWMR" in msg:
+        f = h5py.File(path, "r", locking=False)
+    except Exception as exc:  # noqa: BLE001 - h5py raises OSError, ValueError, KeyError, RuntimeError … for bad files
+        msg = _first_line(exc)
+    if f is None and ("already open for write" in msg or "SWMR" in msg):
         # the writer is live or was killed: SWMR read mode accepts such a file. (Only then: on a truncated
         # file SWMR read retries its checksums for a long time.)
         try:
-            return h5py.File(path, "r", swmr=True, locking=False)
-        except (OSError, ValueError) as exc:
-            msg = str(exc).splitlines()[0]
-    raise StoreError(f"{what} {path} is corrupt or truncated and cannot be opened ({msg}); re-record it or restore a copy")
+            f = h5py.File(path, "r", swmr=True, locking=False)
+        except Exception as exc:  # noqa: BLE001
+            msg = _first_line(exc)
+    if f is None:
+        raise StoreError(f"{what} {path} is corrupt or truncated and cannot be opened ({msg}); re-record it or restore a copy")
+    try:
+        check_objects(f, what)
+    except BaseException as exc:
+        f.close()
+        if isinstance(exc, StoreError):
+            raise
+        raise StoreError(f"{what} {path} is corrupt ({_first_line(exc)}); re-record it or restore a copy") from None
+    return f
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines() or [type(exc).__name__])[0][:300]
 
 
 def _rank_dirs(path: str) -> list[tuple[int, str]]:
@@ -76,6 +84,7 @@ def _rank_dirs(path: str) -> list[tuple[int, str]]:
     out = []
     for name in os.listdir(path):
         if name.startswith("rank") and name[4:].isdigit() and os.path.exists(os.path.join(path, name, ROOT_FILE)):
+            real_directory(os.path.join(path, name), "rank store")
             out.append((int(name[4:]), os.path.join(path, name)))
     return sorted(out)
 
@@ -91,7 +100,7 @@ def _resolve_dir(path: str) -> str:
             f"{path} is {kind}, not a fragility store; a store is the directory written by fragility.Recorder "
             f"(it holds {ROOT_FILE} and {PASSES_DIR}/)"
         )
-    if not os.path.exists(os.path.join(path, ROOT_FILE)):
+    if not os.path.lexists(os.path.join(path, ROOT_FILE)):
         raise StoreError(f"{path} is a directory without {ROOT_FILE}, so not a fragility store; pass the directory written by fragility.Recorder")
     return path
 
@@ -133,26 +142,26 @@ class Store:
         root_path = os.path.join(self.path, ROOT_FILE)
         f = _open_h5(root_path, "store root")
         try:
-            kind = _decode(f.attrs.get("encoding-type"))
+            meta = read_attrs(f)
+            kind = meta.get("encoding-type")
             if kind != STORE_TYPE:
                 raise StoreError(
-                    f"{root_path} is an HDF5 file but not a fragility store root (encoding-type={kind!r}); "
+                    f"{root_path} is an HDF5 file but not a fragility store root (encoding-type={kind!r:.60}); "
                     f"pass a directory written by fragility.Recorder"
                 )
-            version = int(_decode(f.attrs.get("schema_version", 0)))
+            version = meta.get("schema_version")
+            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+                raise StoreError(f"store root {root_path}: schema_version {version!r:.40} is not a schema version; re-record it or restore a copy")
             if version > SCHEMA_VERSION:
                 raise StoreVersionError(
                     f"store {self.path} has schema version {version}, newer than the {SCHEMA_VERSION} this fragility "
                     f"reads; upgrade fragility (pip install -U fragility)"
                 )
-            meta: dict[str, Any] = {}
-            for key, value in f.attrs.items():
-                value = _decode(value)
-                if key in _JSON_ATTRS and isinstance(value, str):
-                    value = json.loads(value)
-                meta[key] = value
-        except (OSError, KeyError, ValueError, RuntimeError) as exc:
-            raise StoreError(f"store root {root_path} is corrupt ({str(exc).splitlines()[0]}); re-record it or restore a copy") from None
+            meta = validate_root(meta, f"store root {root_path}", version)
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - corrupt metadata surfaces as any h5py/numpy error
+            raise StoreError(f"store root {root_path} is corrupt ({_first_line(exc)}); re-record it or restore a copy") from None
         finally:
             f.close()
         self.metadata = meta
@@ -167,33 +176,32 @@ class Store:
     def _read_passes(self) -> list[PassInfo]:
         out = []
         folder = os.path.join(self.path, PASSES_DIR)
+        real_directory(folder, "passes folder of store")
         names = sorted(n[:-3] for n in os.listdir(folder) if n.endswith(".h5") and not n.startswith("."))
         for name in names:
             g = self._pass_file(name)
             try:
-                if _decode(g.attrs.get("encoding-type")) != PASS_TYPE:
-                    raise StoreError(f"pass file {g.filename} is not a fragility pass (encoding-type missing)")
-                status_ds = g["status"]
-                if g.swmr_mode:
-                    status_ds.refresh()
-                status = dict(zip(STATUS_FIELDS, (int(v) for v in status_ds[...])))
-                a = {k: _decode(v) for k, v in g.attrs.items()}
-                columns = tuple(c for c in ALL_COLUMNS if c in g)
-            except (OSError, KeyError, ValueError, RuntimeError) as exc:
-                raise StoreError(f"pass file {g.filename} is corrupt ({str(exc).splitlines()[0]}); delete it or restore a copy") from None
+                a, status, columns = validate_pass(g, g.filename, self.metadata)
+            except StoreError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - corrupt metadata surfaces as any h5py/numpy error
+                raise StoreError(f"pass file {g.filename} is corrupt ({_first_line(exc)}); delete it or restore a copy") from None
             finished = ""
             if status["finished_unix_ms"]:
-                finished = _dt.datetime.fromtimestamp(status["finished_unix_ms"] / 1000, _dt.timezone.utc).isoformat(timespec="milliseconds")
+                try:
+                    finished = _dt.datetime.fromtimestamp(status["finished_unix_ms"] / 1000, _dt.timezone.utc).isoformat(timespec="milliseconds")
+                except (OverflowError, OSError, ValueError):
+                    finished = "?"
             out.append(
                 PassInfo(
                     name=name,
-                    split=str(a.get("split", "")),
-                    epoch=int(a.get("epoch", -1)),
-                    mode=str(a.get("mode", "")),
-                    rank=int(a.get("rank", 0)),
+                    split=a["split"],
+                    epoch=a["epoch"],
+                    mode=a["mode"],
+                    rank=a["rank"],
                     rows=status["committed"],
                     complete=bool(status["complete"]),
-                    started=str(a.get("started", "")),
+                    started=a["started"],
                     finished=finished,
                     nonfinite_rows=status["nonfinite_rows"],
                     columns=columns,
@@ -300,7 +308,10 @@ class Store:
         g = self._pass_file(p.name)
         if "classifier" not in g:
             raise StoreError(f"pass {p.name} of {self.path} holds no classifier snapshot (interrupted before its first row)")
-        return g["classifier/weight"][...], g["classifier/bias"][...]
+        try:
+            return g["classifier/weight"][...], g["classifier/bias"][...]
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"store {self.path} is corrupt: reading pass {p.name}'s classifier failed ({_first_line(exc)})") from None
 
     def read(self, p: PassInfo, columns: Sequence[str], start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
         """Read committed rows ``[start, stop)`` of the given columns of pass ``p``."""
@@ -314,10 +325,19 @@ class Store:
                 )
             try:
                 out[c] = g[c][start:stop]
-            except (OSError, RuntimeError) as exc:
+            except Exception as exc:  # noqa: BLE001 - corrupt data surfaces as any h5py error
                 raise StoreError(
-                    f"store {self.path} is corrupt: reading {p.name}/{c} rows {start}:{stop} failed ({str(exc).splitlines()[0]})"
+                    f"store {self.path} is corrupt: reading {p.name}/{c} rows {start}:{stop} failed ({_first_line(exc)}); "
+                    f"run `fragility verify` on it, then re-record or restore a copy"
                 ) from None
+            if c in ("label", "pred") and len(out[c]):
+                lo, hi = int(out[c].min()), int(out[c].max())
+                if lo < (-1 if c == "label" else 0) or hi >= self.num_classes:
+                    bad = lo if lo < 0 else hi
+                    raise StoreError(
+                        f"store {self.path} is corrupt: pass {p.name} ({p.label}) holds {c} {bad} in rows {start}:{stop}, outside "
+                        f"the {self.num_classes} classes; re-record it or restore a copy"
+                    )
         return out
 
     def iter_rows(
@@ -365,6 +385,52 @@ class Store:
                 if positions:
                     rows["row"] = np.arange(start, stop, dtype=np.int64)
                 yield p, {k: v[mask] for k, v in rows.items()}
+
+    def verify(self, passes: Sequence[PassInfo] | None = None, progress: Any = None) -> list[dict[str, Any]]:
+        """Recompute the writer's per-block CRC-32 checksums of the committed rows.
+
+        Returns one entry per problem: ``{"pass", "group", "start", "stop", "problem"}`` with ``problem``
+        ``"corrupt"`` (checksum mismatch or unreadable data) or ``"unverified"`` (rows without checksums:
+        stores written before schema 2). An empty list means every committed row is as written.
+        Memory stays bounded: blocks are read in slices.
+        """
+        found = []
+        for p in self.passes if passes is None else passes:
+            if not p.rows:
+                continue
+            g = self._pass_file(p.name)
+            cols = block_order(p.columns)
+            blocks = g["checksums"][...] if "checksums" in g else np.zeros((0, 3), dtype=np.int64)
+            covered = 0
+            for start, stop, crc in blocks.tolist():
+                if stop > p.rows:
+                    break  # a block beyond the committed rows (a live or killed writer): not part of the store yet
+                if start != covered or stop <= start:
+                    found.append({"pass": p.name, "group": p.label, "start": covered, "stop": p.rows, "problem": "corrupt"})
+                    covered = p.rows
+                    break
+                try:
+                    ok = self._block_crc(g, cols, start, stop) == crc
+                except Exception:  # noqa: BLE001 - unreadable data is corrupt data
+                    ok = False
+                if not ok:
+                    found.append({"pass": p.name, "group": p.label, "start": start, "stop": stop, "problem": "corrupt"})
+                covered = stop
+                if progress is not None:
+                    progress(stop - start)
+            if covered < p.rows:
+                found.append({"pass": p.name, "group": p.label, "start": covered, "stop": p.rows, "problem": "unverified"})
+        return found
+
+    @staticmethod
+    def _block_crc(g: h5py.File, columns: Sequence[str], start: int, stop: int, step: int = 65536) -> int:
+        crc = 0
+        for c in columns:
+            ds = g[c]
+            for s in range(start, stop, step):
+                block = np.ascontiguousarray(ds[s : min(stop, s + step)], dtype=ds.dtype.newbyteorder("<"))
+                crc = zlib.crc32(block, crc)
+        return crc
 
     def datasets(self) -> list[dict[str, Any]]:
         """Every dataset with shape, dtype, chunks and compression (for ``fragility inspect``)."""
@@ -444,6 +510,13 @@ class RankedStore(Store):
     def read(self, p: PassInfo, columns: Sequence[str], start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
         st, q = self._route[p.name]
         return st.read(q, columns, start, stop)
+
+    def verify(self, passes: Sequence[PassInfo] | None = None, progress: Any = None) -> list[dict[str, Any]]:
+        out = []
+        for p in self.passes if passes is None else passes:
+            st, q = self._route[p.name]
+            out.extend({**e, "pass": p.name} for e in st.verify([q], progress))
+        return out
 
     def keep_mask(self, p: PassInfo) -> np.ndarray:
         """Rows of ``p`` that are not a duplicate (same sample id) of a lower rank's row of the same split/epoch."""

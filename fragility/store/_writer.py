@@ -22,9 +22,11 @@ import datetime as _dt
 import json
 import os
 import queue
+import re
 import shutil
 import threading
 import time
+import zlib
 from typing import Any
 
 import h5py
@@ -32,6 +34,8 @@ import numpy as np
 
 from ..errors import RecorderError, StoreError
 from ._format import (
+    CHECKSUMS_COLUMNS,
+    CHECKSUMS_TYPE,
     CLASSIFIER_TYPE,
     COLUMN_TYPE,
     FIXED_COLUMNS,
@@ -43,6 +47,7 @@ from ._format import (
     STATUS_TYPE,
     STORAGE_DTYPES,
     STORE_TYPE,
+    block_order,
     encode,
 )
 
@@ -64,16 +69,31 @@ def _copy32(value: Any) -> np.ndarray:
     return np.array(value, dtype="<f4", copy=True)
 
 
+#: store directories this process writes, by (device, inode): a second Recorder here gets a clear error
+_HELD: dict[tuple[int, int], str] = {}
+
+
 def _acquire_writer_lock(directory: str):
-    """One writer per store: an exclusive ``flock`` on ``<store>/.writer.lock`` (the OS drops it on a crash)."""
+    """One writer per store: an exclusive ``flock`` on ``<store>/.writer.lock`` (the OS drops it on a crash).
+
+    The lock file is never unlinked: a writer that opened it while another was closing then locks the same
+    inode as everybody else, so two writers can never each hold "the" lock.
+    """
     import fcntl
 
+    st = os.stat(directory)
+    key = (st.st_dev, st.st_ino)
+    if key in _HELD:
+        raise StoreError(
+            f"store {directory} is already being written by another Recorder in this process; close() it first "
+            f"(one writer per store) or choose another path"
+        )
     handle = open(os.path.join(directory, LOCK_FILE), "a+")  # noqa: SIM115 - held for the writer's lifetime
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.seek(0)
-        owner = handle.read().strip() or "?"
+        owner = handle.read(32).strip() or "?"
         handle.close()
         raise StoreError(
             f"store {directory} is being written by another process (pid {owner}); one writer per store — "
@@ -83,7 +103,22 @@ def _acquire_writer_lock(directory: str):
     handle.truncate()
     handle.write(str(os.getpid()))
     handle.flush()
-    return handle
+    _HELD[key] = directory
+    return handle, key
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an error, with the operating system's reason that HDF5 buries further in."""
+    text = str(exc)
+    first = (text.strip().splitlines() or [type(exc).__name__])[0]
+    found = re.search(r"error message = '([^']+)'", text)
+    reason = found.group(1) if found else None
+    if reason is None:
+        errno_ = re.search(r"errno = (\d+)", text)
+        reason = os.strerror(int(errno_.group(1))) if errno_ and int(errno_.group(1)) else None
+    if reason and reason not in first:
+        first = f"{first.split(', time =')[0].rstrip(' (,')}: {reason}"
+    return first
 
 
 class _Pass:
@@ -93,6 +128,7 @@ class _Pass:
         self.file: h5py.File | None = None
         self.status: h5py.Dataset | None = None
         self.columns: dict[str, h5py.Dataset] = {}
+        self.checksums: h5py.Dataset | None = None
         self.rows = 0
         self.nonfinite = 0
         self.pending: list[dict[str, np.ndarray]] = []
@@ -151,7 +187,7 @@ class StoreWriter:
             self._write_root()
         except OSError as exc:
             self._release_lock()
-            raise StoreError(f"cannot create store {self.path}: {str(exc).splitlines()[0]}") from None
+            raise StoreError(f"cannot create store {self.path}: {_reason(exc)}") from None
         self._passes: dict[str, _Pass] = {}
         self._order: list[str] = []
         self.flushed_rows: dict[str, int] = {}
@@ -205,8 +241,7 @@ class StoreWriter:
         if self._error is not None:
             kept = sum(self.flushed_rows.values())
             raise StoreError(
-                f"writing store {self.path} failed: {str(self._error).splitlines()[0]}; "
-                f"the {kept} rows flushed before it are kept"
+                f"writing store {self.path} failed: {_reason(self._error)}; the {kept} rows flushed before it are kept"
             )
 
     def begin_pass(self, name: str, attrs: dict[str, Any]) -> None:
@@ -270,11 +305,9 @@ class StoreWriter:
     def _release_lock(self) -> None:
         lock = getattr(self, "_lock", None)
         if lock is not None:
-            try:
-                os.unlink(lock.name)
-            except OSError:
-                pass
-            lock.close()  # closing the descriptor releases the flock
+            handle, key = lock
+            _HELD.pop(key, None)
+            handle.close()  # closing the descriptor releases the flock; the file stays (see _acquire_writer_lock)
             self._lock = None
 
     @property
@@ -411,6 +444,13 @@ class StoreWriter:
             encode(g, CLASSIFIER_TYPE)
             for key, value in (("weight", p.weight), ("bias", p.bias)):
                 encode(g.create_dataset(key, data=np.asarray(value, dtype="<f4")), COLUMN_TYPE)
+        if arrays:
+            ds = f.create_dataset(
+                "checksums", shape=(0, len(CHECKSUMS_COLUMNS)), maxshape=(None, len(CHECKSUMS_COLUMNS)),
+                chunks=(256, len(CHECKSUMS_COLUMNS)), dtype="<i8",
+            )
+            encode(ds, CHECKSUMS_TYPE)
+            p.checksums = ds
         status_ds = f.create_dataset("status", data=np.zeros(4, dtype="<i8") if status is None else status)
         encode(status_ds, STATUS_TYPE)
         f.flush()
@@ -444,16 +484,23 @@ class StoreWriter:
             raise RecorderError(f"columns changed within pass {p.name}: {sorted(arrays)} vs {sorted(p.columns)}")
         n = len(arrays["pred"])
         start, stop = p.rows, p.rows + n
-        for key, ds in p.columns.items():
+        crc = 0
+        for key in block_order(p.columns):
+            ds = p.columns[key]
+            block = np.ascontiguousarray(arrays[key], dtype=ds.dtype.newbyteorder("<"))
+            crc = zlib.crc32(block, crc)
             ds.resize(stop, axis=0)
-            ds.write_direct(np.ascontiguousarray(arrays[key], dtype=ds.dtype), dest_sel=np.s_[start:stop])
+            ds.write_direct(block, dest_sel=np.s_[start:stop])
+        m = p.checksums.shape[0]
+        p.checksums.resize(m + 1, axis=0)
+        p.checksums[m] = (start, stop, crc)
         p.rows = stop
 
     def _commit_pass(self, p: _Pass) -> None:
         self._write_pending(p)
         if p.file is None or self.flushed_rows[p.name] == p.rows:
             return
-        for ds in p.columns.values():
+        for ds in (*p.columns.values(), p.checksums):
             ds.flush()
         p.status[...] = np.array([p.rows, 0, p.nonfinite, 0], dtype="<i8")
         p.status.flush()
