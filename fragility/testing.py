@@ -43,6 +43,7 @@ def make_random_store(
     unlabelled: int = 0,
     dtype: str = "float32",
     moving: bool = True,
+    compression: str | None = None,
 ) -> str:
     """Write a small store of random rows whose columns obey every invariant of the format.
 
@@ -52,7 +53,7 @@ def make_random_store(
     (the weights move inside a training pass, as under SGD) and the pass's snapshot is the last one.
     ``logits`` are ``fe @ W.T + b`` of the row's batch; ``pred`` is their argmax; CE columns are
     ``fe * W[pred]`` and ``fe * W[label]``; ``bias_pred`` is ``b[pred]``. ``unlabelled`` rows per pass get
-    label ``-1``; ``dtype`` is the storage dtype of the float columns.
+    label ``-1``; ``dtype`` is the storage dtype of the float columns, ``compression`` the writer's option.
     """
     rng = np.random.default_rng(seed)
     c = len(counts)
@@ -61,7 +62,7 @@ def make_random_store(
         path,
         {"model_name": "random", "head": "random.fc(Linear)", "num_classes": c, "class_names": [f"c{i}" for i in range(c)],
          "feature_dim": d, "rank": 0, "plugins": [], "fragility_version": "test"},
-        dtype=dtype, chunk_rows=16, overwrite=True,
+        dtype=dtype, chunk_rows=16, overwrite=True, compression=compression,
     )
     for i, (split, epoch) in enumerate(passes):
         name = f"{i:04d}"

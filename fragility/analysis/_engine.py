@@ -448,7 +448,7 @@ class _progress:
 
         self._p = Progress(
             TextColumn("analyzing"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=True,
+            console=Console(stderr=True), transient=True, disable=not Console(stderr=True).is_terminal,
         )
         self._p.start()
         task = self._p.add_task("rows", total=self.total)

@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from .._safe import markup
+from ..errors import output_dir
 
 EXIT_ERROR = 2
 
@@ -243,6 +244,9 @@ def cmd_verify(args, out: Console, err: Console) -> int:
 def cmd_analyze(args, out: Console, err: Console) -> int:
     from ..analysis import analyze
 
+    if args.out:
+        output_dir(args.out)  # before the work, not after it
+
     results = analyze(
         args.store, args.analyzers, split=args.split, epoch=_epoch(args.epoch), passes=args.passes, embedding=args.embedding, k=args.k,
         tau=args.tau, reference_split=args.reference_split, classes=args.classes, correct=args.correct,
@@ -267,6 +271,9 @@ def cmd_compare(args, out: Console, err: Console) -> int:
     from ..analysis import compare
     from ..report import run_label
 
+    if args.out:
+        output_dir(args.out)
+
     labels = tuple(args.labels) if args.labels else (run_label(args.store_a), run_label(args.store_b))
     if labels[0] == labels[1]:
         labels = (labels[0] + " (A)", labels[1] + " (B)")
@@ -284,6 +291,7 @@ def cmd_compare(args, out: Console, err: Console) -> int:
 def cmd_report(args, out: Console, err: Console) -> int:
     from ..report import build_report, run_label
 
+    output_dir(args.out)
     stores = [args.store] + ([args.compare] if args.compare else [])
     labels = list(args.labels) if args.labels else [run_label(s) for s in stores]
     index = build_report(stores, args.out, labels=labels, k=args.k, progress=True)  # derives the comparison
