@@ -238,9 +238,10 @@ def _diversity_expected(store):
     return want
 
 
-def test_diversity_conformance_and_reference(tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_diversity_conformance_and_reference(tmp_path, dtype):
     # continuous values: k-NN distance ties would make the reference's order arbitrary
-    path = make_random_store(tmp_path / "d.fragility", ties=False, nonfinite=1)
+    path = make_random_store(tmp_path / "d.fragility", ties=False, nonfinite=1, unlabelled=1, dtype=dtype)
     check_analyzer("diversity", path, expected=_diversity_expected, k=K)
 
 
