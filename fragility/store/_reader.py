@@ -400,7 +400,11 @@ class Store:
                 continue
             g = self._pass_file(p.name)
             cols = block_order(p.columns)
-            blocks = g["checksums"][...] if "checksums" in g else np.zeros((0, 3), dtype=np.int64)
+            try:
+                blocks = g["checksums"][...] if "checksums" in g else np.zeros((0, 3), dtype=np.int64)
+            except Exception:  # noqa: BLE001 - unreadable checksums: nothing of the pass can be vouched for
+                found.append({"pass": p.name, "group": p.label, "start": 0, "stop": p.rows, "problem": "corrupt"})
+                continue
             covered = 0
             for start, stop, crc in blocks.tolist():
                 if stop > p.rows:
@@ -436,21 +440,30 @@ class Store:
         """Every dataset with shape, dtype, chunks and compression (for ``fragility inspect``)."""
         out: list[dict[str, Any]] = []
         for p in self.passes:
-            f = self._pass_file(p.name)
+            try:
+                out.extend(self._datasets(p))
+            except StoreError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - corrupt metadata surfaces as any h5py error
+                raise StoreError(f"pass file {p.name} of {self.path} is corrupt ({_first_line(exc)}); delete it or restore a copy") from None
+        return out
 
-            def visit(name: str, obj: Any, prefix: str = p.name) -> None:
-                if isinstance(obj, h5py.Dataset):
-                    out.append(
-                        {
-                            "path": f"{PASSES_DIR}/{prefix}.h5:{name}",
-                            "shape": [p.rows if name in ALL_COLUMNS else n for n in obj.shape[:1]] + list(obj.shape[1:]),
-                            "dtype": str(obj.dtype),
-                            "chunks": list(obj.chunks) if obj.chunks else None,
-                            "compression": obj.compression,
-                        }
-                    )
+    def _datasets(self, p: PassInfo) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
 
-            f.visititems(visit)
+        def visit(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset):
+                out.append(
+                    {
+                        "path": f"{PASSES_DIR}/{p.name}.h5:{name}",
+                        "shape": [p.rows if name in ALL_COLUMNS else n for n in obj.shape[:1]] + list(obj.shape[1:]),
+                        "dtype": str(obj.dtype),
+                        "chunks": list(obj.chunks) if obj.chunks else None,
+                        "compression": obj.compression,
+                    }
+                )
+
+        self._pass_file(p.name).visititems(visit)
         return out
 
     def size_bytes(self) -> int:
