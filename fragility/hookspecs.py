@@ -34,9 +34,12 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec(firstresult=True)
 def fragility_resolve_head(model: torch.nn.Module, classifier: Any) -> Head | None:
-    """Find the affine classifier head of ``model`` so its input (FE) and weights can be tapped.
+    """Find the final affine layer(s) of ``model``'s head so their input (FE) and weights can be tapped.
 
-    Called once when a :class:`fragility.Recorder` attaches to a model.
+    Called once when a :class:`fragility.Recorder` attaches to a model. The returned :class:`fragility.Head`
+    taps ``nn.Linear`` / dense 1×1 ``nn.Conv2d`` layers whose outputs, averaged, are the logits; the
+    recorder checks that on the first batch of every pass against the model's own logits and refuses the
+    head (``HeadError``) if the map is not exact.
 
     Args:
         model: the model being recorded.

@@ -326,7 +326,7 @@ class Recorder:
             fe = self.head.features(forward)
             n, device = fe.shape[0], fe.device
             if n == 0:
-                raise RecorderError(f"the batch of the last forward has 0 rows; call record() only after a non-empty batch")
+                raise RecorderError("the batch of the last forward has 0 rows; call record() only after a non-empty batch")
             weight, bias = self.head.weight_bias(forward)
             if logits is None:
                 logits = forward.logits if forward.logits is not None else self.head.head_logits(forward)

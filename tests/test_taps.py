@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import fragility
-from fragility import Head, HeadError
+from fragility import HeadError
 
 def _crossvit():
     from timm.models.crossvit import CrossVit
@@ -126,7 +126,10 @@ def test_batchnorm_head_is_exact_in_train_mode(tmp_path):
     rows = st.read(st.passes[0], ["fe", "ce_pred", "bias_pred", "pred", "logits"])
     assert torch.equal(torch.from_numpy(rows["fe"]), seen[0])
     w, b = model[4].weight.detach(), model[4].bias.detach()
-    want = out.detach()[torch.arange(10), torch.from_numpy(rows["pred"])]
+    pred = torch.from_numpy(rows["pred"])
+    assert torch.equal(torch.from_numpy(rows["ce_pred"]), seen[0] * w[pred])
+    assert torch.equal(torch.from_numpy(rows["bias_pred"]), b[pred])
+    want = out.detach()[torch.arange(10), pred]
     got = torch.from_numpy(rows["ce_pred"]).sum(1) + torch.from_numpy(rows["bias_pred"])
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert st.passes[0].mode == "train"

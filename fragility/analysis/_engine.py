@@ -12,7 +12,7 @@ import pluggy
 
 from .._manager import Hooks
 from ..errors import AnalyzerError, FragilityError, PluginError, SelectionError, StoreError, close_matches
-from ..store import FLOAT_COLUMNS, PassInfo, Store
+from ..store import PassInfo, Store
 from ._base import EMBEDDINGS, AnalysisSpec, Analyzer, Chunk, Group
 from ._results import Result
 
