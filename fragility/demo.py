@@ -18,7 +18,8 @@ from torch import nn
 
 from .analysis import Result, Table, analyze, compare_results, last_group
 from .datasets import ImageData, imbalance, load
-from .errors import DataError
+from ._safe import markup
+from .errors import DataError, close_matches, output_dir
 from .recorder import Recorder
 
 
@@ -132,6 +133,11 @@ def run_demo(
     stderr = stderr or Console(stderr=True)
     if epochs < 1:
         raise DataError(f"--epochs {epochs} must be >= 1")
+    import timm
+
+    if not timm.is_model(model):
+        raise DataError(f"--model {model!r} is not a timm model{close_matches(model, timm.list_models())}; see timm.list_models()")
+    output_dir(out)  # before minutes of training, not after
     t0 = time.perf_counter()
     ds = load(data, root, seed=seed)
     x_imb, y_imb = imbalance(ds.x_train, ds.y_train, imbalance_ratio, seed=seed)
@@ -142,7 +148,7 @@ def run_demo(
     labels = ("imbalanced", "balanced")
     runs = {}
     stderr.print(
-        f"[bold]fragility demo[/]: {ds.name}, {model}, {epochs} epochs; imbalanced train set "
+        f"[bold]fragility demo[/]: {markup(ds.name)}, {markup(model)}, {epochs} epochs; imbalanced train set "
         f"{torch.bincount(y_imb).tolist()} (ratio {imbalance_ratio:g}) vs balanced {torch.bincount(ds.y_train).tolist()}"
     )
     with _progress(stderr) as prog:
@@ -166,6 +172,6 @@ def run_demo(
     elapsed = time.perf_counter() - t0
     stdout.print(
         f"test accuracy: {labels[0]} {runs[labels[0]]['accuracy']:.3f}, {labels[1]} {runs[labels[1]]['accuracy']:.3f}; "
-        f"report: {index} ({elapsed:.0f} s)"
+        f"report: {markup(index)} ({elapsed:.0f} s)"
     )
     return {"runs": runs, "results": results, "comparison": cmp, "findings": table, "report": index, "seconds": elapsed}

@@ -40,9 +40,11 @@ class ReportSectionRegistrar:
     def __init__(self) -> None:
         self.sections: dict[str, tuple[int, str, Callable[[ReportContext], list]]] = {}
         self.owners: dict[str, str] = {}
+        self.plugin: str | None = None
 
     def add(self, name: str, func: Callable[[ReportContext], list], *, title: str | None = None, order: int = 100) -> None:
-        owner = getattr(func, "__module__", "?")
+        """Register a report section: ``func(ctx)`` returns ``(caption, Figure)`` pairs and ``Table`` objects."""
+        owner = self.plugin or getattr(func, "__module__", "?")
         if name in self.sections:
             raise PluginError(f"report section {name!r} is registered twice: by {self.owners[name]} and by {owner}; rename one")
         self.sections[name] = (order, title or name, func)
@@ -90,6 +92,7 @@ def build_report(
     comparison: Result | None = None,
     headline: Table | None = None,
     k: int = 10,
+    analyzers: Sequence[str] | None = None,
     plugin_manager: pluggy.PluginManager | None = None,
     progress: bool = False,
 ) -> str:
@@ -100,6 +103,8 @@ def build_report(
         labels: a name per store (default: the stores' folder names).
         results: precomputed ``analyze`` results per label (computed here when missing).
         comparison: a :func:`fragility.compare` result to show (derived from ``results`` for two runs).
+        analyzers: the analyzers to run where ``results`` are missing (default: the built-in set); every
+            analyzer's tables appear in the report's generic "Tables" section, from the same analysis.
 
     Returns:
         The path of ``index.html``.
@@ -113,7 +118,7 @@ def build_report(
         results = dict(results or {})
         for lab in labels:
             if lab not in results:
-                results[lab] = analyze(opened[lab], k=k, progress=progress, plugin_manager=plugin_manager)
+                results[lab] = analyze(opened[lab], analyzers, k=k, progress=progress, plugin_manager=plugin_manager)
         if comparison is None and len(labels) == 2 and all({"topk", "magnitude"} <= set(results[lab]) for lab in labels):
             comparison = compare_results(results[labels[0]], results[labels[1]], labels=(labels[0], labels[1]))
         ctx = ReportContext(labels, opened, results, comparison)

@@ -46,6 +46,7 @@ class Diversity(Analyzer):
     """Latent class diversity: unique share, entropy, participation ratio, cosine, k-NN archetypes."""
 
     name = "diversity"
+    uses_k = True
     states = {
         "n": "sum",
         "count": "sum",

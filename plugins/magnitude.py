@@ -24,6 +24,7 @@ class Magnitude(Analyzer):
     """Magnitude at the training top-K features: train vs correct/incorrect test, percentiles, trajectory."""
 
     name = "magnitude"
+    uses_k = True
     uses_reference = True
     reference_states = {"sum": "sum", "n": "sum"}
     states = {"keys": "cat", "label": "cat", "correct": "cat", "m": "cat", "sum": "sum", "n": "sum"}

@@ -178,17 +178,24 @@ def comparison(ctx):
     return [ctx.comparison.tables[0]] if ctx.comparison is not None and ctx.comparison.tables else []
 
 
+MAX_TABLES = 12
+
+
 def tables(ctx):
-    """Each run's headline tables: the last test epoch of every analyzer."""
+    """The generic section: every analyzer's tables, built-in or third-party, from the one analysis.
+
+    Analyzers whose ``data["groups"]`` follow the built-ins' layout show the tables of the last test
+    epoch; any other analyzer shows its tables (at most ``MAX_TABLES`` per analyzer and run).
+    """
     out = []
     for lab in ctx.labels:
         for r in ctx.results[lab].values():
-            groups = r.data.get("groups", {})
-            tests = [g for g, v in groups.items() if v.get("split") == "test"]
+            groups = r.data.get("groups", {}) if isinstance(r.data.get("groups"), dict) else {}
+            tests = [g for g, v in groups.items() if isinstance(v, dict) and v.get("split") == "test"]
             last = max(tests, key=lambda g: groups[g]["epoch"]) if tests else None
-            for t in r.tables:
-                if last is not None and t.title.startswith(f"{last}:"):
-                    out.append(type(t)(f"{lab} · {t.title}", t.columns, t.rows))
+            chosen = [t for t in r.tables if last is None or t.title.startswith(f"{last}:")]
+            for t in chosen[:MAX_TABLES]:
+                out.append(type(t)(f"{lab} · {r.analyzer} · {t.title}", t.columns, t.rows))
     return out
 
 

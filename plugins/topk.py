@@ -14,6 +14,7 @@ class TopK(Analyzer):
     """Class top-K identity, instance top-K frequency, minimal sufficient CE sets."""
 
     name = "topk"
+    uses_k = True
     states = {
         "n": "sum",
         "n_correct": "sum",

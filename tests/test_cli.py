@@ -177,3 +177,20 @@ def test_empty_split_selection(tmp_path):
         rec.end_pass()
     p = run("analyze", path, "--split", "val", check=False)
     assert p.returncode == 2 and "holds no rows" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_every_option_and_argument_has_help_text():
+    from fragility.cli import _parser
+
+    sub = next(a for a in _parser()._actions if a.dest == "command")
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            if action.dest == "help":
+                continue
+            assert action.help, f"fragility {name}: {action.option_strings or action.dest} has no help text"
+
+
+def test_model_typo_gets_suggestions(tmp_path):
+    p = run("demo", "--model", "resnt18", "--out", tmp_path / "d", check=False)
+    code, err = p.returncode, p.stderr
+    assert code == 2 and "--model 'resnt18' is not a timm model (did you mean 'resnet18'" in err and err.count("\n") == 1

@@ -81,3 +81,27 @@ def test_compare_two_stores(tmp_path):
         assert r.data["classes"][c]["unique_imb"] == ra["train@1"]["classes"][c]["unique"]
         assert r.data["classes"][c]["accuracy_bal"] == rb["test@1"]["classes"][c]["accuracy"]
     assert r.data["classes"][4]["overlap_train"] is None
+
+
+def test_entry_point_plugin_is_listed_used_by_analyze_and_report(tmp_path, monkeypatch, capsys):
+    """A third-party analyzer installed as a real distribution: `plugins` lists what it registers (by
+    owner, whatever its module is called), analyze runs it on a store with D < 10 (it does not use K),
+    and the report shows its tables without a custom section, from the one analysis."""
+    import json
+
+    from fragility.cli import main
+
+    _install_example(tmp_path, monkeypatch)
+    assert main(["plugins", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    (ep_name,) = [n for n, r in rows.items() if r["source"] == "entry point"]
+    assert rows[ep_name]["analyzers"] == ["classcount"] and rows[ep_name]["version"] == "fragility-classcount 1.2.3"
+    path = make_random_store(tmp_path / "small.fragility", d=6)
+    assert main(["analyze", path, "-a", "classcount", "--json"]) == 0  # default K=10 > D=6: not its business
+    assert "classcount" in json.loads(capsys.readouterr().out)
+    with pytest.raises(fragility.AnalyzerError, match=r"K=10 is out of range"):
+        analyze(path, ["classcount", "topk"])  # topk uses K
+    out = tmp_path / "rep"
+    assert main(["report", path, "-a", "classcount", "-a", "topk", "--k", "3", "--out", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    assert "small · classcount · test@1: errors" in page and "small · topk · test@1:" in page

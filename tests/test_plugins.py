@@ -67,7 +67,7 @@ def test_third_party_entry_point_overrides_tap_resolution(tmp_path, monkeypatch)
     assert "frag_override" not in [n for n, _ in fragility.make_plugin_manager().list_name_plugin()]
 
 
-def test_misspelled_hook_is_reported_with_the_plugin_name(tmp_path, monkeypatch):
+def test_misspelled_hook_is_reported_with_the_plugin_name(tmp_path, monkeypatch, capsys):
     source = """
         import fragility
 
@@ -77,15 +77,56 @@ def test_misspelled_hook_is_reported_with_the_plugin_name(tmp_path, monkeypatch)
     """
     install_dist(tmp_path, monkeypatch, "fragility-typo", "frag_typo", source)
     monkeypatch.delenv("FRAGILITY_DISABLE_PLUGIN_AUTOLOAD", raising=False)
-    with pytest.raises(PluginError, match=r"plugin 'frag_typo': unknown hook 'fragility_resolve_haed'"):
+    pm = fragility.make_plugin_manager()  # skipped with a warning, everything else works
+    assert "frag_typo" not in [n for n, _ in pm.list_name_plugin()]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "plugin 'frag_typo' (entry point 'frag_typo = frag_typo' of fragility-typo 1.2.3) was skipped" in err
+    assert "unknown hook 'fragility_resolve_haed'" in err
+    monkeypatch.setenv("FRAGILITY_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError, match=r"plugin 'frag_typo' \(entry point .*\) is broken: unknown hook 'fragility_resolve_haed'"):
         fragility.make_plugin_manager()
 
 
-def test_broken_plugin_import_is_one_line(tmp_path, monkeypatch):
+def test_broken_plugin_is_skipped_and_shown_as_broken(tmp_path, monkeypatch, capsys, store_path):
+    import json
+
+    from fragility.cli import main
+
     install_dist(tmp_path, monkeypatch, "fragility-broken", "frag_broken", "raise ImportError('needs foo')\n")
     monkeypatch.delenv("FRAGILITY_DISABLE_PLUGIN_AUTOLOAD", raising=False)
-    with pytest.raises(PluginError, match=r"failed to load: needs foo; .*FRAGILITY_DISABLE_PLUGIN_AUTOLOAD=1"):
+    # the training script keeps working, with one warning naming the plugin and its entry point
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=3)
+    with fragility.Recorder(model, store_path) as rec, rec.capture("train"):
+        model(torch.randn(2, 3, 32, 32))
+        rec.record(torch.tensor([0, 1]))
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "'frag_broken' (entry point 'frag_broken = frag_broken' of fragility-broken 1.2.3)" in err
+    assert "failed to load: ImportError: needs foo" in err
+    # `fragility plugins` — the tool to find it — works and shows it as broken
+    assert main(["plugins", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["frag_broken"]["source"] == "entry point (broken)" and "needs foo" in rows["frag_broken"]["error"]
+    assert rows["fragility_plugins.topk"]["analyzers"] == ["topk"]
+    monkeypatch.setenv("FRAGILITY_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError, match=r"plugin 'frag_broken' .*is broken: failed to load: ImportError: needs foo"):
         fragility.make_plugin_manager()
+
+
+def test_a_plugin_whose_registration_raises_is_skipped(tmp_path, monkeypatch, capsys):
+    source = """
+        import fragility
+
+        @fragility.hookimpl
+        def fragility_register_analyzers(registrar):
+            raise RuntimeError("bad registration")
+    """
+    install_dist(tmp_path, monkeypatch, "fragility-badreg", "frag_badreg", source)
+    monkeypatch.delenv("FRAGILITY_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    from fragility.analysis import registry
+
+    reg = registry()
+    assert {"topk", "magnitude", "diversity"} <= set(reg.analyzers)
+    assert "plugin 'frag_badreg' (its fragility_register_analyzers hook) was skipped: RuntimeError: bad registration" in capsys.readouterr().err
 
 
 def test_manager_is_fresh_each_time():

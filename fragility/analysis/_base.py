@@ -142,6 +142,8 @@ class Analyzer:
     states: ClassVar[dict[str, str]] = {}
     reference_states: ClassVar[dict[str, str]] = {}
     uses_reference: ClassVar[bool] = False
+    #: whether the analyzer uses ``spec.k`` (K is validated against D only when one selected analyzer does)
+    uses_k: ClassVar[bool] = False
 
     def __init__(self, spec: AnalysisSpec) -> None:
         self.spec = spec

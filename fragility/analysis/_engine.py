@@ -25,7 +25,10 @@ class AnalyzerRegistrar:
     def __init__(self) -> None:
         self.analyzers: dict[str, type[Analyzer]] = {}
         self.descriptions: dict[str, str] = {}
+        #: analyzer name -> the plugin that registered it (its name in the plugin manager)
         self.owners: dict[str, str] = {}
+        #: the plugin whose registration hook is running (set by the hook caller)
+        self.plugin: str | None = None
 
     def add(self, name: str, cls: type[Analyzer], *, description: str | None = None) -> None:
         """Register ``cls`` under ``name``.
@@ -33,7 +36,7 @@ class AnalyzerRegistrar:
         Raises:
             PluginError: the name is taken (names both owners) or ``cls`` is not an Analyzer.
         """
-        owner = getattr(cls, "__module__", "?")
+        owner = self.plugin or getattr(cls, "__module__", "?")
         if not (isinstance(cls, type) and issubclass(cls, Analyzer)):
             raise PluginError(f"{owner}: analyzer {name!r} must be a subclass of fragility.analysis.Analyzer, got {cls!r}")
         if not name or not name.replace("_", "").replace("-", "").isalnum():
@@ -82,15 +85,19 @@ def make_spec(
     knn_k: int = 5,
     knn_max_rows: int = 10000,
     options: dict[str, Any] | None = None,
+    check_k: bool = True,
 ) -> AnalysisSpec:
-    """Validate the analysis parameters against the store and describe the selected groups."""
+    """Validate the analysis parameters against the store and describe the selected groups.
+
+    ``check_k=False`` skips the K range check (no selected analyzer uses K).
+    """
     if embedding not in EMBEDDINGS:
         raise AnalyzerError(f"embedding {embedding!r} is unknown{close_matches(embedding, EMBEDDINGS)}; use ce, ce_target or fe")
     column = EMBEDDINGS[embedding]
     d = store.feature_dim
     if d == 0:
         raise AnalyzerError(f"store {store.path} holds no recorded rows yet (feature_dim unknown)")
-    if not isinstance(k, (int, np.integer)) or k <= 0 or k > d:
+    if check_k and (not isinstance(k, (int, np.integer)) or k <= 0 or k > d):
         raise AnalyzerError(f"K={k} is out of range; K must be between 1 and the feature dimension D={d}")
     if not 0 <= tau <= 1:
         raise AnalyzerError(f"tau={tau} is a frequency floor and must lie in [0, 1]")
@@ -369,7 +376,7 @@ def make_plan(
         raise AnalyzerError(f"chunk_rows={chunk_rows} must be a positive number of rows")
     spec = make_spec(
         store, passes_sel, embedding=embedding, k=k, tau=tau, reference=reference, knn_k=knn_k,
-        knn_max_rows=knn_max_rows, options=options,
+        knn_max_rows=knn_max_rows, options=options, check_k=any(reg.analyzers[n].uses_k for n in names),
     )
     return Plan(store.path, names, passes_sel, reference, spec, class_ids, correct, chunk_rows, notes)
 

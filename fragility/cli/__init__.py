@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default="resnet18", help="any timm model name (default: resnet18)")
     d.add_argument("--epochs", type=int, default=12, help="training epochs per run (default: 12)")
     d.add_argument("--imbalance", type=float, default=20.0, help="imbalance ratio largest/smallest class (default: 20)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="random seed of the data split, sampling and training (default: 0)")
     d.add_argument("--k", type=int, default=10, help="top-K size (default: 10)")
     d.add_argument("--out", default="demo-report", help="report folder (default: demo-report)")
 
@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Schema version, model, classes with counts, passes, datasets (shape, dtype, compression), size on disk.",
         epilog="examples:\n  fragility inspect run.fragility\n  fragility inspect run.fragility --json | jq .passes",
     )
-    i.add_argument("store")
+    i.add_argument("store", help="the store folder")
     i.add_argument("--json", action="store_true", help="print JSON on stdout")
 
     a = sub.add_parser(
@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         "  fragility analyze run.fragility --embedding fe --k 5 --json > results.json\n  fragility analyze run.fragility --out results/\n"
         "  fragility analyze run.fragility -a topk --class 8 --class 9 --incorrect",
     )
-    a.add_argument("store")
+    a.add_argument("store", help="the store folder")
     _analysis_options(a)
     a.add_argument("-a", "--analyzer", action="append", dest="analyzers", metavar="NAME",
                    help="analyzer to run (repeatable; default: topk, magnitude, diversity)")
@@ -111,8 +111,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  fragility compare imbalanced.fragility balanced.fragility\n"
         "  fragility compare a.fragility b.fragility --labels focal ce --json",
     )
-    c.add_argument("store_a")
-    c.add_argument("store_b")
+    c.add_argument("store_a", help="the first store (e.g. the imbalanced run)")
+    c.add_argument("store_b", help="the second store (e.g. the balanced control)")
     _analysis_options(c)
     c.add_argument("--labels", nargs=2, default=None, metavar=("A", "B"), help="names of the two runs")
     c.add_argument("--json", action="store_true", help="print JSON on stdout")
@@ -124,10 +124,12 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  fragility report run.fragility --out report/\n"
         "  fragility report imbalanced.fragility --compare balanced.fragility --out report/",
     )
-    r.add_argument("store")
+    r.add_argument("store", help="the store folder to report on")
     r.add_argument("--compare", default=None, metavar="STORE_B", help="a second store shown side by side")
-    r.add_argument("--labels", nargs=2, default=None, metavar=("A", "B"))
-    r.add_argument("--k", type=int, default=10)
+    r.add_argument("--labels", nargs=2, default=None, metavar=("A", "B"), help="names of the two runs (default: folder names)")
+    r.add_argument("--k", type=int, default=10, help="top-K size (default: 10)")
+    r.add_argument("-a", "--analyzer", action="append", dest="analyzers", metavar="NAME",
+                   help="analyzer to run (repeatable; default: topk, magnitude, diversity); every one's tables are in the report")
     r.add_argument("--out", required=True, help="report folder")
 
     v = sub.add_parser(
@@ -144,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
         "plugins", help="loaded plugins and the hooks each implements", formatter_class=_Formatter,
         epilog="examples:\n  fragility plugins\n  FRAGILITY_DISABLE_PLUGIN_AUTOLOAD=1 fragility plugins --json",
     )
-    pl.add_argument("--json", action="store_true")
+    pl.add_argument("--json", action="store_true", help="print JSON on stdout")
     for cmd in sub.choices.values():
         cmd.add_argument("-v", "--debug", action="store_true", help="on an error, print the full traceback too")
     return p
@@ -294,7 +296,7 @@ def cmd_report(args, out: Console, err: Console) -> int:
     output_dir(args.out)
     stores = [args.store] + ([args.compare] if args.compare else [])
     labels = list(args.labels) if args.labels else [run_label(s) for s in stores]
-    index = build_report(stores, args.out, labels=labels, k=args.k, progress=True)  # derives the comparison
+    index = build_report(stores, args.out, labels=labels, k=args.k, analyzers=args.analyzers, progress=True)  # derives the comparison
     out.print(markup(index), highlight=False)
     return 0
 
@@ -309,7 +311,7 @@ def cmd_plugins(args, out: Console, err: Console) -> int:
     rows = plugin_table(pm)
     reg = registry(pm)
     for row in rows:
-        row["analyzers"] = sorted(n for n, owner in reg.owners.items() if owner == row["name"] or owner.startswith(row["name"] + "."))
+        row["analyzers"] = sorted(n for n, owner in reg.owners.items() if owner == row["name"])
     if args.json:
         _json_out(rows)
         return 0
@@ -317,7 +319,8 @@ def cmd_plugins(args, out: Console, err: Console) -> int:
     for col in ("plugin", "source", "version", "hooks", "analyzers"):
         t.add_column(col)
     for row in rows:
-        t.add_row(*(markup(v) for v in (row["name"], row["source"], row["version"], "\n".join(row["hooks"]), ", ".join(row["analyzers"]) or "–")))
+        hooks = "\n".join(row["hooks"]) if row["error"] is None else f"broken: {row['error']}"
+        t.add_row(*(markup(v) for v in (row["name"], row["source"], row["version"], hooks, ", ".join(row["analyzers"]) or "–")))
     out.print(t)
     return 0
 
