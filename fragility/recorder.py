@@ -60,7 +60,9 @@ class Recorder:
             process group is initialized, else 0. With more than one process, each rank writes its own
             store ``<path>/rank<N>``; ``fragility.Store(path)`` reads them as one, sample ids
             (``index=``) letting it drop the duplicates ``DistributedSampler`` pads with.
-        overwrite: replace an existing store file.
+        overwrite: replace an existing store.
+        resume: continue an existing store of the same model and classes (its passes are kept, new ones
+            follow) — e.g. when training resumes from a checkpoint.
         flush_interval: seconds between commits; committed rows survive a crash.
         chunk_rows: HDF5 chunk height.
         queue_size: batches that may wait for the writer thread before :meth:`record` blocks.
@@ -94,6 +96,7 @@ class Recorder:
         max_rows_per_class: int | None = None,
         rank: int | None = None,
         overwrite: bool = False,
+        resume: bool = False,
         flush_interval: float = 1.0,
         chunk_rows: int = 1024,
         queue_size: int = 16,
@@ -159,15 +162,16 @@ class Recorder:
             flush_interval=flush_interval,
             queue_size=queue_size,
             overwrite=overwrite,
+            resume=resume,
         )
         self.check_head = bool(check_head)
         head.active = False  # forwards are captured only while a pass is open
         head.attach(model)
         self._pass: dict[str, Any] | None = None
-        self._n_passes = 0
+        self._n_passes = self._writer.first_pass
         self._step = 0
         self._rows_total = 0
-        self._feature_dim: int | None = None
+        self._feature_dim: int | None = self._writer.root_attrs.get("feature_dim")
         self._closed = False
         self.hooks.recording_start(store_path=self.path, model=model, metadata=dict(self.metadata))
 
@@ -513,7 +517,7 @@ class Recorder:
     def _close(self, abandon: bool) -> dict[str, int]:
         if self._closed:
             return self._summary
-        self._summary = {"passes": self._n_passes, "rows": self._rows_total, "nonfinite_rows": 0}
+        self._summary = {"passes": self._n_passes - self._writer.first_pass, "rows": self._rows_total, "nonfinite_rows": 0}
         try:
             if self._pass is not None:
                 self._abandon_pass() if abandon else self.end_pass()
@@ -522,7 +526,7 @@ class Recorder:
             self._closed = True
             self._writer.close()
         nonfinite = self._writer.nonfinite_rows
-        self._summary = {"passes": self._n_passes, "rows": self._rows_total, "nonfinite_rows": nonfinite}
+        self._summary = {"passes": self._n_passes - self._writer.first_pass, "rows": self._rows_total, "nonfinite_rows": nonfinite}
         if nonfinite:
             warnings.warn(
                 f"{nonfinite} recorded rows of {self.path} have non-finite FE or logits; they are stored, counted "

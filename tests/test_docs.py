@@ -15,7 +15,9 @@ def _blocks(name: str) -> list[str]:
 
 def test_quickstart_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    namespace: dict = {}  # the page reads top to bottom: later blocks use what earlier ones defined
     for block in _blocks("quickstart.md"):
-        exec(compile(block, "quickstart.md", "exec"), {})
+        exec(compile(block, "quickstart.md", "exec"), namespace)
     out = capsys.readouterr().out.split("\n")
     assert out[:4] == ["train 0 train 120 complete", "test 0 eval 120 complete", "train 1 train 120 complete", "test 1 eval 120 complete"]
+    assert out[4] == "[('train', 0, 64), ('test', 0, 120)]"  # the Lightning block: 2 batches of 32, then the sweep

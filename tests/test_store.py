@@ -231,3 +231,16 @@ def test_buffered_rows_are_committed_without_new_batches(store_path, tiny_model)
     assert rec.flushed_rows["0000"] == 5  # committed by the writer's timer, no flush() and no new rows
     assert Store(store_path).passes[0].rows == 5
     rec.close()
+
+
+def test_resume_continues_a_store_of_the_same_model(store_path, tiny_model):
+    with fragility.Recorder(tiny_model, store_path) as rec:
+        rec.evaluate([(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))], split="test", epoch=0)
+    with fragility.Recorder(tiny_model, store_path, resume=True) as rec:
+        rec.evaluate([(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))], split="test", epoch=1)
+    s = Store(store_path)
+    assert [(p.name, p.epoch, p.rows) for p in s.passes] == [("0000", 0, 4), ("0001", 1, 4)]
+    other = timm.create_model("test_resnet", pretrained=False, num_classes=5)
+    with pytest.raises(StoreError, match=r"cannot resume store .*: its num_classes is 4 but this recorder's is 5"):
+        fragility.Recorder(other, store_path, resume=True)
+    fragility.Recorder(other, store_path, overwrite=True).close()  # the lock was released by the refusal

@@ -149,6 +149,8 @@ class StoreWriter:
         flush_interval: seconds between commits (flush + ``committed``); ``0`` commits every batch.
         queue_size: batches that may wait for the writer (back-pressure beyond that).
         overwrite: replace an existing store.
+        resume: continue an existing store of the same model and classes: its passes are kept and new
+            passes are numbered after them (e.g. training resumed from a checkpoint).
     """
 
     def __init__(
@@ -162,6 +164,7 @@ class StoreWriter:
         flush_interval: float = 1.0,
         queue_size: int = 16,
         overwrite: bool = False,
+        resume: bool = False,
     ) -> None:
         self.path = os.fspath(path)
         if dtype not in STORAGE_DTYPES:
@@ -174,7 +177,7 @@ class StoreWriter:
         self.compression = compression
         self.chunk_rows = int(chunk_rows)
         self.flush_interval = float(flush_interval)
-        self._prepare_directory(overwrite)
+        existing = self._prepare_directory(overwrite, resume)
         self._root = {
             "encoding-type": STORE_TYPE,
             "encoding-version": "1.0",
@@ -183,6 +186,10 @@ class StoreWriter:
             "storage_dtype": dtype,
             **metadata,
         }
+        #: the number of the first pass this writer creates (after a resumed store's passes)
+        self.first_pass = 0
+        if existing is not None:
+            self._resume(existing, dtype)
         try:
             self._write_root()
         except OSError as exc:
@@ -198,7 +205,31 @@ class StoreWriter:
         self._thread = threading.Thread(target=self._run, name="fragility-writer", daemon=True)
         self._thread.start()
 
-    def _prepare_directory(self, overwrite: bool) -> None:
+    @property
+    def root_attrs(self) -> dict[str, Any]:
+        """The store's root attributes as this writer will write them."""
+        return dict(self._root)
+
+    def _resume(self, store: Any, dtype: str) -> None:
+        """Continue ``store`` (already validated by the reader): same model, classes and storage dtype."""
+        old = store.metadata
+        for key in ("model_name", "num_classes", "class_names", "storage_dtype", "head"):
+            if old.get(key) != self._root.get(key):
+                self._release_lock()
+                raise StoreError(
+                    f"cannot resume store {self.path}: its {key} is {old.get(key)!r:.80} but this recorder's is "
+                    f"{self._root.get(key)!r:.80}; resume with the same model and options, or choose a new path"
+                )
+        if old["schema_version"] != SCHEMA_VERSION:
+            self._release_lock()
+            raise StoreError(f"cannot resume store {self.path}: it has schema {old['schema_version']}; record into a new path")
+        keep = {k: old[k] for k in ("created", "feature_dim", "head_shared_input", "class_counts") if k in old}
+        self._root.update(keep)
+        self.first_pass = max((int(p.name) + 1 for p in store.passes), default=0)
+        store.close()
+
+    def _prepare_directory(self, overwrite: bool, resume: bool = False) -> Any:
+        """Create (or empty) the store directory and take the writer lock; a store to resume is returned."""
         path = self.path
         if os.path.isfile(path):
             raise StoreError(f"{path} is a file; a store is a directory — choose a new path such as {path}.fragility")
@@ -207,9 +238,17 @@ class StoreWriter:
             if not is_store:
                 raise StoreError(f"{path} is a non-empty directory that is not a fragility store; refusing to write into it")
             self._lock = _acquire_writer_lock(path)
+            if resume:
+                from ._reader import Store
+
+                try:
+                    return Store(path)  # through the validation layer, like every reader
+                except StoreError:
+                    self._release_lock()
+                    raise
             if not overwrite:
                 self._release_lock()
-                raise StoreError(f"store {path} already exists; pass overwrite=True or choose another path")
+                raise StoreError(f"store {path} already exists; pass overwrite=True (replace it), resume=True (continue it) or choose another path")
             os.remove(os.path.join(path, ROOT_FILE))
             shutil.rmtree(os.path.join(path, PASSES_DIR), ignore_errors=True)
         else:
@@ -219,6 +258,7 @@ class StoreWriter:
                 raise StoreError(f"cannot create store {path}: {exc.strerror}") from None
             self._lock = _acquire_writer_lock(path)
         os.makedirs(os.path.join(path, PASSES_DIR), exist_ok=True)
+        return None
 
     def _write_root(self) -> None:
         """Replace ``store.h5`` atomically: a crash leaves the old or the new file, never half of one."""
