@@ -1,4 +1,4 @@
-"""Built-in analyzer ``diversity``: latent class diversity (DESIGN §5.6) — unique top-K share, frequency
+"""Built-in analyzer ``diversity``: latent class diversity (docs/analyzers.md) — unique top-K share, frequency
 entropy, participation ratio of the class FE covariance, mean pairwise cosine, k-NN archetypes."""
 
 from __future__ import annotations

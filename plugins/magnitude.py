@@ -1,5 +1,5 @@
 """Built-in analyzer ``magnitude``: how the magnitudes at each class's training top-K features drift
-between training rows, correctly classified and misclassified test rows, and across epochs (DESIGN §5.5)."""
+between training rows, correctly classified and misclassified test rows, and across epochs (docs/analyzers.md)."""
 
 from __future__ import annotations
 

@@ -99,7 +99,7 @@ def frequency(ctx):
         ax.set_ylabel("share of rows with the feature in their top-K")
         ax.set_title(f"{lab}: instance top-{data['k']} frequency curves")
         ax.legend(fontsize=6, ncol=2)
-    return [("Instance top-K frequencies per class, sorted: a long flat tail means many distinct features (DESIGN §5.2).", fig)]
+    return [("Instance top-K frequencies per class, sorted: a long flat tail means many distinct features (docs/analyzers.md).", fig)]
 
 
 def magnitude(ctx):
@@ -123,7 +123,7 @@ def magnitude(ctx):
         ax.set_ylabel(f"mean {data['embedding']} at training top-{data['k']}")
         ax.set_title(f"{lab}: magnitude drift ({g['split']}@{g['epoch']} vs {data['reference']})")
         ax.legend(fontsize=7)
-    return [("Magnitudes at each class's training top-K features: misclassified test rows fall short (DESIGN §5.5).", fig)]
+    return [("Magnitudes at each class's training top-K features: misclassified test rows fall short (docs/analyzers.md).", fig)]
 
 
 def diversity(ctx):

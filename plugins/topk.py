@@ -1,5 +1,5 @@
 """Built-in analyzer ``topk``: class top-K identity, instance top-K frequencies, minimal sufficient CE sets,
-and overlaps between classes, splits, and correct vs incorrect rows (DESIGN §5.1–5.4)."""
+and overlaps between classes, splits, and correct vs incorrect rows (docs/analyzers.md)."""
 
 from __future__ import annotations
 

@@ -41,6 +41,8 @@ def test_inspect(stores):
     a, _ = stores
     text = run("inspect", a).stdout
     assert "schema v2" in text and "random" in text and "train" in text
+    assert "passes/0000.h5:fe" not in text and "datasets in 4 pass files (--datasets lists them)" in text
+    assert "passes/0000.h5:fe" in run("inspect", a, "--datasets").stdout
     info = json.loads(run("inspect", a, "--json").stdout)
     assert info["schema_version"] == 2 and info["feature_dim"] == 12
     assert [(p["split"], p["epoch"], p["rows"], p["complete"]) for p in info["passes"]] == [
@@ -60,7 +62,9 @@ def test_analyze_json_matches_the_api(stores):
     assert list(one["topk"]["data"]["groups"]) == ["train@1"]
     text = run("analyze", a, "-a", "topk", "-a", "diversity", "--k", "3").stdout
     assert "test@1: class top-3" in text and "diversity" in text
-    got = json.loads(run("analyze", a, "-a", "topk", "--k", "3", "--class", "c1", "--class", "3", "--incorrect", "--json").stdout)
+    assert "test@0" not in text  # the CLI shows the last epoch unless told otherwise
+    assert "test@0: class top-3" in run("analyze", a, "-a", "topk", "--k", "3", "--epoch", "all").stdout
+    got = json.loads(run("analyze", a, "-a", "topk", "--k", "3", "--class", "c1", "--class", "3", "--incorrect", "--epoch", "all", "--json").stdout)
     want = analyze(a, ["topk"], k=3, classes=["c1", 3], correct=False)["topk"].to_dict()
     assert got["topk"] == json.loads(json.dumps(want))
 
@@ -144,7 +148,7 @@ def test_bad_inputs_are_one_line_errors(stores, tmp_path):
         (["analyze", a, "-a", "topp"], "unknown analyzer 'topp' (did you mean 'topk'?)"),
         (["analyze", a, "--split", "validation"], "split 'validation' is not in store"),
         (["analyze", a, "--k", "99"], "K=99 is out of range"),
-        (["analyze", a, "--epoch", "x"], "--epoch 'x' must be an integer or 'last'"),
+        (["analyze", a, "--epoch", "x"], "--epoch 'x' must be an integer, 'last' or 'all'"),
         (["analyze", a, "--class", "cat"], "class 'cat' is not in store"),
         (["demo", "--data", "cifar10"], "--data cifar10 needs --root PATH"),
         (["demo", "--data", "cifar10", "--root", tmp_path], "CIFAR-10 not found"),

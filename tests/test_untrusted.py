@@ -370,3 +370,22 @@ def test_analyzer_exceptions_are_one_line_naming_the_plugin(store, pm):
         assert code == 2 and "Traceback" in err and 'raise ZeroDivisionError("oops")' in err
     finally:
         monkey.undo()
+
+
+def test_an_analyzer_asking_for_an_unknown_column_is_told(store, pm):
+    from fragility.analysis import Analyzer
+
+    class Typo(Analyzer):
+        name = "typo"
+
+        def columns(self):
+            return {"lable"}
+
+    class Plugin:
+        @fragility.hookimpl
+        def fragility_register_analyzers(self, registrar):
+            registrar.add("typo", Typo)
+
+    pm.register(Plugin(), name="typo-plugin")
+    with pytest.raises(fragility.AnalyzerError, match=r"^analyzer 'typo' \(typo-plugin\) asks for column 'lable', which stores do not have \(did you mean 'label'\?\)"):
+        analyze(store, ["typo"], plugin_manager=pm)

@@ -1,6 +1,6 @@
 """Run analyzers on a Dask cluster: workers fold row ranges, the driver merges their states.
 
-The analyzers' ``merge`` is the reduction (DESIGN §5, §8): each task opens the store (read-only; HDF5
+The analyzers' ``merge`` is the reduction: each task opens the store (read-only; HDF5
 files are read by many processes at once), folds one unit ``(pass, start, stop)`` into fresh analyzer
 instances and returns them; the driver merges them in unit order and computes. Analyzers with a reference
 (``magnitude``) get two rounds: reference units first, their merged reference state is sent back out

@@ -12,7 +12,7 @@ import pluggy
 
 from .._manager import Hooks
 from ..errors import AnalyzerError, FragilityError, PluginError, SelectionError, StoreError, close_matches
-from ..store import PassInfo, Store
+from ..store import ALL_COLUMNS, PassInfo, Store
 from ._base import EMBEDDINGS, AnalysisSpec, Analyzer, Chunk, Group
 from ._results import Result
 
@@ -378,6 +378,14 @@ def make_plan(
         store, passes_sel, embedding=embedding, k=k, tau=tau, reference=reference, knn_k=knn_k,
         knn_max_rows=knn_max_rows, options=options, check_k=any(reg.analyzers[n].uses_k for n in names),
     )
+    for n in names:  # a misspelled column would otherwise just be missing from every chunk
+        a = reg.analyzers[n](spec)
+        wanted = set(a.columns()) | (set(a.reference_columns()) if a.uses_reference else set())
+        for c in sorted(wanted - set(ALL_COLUMNS)):
+            raise AnalyzerError(
+                f"analyzer {n!r} ({reg.owners[n]}) asks for column {c!r}, which stores do not have{close_matches(c, ALL_COLUMNS)}; "
+                f"columns: {', '.join(ALL_COLUMNS)}"
+            )
     return Plan(store.path, names, passes_sel, reference, spec, class_ids, correct, chunk_rows, notes)
 
 

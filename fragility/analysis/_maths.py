@@ -1,4 +1,4 @@
-"""The maths of the analyzers as pure functions (DESIGN §5). Ties are broken by lower feature index.
+"""The maths of the analyzers as pure functions (docs/analyzers.md). Ties are broken by lower feature index.
 
 The analyzer classes wrap these; the same functions serve live and offline use. Heavy per-row work
 (top-K selection) runs through torch's multi-threaded kernels; results are exact and tie-stable.

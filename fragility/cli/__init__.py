@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  fragility inspect run.fragility\n  fragility inspect run.fragility --json | jq .passes",
     )
     i.add_argument("store", help="the store folder")
-    i.add_argument("--json", action="store_true", help="print JSON on stdout")
+    i.add_argument("--json", action="store_true", help="print JSON on stdout (always with every dataset)")
+    i.add_argument("--datasets", action="store_true", help="also list every dataset (shape, dtype, chunks, compression)")
 
     a = sub.add_parser(
         "analyze", help="run analyzers over a store", formatter_class=_Formatter,
@@ -92,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("-a", "--analyzer", action="append", dest="analyzers", metavar="NAME",
                    help="analyzer to run (repeatable; default: topk, magnitude, diversity)")
     a.add_argument("--split", action="append", help="split(s) to analyze (repeatable; default: all)")
-    a.add_argument("--epoch", default=None, help="epoch number or 'last' (default: all)")
+    a.add_argument("--epoch", default=None, help="epoch number, 'last' or 'all' (default: last, or all with --pass)")
     a.add_argument("--pass", action="append", dest="passes", metavar="NAME", help="only this pass, e.g. 0003 (repeatable; see inspect)")
     a.add_argument("--class", action="append", dest="classes", metavar="CLASS",
                    help="only rows of this true class, by name or index (repeatable)")
@@ -157,15 +158,19 @@ def _analysis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=10, help="top-K size (default: 10)")
 
 
-def _epoch(value: str | None) -> int | str | None:
-    if value is None or value == "last":
+def _epoch(value: str | None, default: str | None = None) -> int | str | None:
+    if value is None:
+        return default
+    if value == "all":
+        return None
+    if value == "last":
         return value
     try:
         return int(value)
     except ValueError:
         from ..errors import SelectionError
 
-        raise SelectionError(f"--epoch {value!r} must be an integer or 'last'") from None
+        raise SelectionError(f"--epoch {value!r} must be an integer, 'last' or 'all'") from None
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -211,6 +216,10 @@ def cmd_inspect(args, out: Console, err: Console) -> int:
         t.add_row(m(p["name"]), m(p["split"]), str(p["epoch"]), m(p["mode"]), str(p["rows"]), "yes" if p["complete"] else "[red]no[/]",
                   str(p["nonfinite_rows"]), m(p["started"]))
     out.print(t)
+    if not args.datasets:
+        n = len(info["datasets"])
+        out.print(f"{n} datasets in {len(info['passes'])} pass files (--datasets lists them)", highlight=False)
+        return 0
     t = RichTable(title="datasets", title_justify="left")
     for col in ("dataset", "shape", "dtype", "chunks", "compression"):
         t.add_column(col)
@@ -250,7 +259,7 @@ def cmd_analyze(args, out: Console, err: Console) -> int:
         output_dir(args.out)  # before the work, not after it
 
     results = analyze(
-        args.store, args.analyzers, split=args.split, epoch=_epoch(args.epoch), passes=args.passes, embedding=args.embedding, k=args.k,
+        args.store, args.analyzers, split=args.split, epoch=_epoch(args.epoch, None if args.passes else "last"), passes=args.passes, embedding=args.embedding, k=args.k,
         tau=args.tau, reference_split=args.reference_split, classes=args.classes, correct=args.correct,
         progress=not args.json or err.is_terminal, verify=args.verify,
     )
