@@ -47,6 +47,7 @@ def CLI_CALLS(store, tmp):
         "compare": ["compare", store, store, "--k", "2"],
         "report": ["report", store, "--k", "2", "--out", str(tmp / "rep")],
         "verify": ["verify", store],
+        "watch": ["watch", store, "--count", "1"],
     }
 
 

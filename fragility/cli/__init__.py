@@ -143,6 +143,19 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("store", help="the store folder")
     v.add_argument("--json", action="store_true", help="print JSON on stdout")
 
+    w = sub.add_parser(
+        "watch", help="a live view of a store while it is being written", formatter_class=_Formatter,
+        description="Refreshes a view of a store that a training run is writing: passes, rows per class of the newest pass, "
+        "and per-class metrics of the newest complete training and test passes, with the classes that look fragile marked. "
+        "It survives the writer ending or being killed. Without a terminal it prints one plain line per refresh.",
+        epilog="examples:\n  fragility watch run.fragility\n  fragility watch run.fragility --interval 5 --until-idle",
+    )
+    w.add_argument("store", help="the store folder (it may not exist yet)")
+    w.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default: 2)")
+    w.add_argument("--k", type=int, default=10, help="top-K size (default: 10, at most D)")
+    w.add_argument("--until-idle", action="store_true", help="exit once no writer holds the store (after a last refresh)")
+    w.add_argument("--count", type=int, default=None, help="exit after this many refreshes")
+
     pl = sub.add_parser(
         "plugins", help="loaded plugins and the hooks each implements", formatter_class=_Formatter,
         epilog="examples:\n  fragility plugins\n  FRAGILITY_DISABLE_PLUGIN_AUTOLOAD=1 fragility plugins --json",
@@ -342,8 +355,46 @@ def cmd_demo(args, out: Console, err: Console) -> int:
     return 0
 
 
+def cmd_watch(args, out: Console, err: Console) -> int:
+    import time
+
+    from ..watch import Watcher, render
+
+    if args.interval <= 0:
+        from ..errors import SelectionError
+
+        raise SelectionError(f"--interval {args.interval} must be a positive number of seconds")
+    watcher = Watcher(args.store, k=args.k)
+    live = None
+    if out.is_terminal:
+        from rich.live import Live
+
+        live = Live(console=out, auto_refresh=False, transient=False)
+        live.start()
+    n = 0
+    try:
+        while True:
+            snap = watcher.snapshot()
+            n += 1
+            if live is not None:
+                live.update(render(snap), refresh=True)
+            else:
+                out.print(markup(snap.line()), highlight=False, soft_wrap=True)
+                out.file.flush()
+            if (args.count is not None and n >= args.count) or (args.until_idle and snap.writer != "writing"):
+                if snap.error:  # the store never became readable: an error after all
+                    from ..errors import StoreError
+
+                    raise StoreError(snap.error)
+                return 0
+            time.sleep(args.interval)
+    finally:
+        if live is not None:
+            live.stop()
+
+
 COMMANDS = {"demo": cmd_demo, "inspect": cmd_inspect, "analyze": cmd_analyze, "compare": cmd_compare,
-            "report": cmd_report, "verify": cmd_verify, "plugins": cmd_plugins}
+            "report": cmd_report, "verify": cmd_verify, "watch": cmd_watch, "plugins": cmd_plugins}
 
 
 class _Progress:

@@ -1,0 +1,189 @@
+"""``fragility watch``: a live view of a store while it is being written.
+
+Every refresh re-opens the store through the validation layer (SWMR readers see rows as the writer commits
+them), shows the passes and the rows per class of the newest one, and — once a training and a test pass of
+the newest epoch are complete — their per-class metrics, with the classes that look fragile marked. The
+metrics are computed once per new complete pass, not on every refresh. A writer that ends or is killed
+leaves the view running on the store as it is (the interrupted pass reads incomplete).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._safe import markup
+from .errors import FragilityError
+from .store import Store
+from .store._format import LOCK_FILE
+
+#: a class "looks fragile" when this share of its test rows falls below the training 5th percentile
+#: (4× the 5% expected of a class whose test rows look like its training rows) ...
+FRAGILE_SHARE_BELOW_P5 = 0.2
+#: ... or its test accuracy trails the overall accuracy by this much
+FRAGILE_ACCURACY_GAP = 0.1
+
+
+def writer_state(path: str) -> str:
+    """``"writing"`` (a live process holds the store), ``"gone"`` (it ended or died) or ``"none"``."""
+    lock = os.path.join(path, LOCK_FILE)
+    try:
+        with open(lock) as fh:
+            pid = int(fh.read(32).strip() or 0)
+    except (OSError, ValueError):
+        return "none"
+    if pid <= 0:
+        return "none"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "gone"
+    except PermissionError:
+        return "writing"
+    # a live pid may be a finished writer's process still running other work: check the flock itself
+    import fcntl
+
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return "gone"
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return "writing"
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return "gone"
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Snapshot:
+    """What one refresh saw."""
+
+    path: str
+    writer: str
+    passes: list[dict[str, Any]]
+    class_names: list[str]
+    newest_counts: list[int] | None
+    metrics: dict[str, Any] | None = None
+    error: str | None = None
+    seen_at: float = field(default_factory=time.time)
+
+    def line(self) -> str:
+        """One plain line for logs and terminals without a cursor."""
+        if self.error:
+            return f"{self.path}: {self.error}"
+        rows = sum(p["rows"] for p in self.passes)
+        newest = self.passes[-1] if self.passes else None
+        what = f"newest {newest['split']}@{newest['epoch']} {newest['rows']} rows{'' if newest['complete'] else ' (incomplete)'}" if newest else "no pass yet"
+        fragile = ""
+        if self.metrics:
+            names = [c["class"] for c in self.metrics["classes"] if c["fragile"]]
+            fragile = f"; fragile at {self.metrics['test']}: {', '.join(names) or 'none'}"
+        return f"{self.path}: {len(self.passes)} passes, {rows} rows, {what}; writer {self.writer}{fragile}"
+
+
+class Watcher:
+    """Refreshes snapshots of a store; metrics recomputed only when a new complete pass appears."""
+
+    def __init__(self, path: str | os.PathLike, k: int = 10) -> None:
+        self.path = os.fspath(path)
+        self.k = k
+        self._metrics_key: tuple | None = None
+        self._metrics: dict[str, Any] | None = None
+
+    def snapshot(self) -> Snapshot:
+        writer = writer_state(self.path)
+        try:
+            with Store(self.path) as s:
+                passes = [p.to_dict() for p in s.passes]
+                counts = None
+                if s.passes and s.passes[-1].rows:
+                    labels = s.read(s.passes[-1], ["label"])["label"]
+                    counts = np.bincount(labels[labels >= 0], minlength=s.num_classes).tolist()
+                metrics = self._metrics_for(s)
+                return Snapshot(self.path, writer, passes, s.class_names, counts, metrics)
+        except FragilityError as exc:  # a store still being created, or broken: say so and keep watching
+            return Snapshot(self.path, writer, [], [], None, None, error=str(exc))
+
+    def _metrics_for(self, s: Store) -> dict[str, Any] | None:
+        complete = [p for p in s.passes if p.complete and p.rows]
+        trains = [p for p in complete if p.split == "train"]
+        tests = [p for p in complete if p.split != "train"]
+        if not trains or not tests:
+            return None
+        train, test = trains[-1], max(tests, key=lambda p: (p.epoch, p.name))
+        key = (train.name, test.name)
+        if key == self._metrics_key:
+            return self._metrics
+        from .analysis import analyze
+
+        k = min(self.k, s.feature_dim)
+        res = analyze(s, ["topk", "magnitude"], passes=[train.name, test.name], k=k, reference_epoch=train.epoch)
+        tg = f"{test.split}@{test.epoch}"
+        top = res["topk"].data["groups"]
+        mag = res["magnitude"].data["groups"].get(tg, {"classes": []})["classes"]
+        test_classes = top[tg]["classes"]
+        n_all = sum(c["n"] for c in test_classes)
+        overall = sum((c["accuracy"] or 0) * c["n"] for c in test_classes) / n_all if n_all else None
+        classes = []
+        for c, entry in enumerate(test_classes):
+            m = mag[c] if c < len(mag) else {}
+            share = m.get("share_below_p5")
+            acc = entry["accuracy"]
+            fragile = bool((share is not None and share >= FRAGILE_SHARE_BELOW_P5)
+                           or (acc is not None and overall is not None and acc < overall - FRAGILE_ACCURACY_GAP))
+            classes.append({
+                "class": entry["class"], "n_train": top[f"{train.split}@{train.epoch}"]["classes"][c]["n"], "n_test": entry["n"],
+                "accuracy": acc, "unique_train": top[f"{train.split}@{train.epoch}"]["classes"][c]["unique"],
+                "ratio_correct": m.get("ratio_correct"), "share_below_p5": share, "fragile": fragile,
+            })
+        self._metrics_key = key
+        self._metrics = {"train": f"{train.split}@{train.epoch}", "test": tg, "k": k, "accuracy": overall, "classes": classes}
+        return self._metrics
+
+
+def render(snap: Snapshot):
+    """A rich renderable of a snapshot (every name escaped)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from .analysis._results import _fmt
+
+    parts: list[Any] = [Text.from_markup(f"[bold]fragility watch[/] {markup(snap.path)} — writer {markup(snap.writer)}, "
+                                         f"{time.strftime('%H:%M:%S', time.localtime(snap.seen_at))}")]
+    if snap.error:
+        parts.append(Text(f"  {snap.error}", style="yellow"))
+        return Group(*parts)
+    t = Table(title="passes (newest 8)", title_justify="left")
+    for col in ("pass", "split", "epoch", "mode", "rows", "complete"):
+        t.add_column(col, justify="right" if col in ("epoch", "rows") else "left")
+    for p in snap.passes[-8:]:
+        t.add_row(markup(p["name"]), markup(p["split"]), str(p["epoch"]), markup(p["mode"]), str(p["rows"]),
+                  "yes" if p["complete"] else ("[red]no (crashed)[/]" if snap.writer == "gone" else "[yellow]writing[/]"))
+    parts.append(t)
+    if snap.newest_counts is not None and snap.passes:
+        p = snap.passes[-1]
+        parts.append(Text(f"rows per class in {p['split']}@{p['epoch']}: " + ", ".join(
+            f"{n}={c}" for n, c in zip(snap.class_names, snap.newest_counts))))
+    m = snap.metrics
+    if m:
+        t = Table(title=f"{m['test']} against training {m['train']} (top-{m['k']} CE); fragile: share below the training p5 ≥ "
+                        f"{FRAGILE_SHARE_BELOW_P5:g} or accuracy {FRAGILE_ACCURACY_GAP:g} below the overall {_fmt(m['accuracy'])}",
+                  title_justify="left")
+        for col in ("class", "n train", "n test", "accuracy", "unique (train)", "magnitude test/train", "share < train p5", ""):
+            t.add_column(col, justify="left" if col in ("class", "") else "right")
+        for c in m["classes"]:
+            t.add_row(markup(c["class"]), str(c["n_train"]), str(c["n_test"]), _fmt(c["accuracy"]), str(c["unique_train"]),
+                      _fmt(c["ratio_correct"]), _fmt(c["share_below_p5"]), "[bold red]fragile[/]" if c["fragile"] else "")
+        parts.append(t)
+    else:
+        parts.append(Text("per-class metrics appear once a training and a test pass of an epoch are complete", style="dim"))
+    return Group(*parts)
