@@ -135,10 +135,10 @@ def fragility_pass_start(pass_info: dict) -> None:
 
 @hookspec
 def fragility_pass_end(pass_info: dict) -> None:
-    """Called when a pass ends, after its rows were handed to the writer.
+    """Called when a pass ends, once its rows are committed to the store (so the pass can be read).
 
     Args:
-        pass_info: as for :func:`fragility_pass_start`, plus ``"rows"``.
+        pass_info: as for :func:`fragility_pass_start`, plus ``"rows"`` and ``"store"`` (the store's path).
 
     Returns:
         Nothing. Combination: every implementation is called.

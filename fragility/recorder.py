@@ -222,8 +222,9 @@ class Recorder:
         self._writer.end_pass(p["name"], weight, bias)
         if p["mode"] == "train" and p["labelled"] and self.every == 1 and self.max_rows_per_class is None:
             self._writer.set_root_attrs({"class_counts": [int(c) for c in p["per_class"]]})
-        info = self._public_info()
+        info = {**self._public_info(), "store": self.path}
         self._pass = None
+        self._writer.flush()  # pass_end promises a committed, readable pass
         self.hooks.pass_end(pass_info=info)
 
     @contextlib.contextmanager

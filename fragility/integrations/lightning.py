@@ -67,6 +67,8 @@ class FragilityCallback(pl.Callback):
             test set), recorded as passes of that split.
         validation: record the validation batches (split ``val``, or ``val<i>`` for several loaders).
         batch_fn: ``batch -> (labels, index)`` (default :func:`labels_and_index`).
+        live_metrics: log per-class fragility metrics (:class:`fragility.live.LiveMetrics`) to the
+            trainer's logger at the end of every validation and sweep pass.
         **options: every :class:`fragility.Recorder` option (``dtype``, ``every``, ``max_rows_per_class``,
             ``classifier``, ``class_names``, ``overwrite``, …).
     """
@@ -79,6 +81,7 @@ class FragilityCallback(pl.Callback):
         sweeps: Mapping[str, Any] | None = None,
         validation: bool = True,
         batch_fn: Callable[[Any], tuple[Any, Any]] = labels_and_index,
+        live_metrics: bool = False,
         **options: Any,
     ) -> None:
         super().__init__()
@@ -88,6 +91,7 @@ class FragilityCallback(pl.Callback):
         self.validation = validation
         self.batch_fn = batch_fn
         self.options = options
+        self.live_metrics = live_metrics
         self.recorder: Recorder | None = None
         self._continue_train: int | None = None  # epoch whose training pass validation interrupted
         self._val_loader: int | None = None
@@ -113,7 +117,19 @@ class FragilityCallback(pl.Callback):
         # here (not in setup) the checkpoint being resumed is known and the model sits on its device
         if self.recorder is None:
             resuming = getattr(trainer, "ckpt_path", None) is not None
-            self.recorder = Recorder(self._target(pl_module), self.path, resume=resuming, **self.options)
+            options = dict(self.options)
+            if self.live_metrics:
+                from .._manager import make_plugin_manager
+                from ..live import LiveMetrics
+
+                def log(tag: str, value: float, step: int) -> None:
+                    for logger in trainer.loggers:
+                        logger.log_metrics({tag: value}, step=step)
+
+                pm = options.get("plugin_manager") or make_plugin_manager()
+                pm.register(LiveMetrics(log=log))
+                options["plugin_manager"] = pm
+            self.recorder = Recorder(self._target(pl_module), self.path, resume=resuming, **options)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit" and self.recorder is not None:

@@ -1,0 +1,103 @@
+"""Per-epoch fragility metrics as training scalars, while training runs.
+
+:class:`LiveMetrics` is a plugin: register it on the plugin manager the Recorder uses. When an evaluation
+pass ends (e.g. the test sweep of an epoch) it reads that pass and the newest complete training pass — a
+cheap read of the two just-finished passes, not of the store — runs the ``topk``, ``magnitude`` and
+``diversity`` analyzers on them and logs, per class, with the epoch as step:
+
+* ``fragility/<split>/accuracy/<class>``
+* ``fragility/train/unique_topk/<class>`` — distinct top-K CE features over the class's training rows
+* ``fragility/<split>/magnitude_ratio/<class>`` — test (correct rows) / train magnitude at the training top-K
+* ``fragility/<split>/share_below_train_p5/<class>``
+* ``fragility/train/participation_ratio/<class>`` — of the class's training FE covariance
+
+to TensorBoard (``log_dir=``, through ``torch.utils.tensorboard``; needs the ``tensorboard`` package) and/or
+any ``log(tag, value, step)`` callable (a Lightning logger: see ``FragilityCallback(live_metrics=True)``).
+
+Example:
+    >>> pm = fragility.make_plugin_manager()                              # doctest: +SKIP
+    >>> pm.register(fragility.live.LiveMetrics(log_dir="runs/imbalanced"))
+    >>> rec = fragility.Recorder(model, "run.fragility", plugin_manager=pm)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from .hookspecs import hookimpl
+
+__all__ = ["LiveMetrics"]
+
+
+class LiveMetrics:
+    """Log per-class fragility metrics at the end of every evaluation pass.
+
+    Args:
+        log_dir: a TensorBoard log folder (a ``SummaryWriter`` is created on first use).
+        log: ``log(tag, value, step)``, called for every scalar (in addition to TensorBoard, if both).
+        k: top-K size (at most the feature dimension).
+    """
+
+    def __init__(self, log_dir: str | None = None, *, log: Callable[[str, float, int], Any] | None = None, k: int = 10) -> None:
+        self.log_dir = log_dir
+        self.log = log
+        self.k = k
+        self._writer: Any = None
+        #: the scalars of the last evaluation pass, ``{tag: value}``
+        self.last: dict[str, float] = {}
+
+    def _emit(self, tag: str, value: Any, step: int) -> None:
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            return
+        value = float(value)
+        self.last[tag] = value
+        if self.log_dir is not None:
+            if self._writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(self.log_dir)
+            self._writer.add_scalar(tag, value, step)
+        if self.log is not None:
+            self.log(tag, value, step)
+
+    @hookimpl
+    def fragility_pass_end(self, pass_info: dict) -> None:
+        if pass_info.get("mode") != "eval" or not pass_info.get("rows"):
+            return
+        from .analysis import analyze
+        from .store import Store
+
+        with Store(pass_info["store"]) as store:
+            trains = [p for p in store.passes if p.split == "train" and p.complete and p.rows]
+            ends = [p for p in store.passes if p.name == pass_info["name"]]
+            if not trains or not ends:
+                return
+            train, this = trains[-1], ends[0]
+            parts = [p.name for p in trains if p.epoch == train.epoch]  # an epoch split around validation
+            k = min(self.k, store.feature_dim)
+            res = analyze(store, ["topk", "magnitude", "diversity"], passes=[*parts, this.name], k=k,
+                          reference_epoch=train.epoch)
+            names = store.class_names
+        tg, rg = f"{this.split}@{this.epoch}", f"{train.split}@{train.epoch}"
+        step = int(this.epoch)
+        self.last = {}
+        top, div = res["topk"].data["groups"], res["diversity"].data["groups"]
+        mag = res["magnitude"].data["groups"].get(tg)
+        for c, name in enumerate(names):
+            self._emit(f"fragility/{this.split}/accuracy/{name}", top[tg]["classes"][c]["accuracy"], step)
+            if top[rg]["classes"][c]["n"]:
+                self._emit(f"fragility/train/unique_topk/{name}", top[rg]["classes"][c]["unique"], step)
+                self._emit(f"fragility/train/participation_ratio/{name}", div[rg]["classes"][c]["participation_ratio"], step)
+            if mag is not None:
+                self._emit(f"fragility/{this.split}/magnitude_ratio/{name}", mag["classes"][c]["ratio_correct"], step)
+                self._emit(f"fragility/{this.split}/share_below_train_p5/{name}", mag["classes"][c]["share_below_p5"], step)
+        if self._writer is not None:
+            self._writer.flush()
+
+    @hookimpl
+    def fragility_recording_end(self, store_path: str, summary: dict) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
