@@ -93,10 +93,13 @@ def bench_live_metrics(tmp: str, steps: int = 20, test_rows: int = 1024) -> dict
         name = rec.evaluate([(xt[i : i + 256], yt[i : i + 256]) for i in range(0, test_rows, 256)], split="test", epoch=0)
     epoch = time.perf_counter() - t0
     live = LiveMetrics(log=lambda tag, value, step: None)
-    t0 = time.perf_counter()
-    live.fragility_pass_end({"name": name, "split": "test", "epoch": 0, "mode": "eval", "rows": test_rows, "store": path})
-    metrics = time.perf_counter() - t0
-    return {"epoch_s": epoch, "metrics_s": metrics, "share": metrics / epoch, "scalars": len(live.last)}
+    times = []
+    for _ in range(4):  # the first call of a process also pays imports and the plugin manager
+        t0 = time.perf_counter()
+        live.fragility_pass_end({"name": name, "split": "test", "epoch": 0, "mode": "eval", "rows": test_rows, "store": path})
+        times.append(time.perf_counter() - t0)
+    metrics = statistics.median(times[1:])
+    return {"epoch_s": epoch, "metrics_s": metrics, "first_s": times[0], "share": metrics / epoch, "scalars": len(live.last)}
 
 
 def _arrays(n_batches: int, rows: int = 128, d: int = 512, c: int = 10):
@@ -203,7 +206,8 @@ def main() -> None:
         m = bench_live_metrics(tmp)
         print(
             f"live metrics: one epoch (20 steps + a 1024-row test sweep) {m['epoch_s']:.1f} s; LiveMetrics at the sweep's end "
-            f"{m['metrics_s'] * 1e3:.0f} ms ({m['scalars']} scalars) = {m['share'] * 100:.2f}% of the epoch (target <= 2%)"
+            f"{m['metrics_s'] * 1e3:.0f} ms ({m['scalars']} scalars; first call of the process {m['first_s'] * 1e3:.0f} ms) = "
+            f"{m['share'] * 100:.2f}% of the epoch (target <= 2%)"
         )
 
 

@@ -77,8 +77,10 @@ class LiveMetrics:
             train, this = trains[-1], ends[0]
             parts = [p.name for p in trains if p.epoch == train.epoch]  # an epoch split around validation
             k = min(self.k, store.feature_dim)
+            # what is logged needs neither minimal sufficient sets nor k-NN archetypes: skipped (the cost of a
+            # k-NN over every row would otherwise dominate)
             res = analyze(store, ["topk", "magnitude", "diversity"], passes=[*parts, this.name], k=k,
-                          reference_epoch=train.epoch)
+                          reference_epoch=train.epoch, knn_max_rows=1, options={"minimal_sets": False})
             names = store.class_names
         tg, rg = f"{this.split}@{this.epoch}", f"{train.split}@{train.epoch}"
         step = int(this.epoch)

@@ -104,7 +104,7 @@ class Diversity(Analyzer):
                 labels, fe = np.zeros(0, dtype=np.int64), np.zeros((0, D), dtype=np.float32)
             n, count = st["n"], st["count"]
             sampled = len(labels)
-            types = archetype(knn_same_class(fe, labels, kk), kk) if sampled > 1 else np.zeros(0, dtype=int)
+            types = archetype(knn_same_class(fe, labels, kk), kk) if sampled > 1 else None  # one row has no neighbours
             if sampled < int(n.sum()):
                 result.notes.append(
                     f"{g.name}: k-NN archetypes computed on a deterministic sample of {sampled} of {int(n.sum())} rows "
@@ -115,7 +115,8 @@ class Diversity(Analyzer):
                 empty = n[c] == 0
                 unique = int((count[c] > 0).sum())
                 in_c = labels == c
-                shares = {a: (float((types[in_c] == i).mean()) if in_c.any() else None) for i, a in enumerate(ARCHETYPES)}
+                shares = {a: (float((types[in_c] == i).mean()) if types is not None and in_c.any() else None)
+                          for i, a in enumerate(ARCHETYPES)}
                 entry = {
                     "class": names[c],
                     "n": int(n[c]),

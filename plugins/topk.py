@@ -38,7 +38,7 @@ class TopK(Analyzer):
         self.accumulate(g, "sum_incorrect", class_sums(y[~ok], chunk.v[~ok], C))
         self.accumulate(g, "count", instance_counts(y, chunk.topk_mask(), C))
         bias = self.spec.group(g).bias_pred(chunk)
-        if bias is not None:
+        if bias is not None and self.spec.options.get("minimal_sets", True):  # options={"minimal_sets": False} skips them
             sets = chunk.cached("mscs", lambda: minimal_sets(chunk["ce_pred"], chunk["logits"], chunk["pred"], bias))
             self.accumulate(g, "mscs_count", instance_counts(y, sets, C))
             self.accumulate(g, "mscs_size", np.bincount(y, weights=sets.sum(axis=1), minlength=C).astype(np.int64))
@@ -150,7 +150,7 @@ class TopK(Analyzer):
                     rows.append([names[c], int(na[c]), int(nb[c]), f"{a.name} vs {b.name}", ov[c], jc[c]])
             result.tables.append(Table(f"class top-{k} identity overlap between splits", ["class", "n", "n (other)", "group", "overlap", "jaccard"], rows))
         result.data = data
-        if any("mscs_count" not in self.state[g.name] for g in spec.groups if g.name in self.state):
+        if self.spec.options.get("minimal_sets", True) and any("mscs_count" not in self.state[g.name] for g in spec.groups if g.name in self.state):
             result.notes.append("minimal sufficient CE sets need the classifier bias; passes without a snapshot were left out")
         for g in spec.groups:
             if g.approximate_bias:

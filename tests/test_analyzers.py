@@ -473,3 +473,21 @@ def test_an_unlabelled_split_alone_returns_its_group(tmp_path):
         g = res[name].data["groups"]["pool@0"]
         assert [c["n"] for c in g["classes"]] == [0, 0]
         assert res[name].data["skipped"]["pool@0"] == {"nonfinite": 0, "unlabelled": 10}
+
+
+def test_minimal_sets_can_be_skipped(random_store):
+    r = analyze(random_store, ["topk"], k=K, options={"minimal_sets": False})["topk"]
+    full = analyze(random_store, ["topk"], k=K)["topk"]
+    g, f = r.data["groups"]["test@1"]["classes"], full.data["groups"]["test@1"]["classes"]
+    assert all("mscs" not in c for c in g) and all("mscs" in c for c in f)
+    assert [c["unique"] for c in g] == [c["unique"] for c in f]
+
+
+def test_diversity_with_a_one_row_knn_sample(random_store):
+    """A k-NN sample of one row has no neighbours: archetypes are null, the rest is unchanged."""
+    r = analyze(random_store, ["diversity"], k=K, knn_max_rows=1, split="test", epoch=1)["diversity"]
+    full = analyze(random_store, ["diversity"], k=K, split="test", epoch=1)["diversity"]
+    for a, b in zip(r.data["groups"]["test@1"]["classes"], full.data["groups"]["test@1"]["classes"]):
+        assert a["participation_ratio"] == b["participation_ratio"] and a["unique_share"] == b["unique_share"]
+        if a["knn_rows"] < 2 and r.data["groups"]["test@1"]["knn_sampled"] < 2:
+            assert all(v is None for v in a["archetypes"].values())
