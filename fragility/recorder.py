@@ -450,16 +450,17 @@ class Recorder:
         """Copy columns to host memory; asynchronously (pinned memory + CUDA event) on a GPU."""
         out = {}
         on_cuda = cols["fe"].is_cuda
-        for k, v in cols.items():
-            if k in FLOAT_COLUMNS:
-                v = v.to(self.dtype)
+        for k, given in cols.items():
+            v = given.to(self.dtype) if k in FLOAT_COLUMNS else given
             if on_cuda:
                 host = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
                 host.copy_(v, non_blocking=True)
                 out[k] = host
             else:
-                # fresh tensors need no copy; the model's own tensors might be reused by the caller
-                out[k] = v.clone() if k in ("fe", "logits", "label", "index") and v.dtype != torch.float16 else v
+                # tensors made here need no copy; the model's and the caller's own (fe, logits, labels, ids —
+                # also after a no-op dtype conversion) might be changed in place after record() returns
+                shared = k in ("fe", "logits", "label", "index") and v.data_ptr() == given.data_ptr()
+                out[k] = v.clone() if shared else v
         event = None
         if on_cuda:
             event = torch.cuda.Event()

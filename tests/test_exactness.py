@@ -213,3 +213,20 @@ def test_empty_batch_is_refused_in_one_line(store_path):
         model(torch.randn(0, 3, 32, 32))
         with pytest.raises(RecorderError, match=r"^the batch of the last forward has 0 rows"):
             rec.record(torch.zeros(0, dtype=torch.long))
+
+
+def test_rows_are_copied_even_when_no_dtype_conversion_copies_them(store_path):
+    """float16 features stored as float16: the tensor the head consumed is changed in place after record()."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Identity(), nn.Linear(8, 3)).half()
+    seen = []
+    model[1].register_forward_hook(lambda m, a, o: seen.append(a[0]))
+    x = torch.randn(5, 8).half()
+    want = x.clone()
+    with fragility.Recorder(model, store_path, classifier=model[1], flush_interval=60) as rec, rec.capture("test"):
+        with torch.no_grad():
+            model(x)
+        rec.record(torch.tensor([0, 1, 2, 0, 1]))
+        seen[0].add_(100)  # e.g. an in-place op of the next step reusing the buffer
+    s = Store(store_path)
+    np.testing.assert_array_equal(s.read(s.passes[0], ["fe"])["fe"], want.numpy())
