@@ -15,8 +15,9 @@ to TensorBoard (``log_dir=``, through ``torch.utils.tensorboard``; needs the ``t
 any ``log(tag, value, step)`` callable (a Lightning logger: see ``FragilityCallback(live_metrics=True)``).
 
 Example:
-    >>> pm = fragility.make_plugin_manager()                              # doctest: +SKIP
-    >>> pm.register(fragility.live.LiveMetrics(log_dir="runs/imbalanced"))
+    >>> from fragility.live import LiveMetrics                            # doctest: +SKIP
+    >>> pm = fragility.make_plugin_manager()
+    >>> pm.register(LiveMetrics(log_dir="runs/imbalanced"))
     >>> rec = fragility.Recorder(model, "run.fragility", plugin_manager=pm)
 """
 
