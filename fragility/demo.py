@@ -23,11 +23,49 @@ from .errors import DataError, close_matches, output_dir
 from .recorder import Recorder
 
 
+class _PlainProgress:
+    """Progress without a terminal: a plain line on stderr at most every ``every`` seconds (never silence)."""
+
+    def __init__(self, console: Console, every: float = 10.0) -> None:
+        self.console, self.every = console, every
+        self.tasks: dict[int, dict[str, Any]] = {}
+
+    def __enter__(self) -> _PlainProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for t in self.tasks.values():
+            self._line(t)
+
+    def add_task(self, description: str, total: int) -> int:
+        self.tasks[len(self.tasks)] = {"description": description, "total": total, "done": 0, "t0": time.monotonic(), "last": 0.0}
+        return len(self.tasks) - 1
+
+    def update(self, task: int, description: str | None = None) -> None:
+        if description is not None:
+            self.tasks[task]["description"] = description
+
+    def advance(self, task: int, n: int = 1) -> None:
+        t = self.tasks[task]
+        t["done"] += n
+        if time.monotonic() - t["last"] >= self.every or t["done"] >= t["total"]:
+            self._line(t)
+
+    def _line(self, t: dict[str, Any]) -> None:
+        t["last"] = time.monotonic()
+        spent = t["last"] - t["t0"]
+        eta = spent / t["done"] * (t["total"] - t["done"]) if t["done"] else float("nan")
+        self.console.print(f"{markup(t['description'])}: {t['done']}/{t['total']} steps, {spent:.0f} s, ETA {eta:.0f} s",
+                           highlight=False, soft_wrap=True)
+
+
 def _progress(console: Console):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    if not console.is_terminal:
+        return _PlainProgress(console)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     return Progress(
-        TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description:<48}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
         console=console, transient=False,
     )
 
@@ -65,6 +103,7 @@ def train_and_record(
         for epoch in range(epochs):
             model.train()
             perm = torch.randperm(n, generator=g)
+            total_loss, correct = 0.0, 0
             with rec.capture("train", epoch=epoch):
                 for s in range(0, n, batch_size):
                     idx = perm[s : s + batch_size]
@@ -74,10 +113,14 @@ def train_and_record(
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
+                    total_loss += float(loss) * len(idx)
+                    correct += int((logits.argmax(1) == y[idx]).sum())
                     if progress:
                         progress.advance(task)
             sched.step()
             rec.evaluate(test, split="test", epoch=epoch)
+            if progress:
+                progress.update(task, description=f"train {label} epoch {epoch + 1}/{epochs} loss {total_loss / n:.3f} acc {correct / n:.3f}")
     model.eval()
     with torch.no_grad():
         acc = float((model(data.x_test).argmax(1) == data.y_test).float().mean())

@@ -80,7 +80,8 @@ def test_demo_end_to_end(tmp_path):
     p = run("demo", "--epochs", "2", "--out", out, "--model", "test_resnet")
     assert "imbalanced (imb) vs balanced (bal)" in p.stdout.replace("\n", " ")
     assert "test accuracy: imbalanced" in p.stdout and "index.html" in p.stdout
-    assert "train imbalanced" in p.stderr  # progress on stderr
+    # progress on stderr — without a terminal as plain lines: epoch, loss, accuracy, ETA
+    assert "train imbalanced epoch 2/2 loss " in p.stderr and " acc " in p.stderr and "ETA" in p.stderr
     _check_report(out, min_images=6)
     cmp = json.loads((out / "results" / "compare.json").read_text())
     classes = cmp["data"]["classes"]
