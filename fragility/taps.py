@@ -92,7 +92,7 @@ def final_affine(module: nn.Module, num_classes: int | None = None) -> list[tupl
     for n, m in finals:
         if not _is_affine(m):
             raise HeadError(
-                f"{type(module).__name__}.{n} is a {m.kernel_size} conv with groups={m.groups}; only dense 1x1 convs are "
+                f"{type(module).__name__}{'.' + n if n else ''} is a {m.kernel_size} conv with groups={m.groups}; only dense 1x1 convs are "
                 f"affine per pooled vector; pass classifier= the final nn.Linear"
             )
     if not finals:
