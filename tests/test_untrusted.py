@@ -338,6 +338,17 @@ def test_disk_full_error_keeps_the_os_reason(tmp_path):
     assert out.stdout.count("\n") == 1
 
 
+def _register(pm, plugin: str, name: str, cls) -> None:
+    """Register analyzer ``cls`` as ``name`` through a plugin object called ``plugin``."""
+
+    class Plugin:
+        @fragility.hookimpl
+        def fragility_register_analyzers(self, registrar):
+            registrar.add(name, cls)
+
+    pm.register(Plugin(), name=plugin)
+
+
 def test_analyzer_exceptions_are_one_line_naming_the_plugin(store, pm):
     from fragility.analysis import Analyzer
 
@@ -350,12 +361,7 @@ def test_analyzer_exceptions_are_one_line_naming_the_plugin(store, pm):
         def update(self, chunk):
             raise ZeroDivisionError("oops")
 
-    class Plugin:
-        @fragility.hookimpl
-        def fragility_register_analyzers(self, registrar):
-            registrar.add("broken", Broken)
-
-    pm.register(Plugin(), name="broken-plugin")
+    _register(pm, "broken-plugin", "broken", Broken)
     with pytest.raises(fragility.AnalyzerError, match=r"^analyzer 'broken' \(plugin module .*test_untrusted\) failed in update\(\): ZeroDivisionError: oops"):
         analyze(store, ["broken"], plugin_manager=pm, k=2)
     # on the command line: one line, the traceback behind -v/--debug
@@ -381,11 +387,6 @@ def test_an_analyzer_asking_for_an_unknown_column_is_told(store, pm):
         def columns(self):
             return {"lable"}
 
-    class Plugin:
-        @fragility.hookimpl
-        def fragility_register_analyzers(self, registrar):
-            registrar.add("typo", Typo)
-
-    pm.register(Plugin(), name="typo-plugin")
+    _register(pm, "typo-plugin", "typo", Typo)
     with pytest.raises(fragility.AnalyzerError, match=r"^analyzer 'typo' \(typo-plugin\) asks for column 'lable', which stores do not have \(did you mean 'label'\?\)"):
         analyze(store, ["typo"], plugin_manager=pm)

@@ -451,9 +451,12 @@ def analyze(
 
 
 class _progress:
-    def __init__(self, enabled: bool, total: int) -> None:
+    """A transient rows progress bar on stderr (shown only on a terminal); yields ``advance(n)``."""
+
+    def __init__(self, enabled: bool, total: int, what: str = "analyzing") -> None:
         self.enabled = enabled
         self.total = total
+        self.what = what
 
     def __enter__(self):
         if not self.enabled:
@@ -462,7 +465,7 @@ class _progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._p = Progress(
-            TextColumn("analyzing"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"), TimeRemainingColumn(),
+            TextColumn(self.what), BarColumn(), MofNCompleteColumn(), TextColumn("rows"), TimeRemainingColumn(),
             console=Console(stderr=True), transient=True, disable=not Console(stderr=True).is_terminal,
         )
         self._p.start()

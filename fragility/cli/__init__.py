@@ -244,11 +244,12 @@ def cmd_inspect(args, out: Console, err: Console) -> int:
 
 
 def cmd_verify(args, out: Console, err: Console) -> int:
+    from ..analysis._engine import _progress
     from ..store import Store
 
     with Store(args.store) as s:
         total = sum(p.rows for p in s.passes)
-        with _Progress(err, total, "verifying") as advance:
+        with _progress(True, total, "verifying") as advance:
             found = s.verify(progress=advance)
         rows = sum(p.rows for p in s.passes)
     corrupt = [f for f in found if f["problem"] == "corrupt"]
@@ -395,25 +396,6 @@ def cmd_watch(args, out: Console, err: Console) -> int:
 
 COMMANDS = {"demo": cmd_demo, "inspect": cmd_inspect, "analyze": cmd_analyze, "compare": cmd_compare,
             "report": cmd_report, "verify": cmd_verify, "watch": cmd_watch, "plugins": cmd_plugins}
-
-
-class _Progress:
-    """A rich progress bar on stderr (plain periodic lines without a terminal would be quieter: none)."""
-
-    def __init__(self, err: Console, total: int, what: str) -> None:
-        self.err, self.total, self.what = err, total, what
-
-    def __enter__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._p = Progress(TextColumn(self.what), BarColumn(), MofNCompleteColumn(), TextColumn("rows"), TimeRemainingColumn(),
-                           console=self.err, transient=True, disable=not self.err.is_terminal)
-        self._p.start()
-        task = self._p.add_task(self.what, total=self.total)
-        return lambda n: self._p.advance(task, n)
-
-    def __exit__(self, *exc: object) -> None:
-        self._p.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
