@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench screenshot clean
 
 $(BIN)/fragility: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,11 @@ test: $(BIN)/fragility
 bench: $(BIN)/fragility
 	$(BIN)/python benchmarks/bench_record.py
 	$(BIN)/python benchmarks/bench_analyze.py
+
+# the README's screenshot: the top of the demo's report (needs wkhtmltoimage: apt-get install wkhtmltopdf)
+screenshot: demo
+	wkhtmltoimage --quiet --width 1280 --height 2200 demo-report/index.html docs/report-screenshot.png
+	$(BIN)/python -c "from PIL import Image; p = 'docs/report-screenshot.png'; Image.open(p).convert('RGB').quantize(128).save(p, optimize=True)"
 
 clean:
 	rm -rf $(VENV) demo-report

@@ -1,10 +1,12 @@
-"""Datasets for the demo: scikit-learn's bundled digits (no download), and local copies of CIFAR-10 and SVHN
-in torchvision's on-disk format (read directly; nothing is ever downloaded)."""
+"""Datasets: scikit-learn's bundled digits (no download), and local copies of CIFAR-10, CIFAR-100, SVHN and
+CelebA in torchvision's on-disk formats (read directly; nothing is ever downloaded), with the imbalance
+profiles of the long-tailed literature (exponential and step, LDAM-DRW's class counts)."""
 
 from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +14,7 @@ import torch
 
 from .errors import DataError
 
-__all__ = ["ImageData", "exponential_counts", "imbalance", "load"]
+__all__ = ["DATASETS", "PROFILES", "ImageData", "exponential_counts", "imbalance", "imbalance_counts", "load", "step_counts"]
 
 
 @dataclass
@@ -27,25 +29,55 @@ class ImageData:
     name: str
 
 
-def exponential_counts(n_max: int, num_classes: int, ratio: float) -> list[int]:
-    """Exponential imbalance profile (Buda et al.): ``n_c = n_max * ratio ** (-c / (C - 1))``, at least 1."""
-    if ratio < 1:
+def _check_ratio(ratio: float) -> None:
+    if not ratio >= 1:
         raise DataError(f"imbalance ratio {ratio} must be >= 1 (1 = balanced)")
-    return [max(1, int(round(n_max * ratio ** (-c / max(1, num_classes - 1))))) for c in range(num_classes)]
 
 
-def imbalance(x: torch.Tensor, y: torch.Tensor, ratio: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep an exponentially imbalanced subset of ``(x, y)``: class 0 keeps most, the last class least."""
+def exponential_counts(n_max: int, num_classes: int, ratio: float) -> list[int]:
+    """Exponential profile (Cui et al., LDAM-DRW): ``n_c = int(n_max * ratio ** (-c / (C - 1)))``, at least 1.
+
+    ``int()`` truncates as LDAM-DRW's code does, so CIFAR-10 at 100:1 gives its published
+    5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50.
+    """
+    _check_ratio(ratio)
+    return [max(1, int(n_max * ratio ** (-c / max(1, num_classes - 1)))) for c in range(num_classes)]
+
+
+def step_counts(n_max: int, num_classes: int, ratio: float, minority_share: float = 0.5) -> list[int]:
+    """Step profile (Buda et al.): the last ``minority_share`` of the classes keep ``int(n_max / ratio)``."""
+    _check_ratio(ratio)
+    n_minor = int(num_classes * minority_share)
+    return [n_max if c < num_classes - n_minor else max(1, int(n_max / ratio)) for c in range(num_classes)]
+
+
+PROFILES = {"exp": exponential_counts, "step": step_counts}
+
+
+def imbalance_counts(have: Sequence[int], ratio: float, profile: str = "exp") -> list[int]:
+    """Per-class counts of an imbalanced view of a set with ``have`` rows per class (``n_max`` = the smallest)."""
+    if profile not in PROFILES:
+        raise DataError(f"imbalance profile {profile!r} is unknown; use {' or '.join(PROFILES)}")
+    return PROFILES[profile](int(min(have)), len(have), ratio)
+
+
+def imbalance(
+    x: torch.Tensor, y: torch.Tensor, ratio: float, seed: int = 0, profile: str = "exp", return_index: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """Keep an imbalanced subset of ``(x, y)``: class 0 keeps most, the last classes least.
+
+    Rows are drawn with a fixed ``seed``; ``return_index=True`` also returns the kept rows' indices into
+    ``(x, y)`` (sample ids for provenance: record them with ``rec.record(y, index=ids)``).
+    """
     C = int(y.max()) + 1
-    have = torch.bincount(y, minlength=C)
-    counts = exponential_counts(int(have.min()), C, ratio)
+    counts = imbalance_counts(torch.bincount(y, minlength=C).tolist(), ratio, profile)
     g = torch.Generator().manual_seed(seed)
     keep = []
     for c in range(C):
         idx = torch.nonzero(y == c).flatten()
         keep.append(idx[torch.randperm(len(idx), generator=g)[: counts[c]]])
     keep_t = torch.cat(keep).sort().values
-    return x[keep_t], y[keep_t]
+    return (x[keep_t], y[keep_t], keep_t) if return_index else (x[keep_t], y[keep_t])
 
 
 def _digits(seed: int) -> ImageData:
@@ -77,37 +109,53 @@ def _normalize(x: np.ndarray) -> torch.Tensor:
     return (t - 0.5) / 0.5
 
 
-def _cifar10(root: str) -> ImageData:
-    base = os.path.join(root, "cifar-10-batches-py")
+def _folder(root: str, sub: str, what: str) -> str:
+    base = os.path.join(root, sub)
     if not os.path.isdir(base):
         raise DataError(
-            f"CIFAR-10 not found: {base} does not exist; pass --root the folder holding cifar-10-batches-py/ "
+            f"{what} not found: {base} does not exist; pass --root the folder holding {sub}/ "
             f"(torchvision's layout; fragility never downloads)"
         )
+    return base
 
-    def batch(name: str) -> tuple[np.ndarray, np.ndarray]:
-        path = os.path.join(base, name)
-        if not os.path.exists(path):
-            raise DataError(f"CIFAR-10 file {path} is missing; the folder must hold data_batch_1..5 and test_batch")
-        try:
-            with open(path, "rb") as fh:
-                d = pickle.load(fh, encoding="bytes")
-            data = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            labels = np.asarray(d[b"labels"], dtype=np.int64)
-        except Exception as exc:  # noqa: BLE001 - any malformed pickle is one bad file
-            raise DataError(f"CIFAR-10 file {path} is not a CIFAR-10 batch ({type(exc).__name__}: {exc})") from None
-        return data, labels
 
-    parts = [batch(f"data_batch_{i}") for i in range(1, 6)]
-    xtr = np.concatenate([p[0] for p in parts])
-    ytr = np.concatenate([p[1] for p in parts])
-    xte, yte = batch("test_batch")
+def _unpickle(base: str, name: str, keys: Sequence[bytes], what: str, holds: str) -> dict:
+    """One pickled file of a CIFAR folder, with the ``keys`` its format promises (else one line naming it)."""
+    path = os.path.join(base, name)
+    if not os.path.exists(path):
+        raise DataError(f"{what} file {path} is missing; the folder must hold {holds}")
+    try:
+        with open(path, "rb") as fh:
+            d = pickle.load(fh, encoding="bytes")
+        for key in keys:
+            d[key]  # noqa: B018
+    except Exception as exc:  # noqa: BLE001 - any malformed pickle is one bad file
+        raise DataError(f"{what} file {path} is not a {what} batch ({type(exc).__name__}: {exc})") from None
+    d[b"_path"] = path
+    return d
+
+
+def _cifar_xy(d: dict, label_key: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(d[label_key], dtype=np.int64).reshape(-1)
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} images but {len(y)} labels")
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"file {d[b'_path']} does not hold 32x32 RGB images with one label each ({exc})") from None
+    return _normalize(x), torch.from_numpy(y)
+
+
+def _cifar10(root: str) -> ImageData:
+    base = _folder(root, "cifar-10-batches-py", "CIFAR-10")
+    holds = "data_batch_1..5 and test_batch"
+    parts = [_cifar_xy(_unpickle(base, f"data_batch_{i}", (b"data", b"labels"), "CIFAR-10", holds), b"labels") for i in range(1, 6)]
+    xte, yte = _cifar_xy(_unpickle(base, "test_batch", (b"data", b"labels"), "CIFAR-10", holds), b"labels")
     names = CIFAR10_CLASSES
-    meta = os.path.join(base, "batches.meta")
-    if os.path.exists(meta):
-        with open(meta, "rb") as fh:
-            names = [n.decode() if isinstance(n, bytes) else str(n) for n in pickle.load(fh, encoding="bytes")[b"label_names"]]
-    return ImageData(_normalize(xtr), torch.from_numpy(ytr), _normalize(xte), torch.from_numpy(yte), names, "cifar10")
+    if os.path.exists(os.path.join(base, "batches.meta")):
+        meta = _unpickle(base, "batches.meta", (b"label_names",), "CIFAR-10", holds)
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"label_names"]]
+    return ImageData(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), xte, yte, names, "cifar10")
 
 
 def _svhn(root: str) -> ImageData:
@@ -130,12 +178,79 @@ def _svhn(root: str) -> ImageData:
     return ImageData(xtr, ytr, xte, yte, [str(i) for i in range(10)], "svhn")
 
 
+def _cifar100(root: str) -> ImageData:
+    base = _folder(root, "cifar-100-python", "CIFAR-100")
+    holds = "train, test and meta"
+    tr, te = (_unpickle(base, n, (b"data", b"fine_labels"), "CIFAR-100", holds) for n in ("train", "test"))
+    meta = _unpickle(base, "meta", (b"fine_label_names",), "CIFAR-100", holds)
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"fine_label_names"]]
+    return ImageData(*_cifar_xy(tr, b"fine_labels"), *_cifar_xy(te, b"fine_labels"), names, "cifar100")
+
+
+#: CelebA's hair-colour task: rows with exactly one of these attributes, the attribute is the class
+CELEBA_CLASSES = ["Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair", "Bald"]
+
+
+def _celeba(root: str) -> ImageData:
+    """torchvision's CelebA layout: ``root/celeba/{list_attr_celeba.txt, list_eval_partition.txt,
+    img_align_celeba/*.jpg}``; images centre-cropped to 178×178 and resized to 32×32; partition 0 trains,
+    partition 2 tests."""
+    from PIL import Image
+
+    base = os.path.join(root, "celeba")
+    attr_path, part_path = os.path.join(base, "list_attr_celeba.txt"), os.path.join(base, "list_eval_partition.txt")
+    for path in (attr_path, part_path):
+        if not os.path.exists(path):
+            raise DataError(f"CelebA file {path} is missing; pass --root the folder holding celeba/ (torchvision's layout)")
+    try:
+        with open(attr_path) as fh:
+            lines = fh.read().split("\n")
+        header = lines[1].split()
+        cols = [header.index(c) for c in CELEBA_CLASSES]
+        attrs = {}
+        for line in lines[2:]:
+            f = line.split()
+            if f:
+                attrs[f[0]] = [int(f[1 + i]) for i in cols]
+        with open(part_path) as fh:
+            split = {f[0]: int(f[1]) for f in (ln.split() for ln in fh) if f}
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"CelebA annotation files in {base} are malformed ({type(exc).__name__}: {exc})") from None
+    data: dict[int, tuple[list, list]] = {0: ([], []), 2: ([], [])}
+    for name, a in attrs.items():
+        if sum(v == 1 for v in a) != 1 or split.get(name) not in data:
+            continue
+        path = os.path.join(base, "img_align_celeba", name)
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                w, h = im.size
+                s = min(w, h, 178)
+                im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((32, 32), Image.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+        except OSError as exc:
+            raise DataError(f"CelebA image {path} cannot be read ({exc}); restore it from the original archive") from None
+        xs, ys = data[split[name]]
+        xs.append(arr)
+        ys.append(a.index(1))
+    if not data[0][0] or not data[2][0]:
+        raise DataError(f"CelebA in {base} has no training or no test image with exactly one of {', '.join(CELEBA_CLASSES)}")
+
+    def xy(part: tuple[list, list]) -> tuple[torch.Tensor, torch.Tensor]:
+        return _normalize(np.stack(part[0])), torch.tensor(part[1], dtype=torch.int64)
+
+    return ImageData(*xy(data[0]), *xy(data[2]), list(CELEBA_CLASSES), "celeba")
+
+
+DATASETS = {"digits": None, "cifar10": _cifar10, "cifar100": _cifar100, "svhn": _svhn, "celeba": _celeba}
+
+
 def load(name: str, root: str | None = None, seed: int = 0) -> ImageData:
-    """Load ``digits`` (bundled), or ``cifar10`` / ``svhn`` from a local ``root`` folder."""
+    """Load ``digits`` (bundled), or ``cifar10`` / ``cifar100`` / ``svhn`` / ``celeba`` from a local ``root``."""
     if name == "digits":
         return _digits(seed)
-    if name in ("cifar10", "svhn"):
+    if name in DATASETS:
         if not root:
             raise DataError(f"--data {name} needs --root PATH, a local copy in torchvision's layout (nothing is downloaded)")
-        return _cifar10(root) if name == "cifar10" else _svhn(root)
-    raise DataError(f"unknown data set {name!r}; use digits, cifar10 or svhn")
+        return DATASETS[name](root)
+    raise DataError(f"unknown data set {name!r}; use {', '.join(DATASETS)}")

@@ -113,7 +113,7 @@ def train_and_record(
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-                    total_loss += float(loss) * len(idx)
+                    total_loss += float(loss.detach()) * len(idx)
                     correct += int((logits.argmax(1) == y[idx]).sum())
                     if progress:
                         progress.advance(task)
@@ -162,8 +162,8 @@ def run_demo(
     *,
     data: str = "digits",
     root: str | None = None,
-    model: str = "resnet18",
-    epochs: int = 12,
+    model: str = "resnet10t",
+    epochs: int = 10,
     imbalance_ratio: float = 20.0,
     seed: int = 0,
     out: str = "demo-report",
@@ -211,7 +211,7 @@ def run_demo(
 
     stderr.print("writing report …")
     index = build_report([runs[lab]["store"] for lab in labels], out, labels=list(labels), results=results, comparison=cmp,
-                         headline=table)
+                         headline=table, progress=True)
     elapsed = time.perf_counter() - t0
     stdout.print(
         f"test accuracy: {labels[0]} {runs[labels[0]]['accuracy']:.3f}, {labels[1]} {runs[labels[1]]['accuracy']:.3f}; "

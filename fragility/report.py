@@ -137,25 +137,10 @@ def build_report(
 
         # names from stores reach plot text: never parsed as mathtext (a "$" in a class name would raise)
         with matplotlib.rc_context({"text.parse_math": False}):
-            for name, (order, title, func) in sorted(reg.sections.items(), key=lambda kv: (kv[1][0], kv[0])):
-                items = func(ctx) or []
-                if not items:
-                    continue
-                parts.append(f"<h2>{html.escape(title)}</h2>")
-                for i, item in enumerate(items):
-                    if isinstance(item, Table):
-                        parts.append(_table_html(item))
-                        continue
-                    caption, fig = item
-                    png = _png(fig)
-                    fname = f"{name}-{i:02d}.png"
-                    with open(os.path.join(out, "plots", fname), "wb") as fh:
-                        fh.write(png)
-                    b64 = base64.b64encode(png).decode()
-                    parts.append(
-                        f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{b64}'>"
-                        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-                    )
+            from .analysis._engine import _progress
+
+            with _progress(progress, len(reg.sections), "writing report", unit="sections") as advance:
+                parts += _sections(reg, ctx, out, advance)
         doc = (
             "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>fragility report</title>"
             f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
@@ -170,6 +155,30 @@ def build_report(
     finally:
         for s in opened.values():
             s.close()
+
+
+def _sections(reg: ReportSectionRegistrar, ctx: ReportContext, out: str, advance: Callable[[int], None]) -> list[str]:
+    """Render every registered section in order: HTML parts, and each figure also as ``out/plots/<name>-NN.png``."""
+    parts: list[str] = []
+    for name, (order, title, func) in sorted(reg.sections.items(), key=lambda kv: (kv[1][0], kv[0])):
+        items = func(ctx) or []
+        if items:
+            parts.append(f"<h2>{html.escape(title)}</h2>")
+        for i, item in enumerate(items):
+            if isinstance(item, Table):
+                parts.append(_table_html(item))
+                continue
+            caption, fig = item
+            png = _png(fig)
+            with open(os.path.join(out, "plots", f"{name}-{i:02d}.png"), "wb") as fh:
+                fh.write(png)
+            b64 = base64.b64encode(png).decode()
+            parts.append(
+                f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{b64}'>"
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
+        advance(1)
+    return parts
 
 
 def _describe(stores: dict[str, Store], labels: list[str]) -> str:

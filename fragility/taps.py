@@ -28,7 +28,7 @@ from torch import nn
 
 from .errors import HeadError
 
-__all__ = ["Forward", "Head", "affine_of", "final_affine", "model_name"]
+__all__ = ["AffineMap", "Forward", "Head", "affine_of", "final_affine", "model_name"]
 
 
 def model_name(model: nn.Module) -> str:
@@ -102,6 +102,30 @@ def final_affine(module: nn.Module, num_classes: int | None = None) -> list[tupl
     return finals
 
 
+class AffineMap:
+    """How a tapped layer is an affine map of what it receives: ``logits = features(x) @ W.T + b``.
+
+    The default reads an ``nn.Linear`` / dense 1×1 ``nn.Conv2d`` as it is (FE = its input). A tap plugin
+    passes its own subclass to :class:`Head` for a layer whose map must be derived — e.g. a cosine
+    classifier, whose FE is the normalised input and whose ``W`` is the normalised weight times the scale
+    (``fragility_plugins.normed_taps``). The recorder's self-check verifies the map against the logits.
+    """
+
+    def features(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The FE of input ``x`` (detached)."""
+        return x
+
+    def weight_bias(self, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's current ``(W (C, D), b (C,))``, detached (not necessarily copied)."""
+        return affine_of(module)
+
+    def out_features(self, module: nn.Module) -> int:
+        return _out_features(module)
+
+
+LINEAR = AffineMap()
+
+
 @dataclass
 class Forward:
     """What the tapped layers saw and returned in one forward of the model.
@@ -128,6 +152,7 @@ class Head:
         leaves: the tapped layers (``nn.Linear`` or dense 1×1 ``nn.Conv2d``); their outputs are averaged
             (timm's convention for distilled and multi-branch models).
         name: how the head is named in messages and in the store (e.g. ``"resnet18.fc(Linear)"``).
+        maps: per layer, its :class:`AffineMap` (default: each layer read as the ``nn.Linear`` it is).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 3))
@@ -142,6 +167,7 @@ class Head:
     leaves: Sequence[nn.Module]
     name: str
     shared_input: bool | None = None
+    maps: Sequence[AffineMap] | None = None
     #: whether forwards are captured at all (the recorder sets it while a pass is open)
     active: bool = True
     #: whether a captured forward also copies the weights (the recorder sets it when the step will be kept)
@@ -156,19 +182,22 @@ class Head:
         self.leaves = list(self.leaves)
         if not self.leaves:
             raise HeadError(f"head {self.name}: no classifier module given")
-        for leaf in self.leaves:
-            if not _is_affine(leaf):
+        self.maps = list(self.maps) if self.maps is not None else [LINEAR] * len(self.leaves)
+        if len(self.maps) != len(self.leaves):
+            raise HeadError(f"head {self.name}: {len(self.maps)} maps for {len(self.leaves)} layers; give one per layer")
+        for leaf, amap in zip(self.leaves, self.maps):
+            if amap is LINEAR and not _is_affine(leaf):
                 raise HeadError(
                     f"head {self.name}: {type(leaf).__name__} is not an nn.Linear or a dense 1x1 nn.Conv2d; "
                     f"pass classifier= the final nn.Linear"
                 )
-        sizes = {_out_features(leaf) for leaf in self.leaves}
+        sizes = {amap.out_features(leaf) for leaf, amap in zip(self.leaves, self.maps)}
         if len(sizes) > 1:
             raise HeadError(f"head {self.name}: its layers have different numbers of outputs {sorted(sizes)}; pass classifier= one head")
 
     @property
     def num_classes(self) -> int:
-        return _out_features(self.leaves[0])
+        return self.maps[0].out_features(self.leaves[0])
 
     def attach(self, model: nn.Module | None = None) -> None:
         """Register one forward hook per tapped layer, and on ``model`` the hooks that delimit its forwards."""
@@ -203,10 +232,12 @@ class Head:
                 f = self._open = self.last = Forward([None] * n, [None] * n, [None] * n, module.training)
                 self.count += 1
             # detach: a reference to the value, never to the autograd graph
-            f.inputs[i], f.outputs[i] = x.detach(), output.detach()
-            if self.armed or not module.training:
-                w, b = affine_of(module)
-                f.weights[i] = (w.clone(), b.clone())  # the weights of this forward, whatever happens next
+            amap = self.maps[i]
+            with torch.no_grad():
+                f.inputs[i], f.outputs[i] = amap.features(module, x.detach()), output.detach()
+                if self.armed or not module.training:
+                    w, b = amap.weight_bias(module)
+                    f.weights[i] = (w.clone(), b.clone())  # the weights of this forward, whatever happens next
 
         return hook
 
@@ -263,7 +294,7 @@ class Head:
             if forward is not None and all(w is not None for w in forward.weights):
                 maps = list(forward.weights)
             else:
-                maps = [affine_of(leaf) for leaf in self.leaves]
+                maps = [amap.weight_bias(leaf) for leaf, amap in zip(self.leaves, self.maps)]
             if len(maps) == 1:
                 return maps[0]
             n = len(maps)

@@ -6,6 +6,7 @@ modules listed in :data:`BUILTINS`.
 
 BUILTINS = [
     "fragility_plugins.timm_taps",
+    "fragility_plugins.normed_taps",
     "fragility_plugins.topk",
     "fragility_plugins.magnitude",
     "fragility_plugins.diversity",

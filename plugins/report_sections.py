@@ -1,8 +1,16 @@
-"""Built-in report sections: per-class accuracy with class counts, stacked top-K bars labelled with feature
-indices (the paper's figure), instance frequency curves, train vs test magnitude, diversity vs class size,
-epoch trajectories, and the two-run comparison."""
+"""Built-in report sections. Each figure answers one question a reader has — which classes are fragile, and
+why — with the compared runs on shared axes, the minority classes marked, and a caption written from the
+numbers (it says so when the data do *not* show the paper's finding).
+
+Minority classes: a class is a minority class of a run when its training rows are fewer than the geometric
+mean of the run's largest and smallest non-empty class, and the largest is at least twice the smallest
+(:func:`minority`). A balanced run has none; a figure marks the classes that are minority in any run.
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -24,154 +32,390 @@ class _LazyPyplot:
 
 plt = _LazyPyplot()
 
+RUN_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#8172b3", "#937860", "#da8bc3")
+MINORITY_SHADE = "#f6e3cf"
+NOT_SHARED = "#d9d9d9"
+
 
 def _runs(ctx, analyzer: str):
     return [(lab, ctx.results[lab][analyzer].data) for lab in ctx.labels if analyzer in ctx.results[lab]]
 
 
-def _fig(n: int, height: float = 3.4, width: float = 6.0):
-    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
-    return fig, axes[0]
+def _num(v) -> float:
+    return float(v) if isinstance(v, (int, float)) and v is not None and math.isfinite(v) else float("nan")
 
 
-def accuracy(ctx):
+def _fmt(v: float) -> str:
+    return "–" if not math.isfinite(v) else f"{v:.3g}"
+
+
+def minority(counts: Sequence[int]) -> set[int]:
+    """The minority classes of one run: fewer training rows than the geometric mean of its largest and
+    smallest non-empty class, when the largest is at least twice the smallest; none otherwise."""
+    nz = [n for n in counts if n > 0]
+    if not nz or max(nz) < 2 * min(nz):
+        return set()
+    cut = math.sqrt(max(nz) * min(nz))
+    return {c for c, n in enumerate(counts) if 0 < n < cut}
+
+
+def train_counts(ctx) -> dict[str, list[int]]:
+    """Training rows per class of each run, from the analyzers' last training group."""
+    out = {}
+    for lab in ctx.labels:
+        res = ctx.results[lab]
+        if "topk" in res and last_group(res["topk"].data, "train"):
+            out[lab] = [c["n"] for c in last_group(res["topk"].data, "train")["classes"]]
+        elif "magnitude" in res and res["magnitude"].data.get("train_n") is not None:
+            out[lab] = [int(n) for n in res["magnitude"].data["train_n"]]
+    return out
+
+
+def _minorities(ctx) -> set[int]:
+    found: set[int] = set()
+    for counts in train_counts(ctx).values():
+        found |= minority(counts)
+    return found
+
+
+def _mean(values, idx) -> float:
+    v = [values[i] for i in idx if math.isfinite(values[i])]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def _figure(rows: int, width: float = 11.0, height: float = 3.3, sharey: bool = True):
+    fig, axes = plt.subplots(rows, 1, figsize=(width, height * rows), squeeze=False, sharex=True, sharey=sharey,
+                             layout="constrained")
+    return fig, list(axes[:, 0])
+
+
+def _grouped(ax, names: list[str], series: list[tuple[str, list[float]]], minor: set[int]) -> None:
+    """Bars per class, one per run side by side; minority classes shaded."""
+    x = np.arange(len(names))
+    w = 0.8 / max(1, len(series))
+    for c in sorted(minor):
+        ax.axvspan(c - 0.45, c + 0.45, color=MINORITY_SHADE, zorder=0, lw=0, gid=f"minority-{c}")
+    for i, (lab, vals) in enumerate(series):
+        ax.bar(x - 0.4 + w * (i + 0.5), vals, w, color=RUN_COLOURS[i % len(RUN_COLOURS)], label=lab, zorder=2, gid=f"run-{i}")
+    ax.grid(axis="y", color="#eeeeee", zorder=1)
+
+
+def _class_ticks(ax, names: list[str], counts: dict[str, list[int]], labels: list[str], minor: set[int]) -> None:
+    ticks = []
+    for c, name in enumerate(names):
+        ns = "/".join(str(counts[lab][c]) if lab in counts and c < len(counts[lab]) else "?" for lab in labels)
+        ticks.append(f"{name}\n{ns}")
+    ax.set_xticks(range(len(names)), ticks, fontsize=7)
+    for c, t in enumerate(ax.get_xticklabels()):
+        if c in minor:
+            t.set_fontweight("bold")
+    ax.set_xlabel(f"class (training rows: {' / '.join(labels)}); shaded and bold = minority class", fontsize=8)
+
+
+def _legend(fig, ax, extra: Sequence = ()) -> None:
+    from matplotlib.patches import Patch
+
+    handles, labels = ax.get_legend_handles_labels()
+    handles, labels = list(handles) + [h for h, _ in extra], list(labels) + [lab for _, lab in extra]
+    handles.append(Patch(color=MINORITY_SHADE))
+    labels.append("minority class")
+    fig.legend(handles, labels, loc="outside upper center", ncol=len(labels), fontsize=8, frameon=False)
+
+
+def _per_class(group, key: str) -> list[float]:
+    return [_num(c.get(key)) for c in group["classes"]] if group else []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# captions: sentences from the numbers
+
+
+def fragile_caption(acc: dict[str, list[float]], p5: dict[str, list[float]], names: list[str], minor: set[int]) -> str:
+    """Which classes are fragile: accuracy and the share of test rows below the training 5th percentile."""
+    bits = []
+    labels = list(acc)
+    if labels and acc[labels[0]]:
+        first = labels[0]
+        vals = acc[first]
+        worst = min((c for c in range(len(vals)) if math.isfinite(vals[c])), key=lambda c: vals[c], default=None)
+        if worst is not None:
+            others = ", ".join(f"{_fmt(acc[lab][worst])} in {lab}" for lab in labels[1:] if worst < len(acc[lab]))
+            bits.append(f"Least accurate class in {first}: {names[worst]} ({_fmt(vals[worst])}{'; ' + others if others else ''}).")
+    if not minor:
+        bits.append("No run is imbalanced enough to have minority classes, so the minority comparison does not apply.")
+        return " ".join(bits)
+    rest = [c for c in range(len(names)) if c not in minor]
+    bits.insert(0, f"Marked: class{'es' if len(minor) > 1 else ''} {', '.join(names[c] for c in sorted(minor))}, the minority "
+                   "classes (fewer training rows than the geometric mean of the largest and smallest class); in a balanced "
+                   "run the same classes serve as the control.")
+    for lab in labels:
+        am, ar = _mean(acc[lab], minor), _mean(acc[lab], rest)
+        pm, pr = (_mean(p5[lab], minor), _mean(p5[lab], rest)) if lab in p5 else (float("nan"), float("nan"))
+        if math.isfinite(am) and math.isfinite(ar):
+            verdict = "lower" if am < ar else "not lower"
+            bits.append(f"{lab}: the marked classes' test accuracy {_fmt(am)} vs {_fmt(ar)} for the others ({verdict}).")
+        if math.isfinite(pm) and math.isfinite(pr):
+            if pm > pr:
+                bits.append(f"{lab}: {_fmt(pm)} of the marked classes' test rows fall below their class's training 5th percentile "
+                            f"of top-K magnitude, vs {_fmt(pr)} for the others (about 0.05 if test matched train).")
+            else:
+                bits.append(f"{lab}: the data do not show the paper's magnitude finding here — the marked classes' test rows fall "
+                            f"below the training 5th percentile no more often ({_fmt(pm)}) than the others' ({_fmt(pr)}).")
+    return " ".join(bits)
+
+
+def shared_features(group) -> dict[int, list[int]]:
+    """feature index -> the classes whose class top-K (all rows) contains it, for features in two or more."""
+    owners: dict[int, list[int]] = {}
+    for c, entry in enumerate(group["classes"]):
+        idx = (entry.get("topk") or {}).get("all", {}).get("indices")
+        for f in [] if idx is None else list(idx):
+            if f is not None:
+                owners.setdefault(int(f), []).append(c)
+    return {f: cs for f, cs in owners.items() if len(cs) > 1}
+
+
+def topk_caption(per_run: dict[str, tuple[dict[int, list[int]], int, list[int]]], names: list[str], minor: set[int], k: int) -> str:
+    """Identity: how many top-K slots a class shares with other classes."""
+    bits = []
+    for lab, (shared, n_classes, sizes) in per_run.items():
+        share = [sum(1 for cs in shared.values() if c in cs) for c in range(n_classes)]
+        if shared:
+            top = max(shared, key=lambda f: (len(shared[f]), -f))
+            bits.append(f"{lab}: {len(shared)} features are in the top-{k} of two or more classes (feature {top} in "
+                        f"{len(shared[top])}: {', '.join(names[c] for c in shared[top])}).")
+        else:
+            bits.append(f"{lab}: every class's top-{k} features are its own (none shared).")
+        if minor:
+            rest = [c for c in range(n_classes) if c not in minor and sizes[c] > 0]
+            mi = [c for c in minor if c < n_classes and sizes[c] > 0]
+            sm, sr = _mean([float(v) for v in share], mi), _mean([float(v) for v in share], rest)
+            if math.isfinite(sm) and math.isfinite(sr):
+                word = "more" if sm > sr else "not more"
+                bits.append(f"{lab}: the marked classes share {_fmt(sm)} of their top-{k} features with other classes on average, "
+                            f"the others {_fmt(sr)} ({word}).")
+    return "Coloured segments are features shared with another class (same colour = same feature); grey ones are the class's own. " + " ".join(bits)
+
+
+def unique_caption(unique: dict[str, list[float]], names: list[str], minor: set[int], k: int) -> str:
+    bits = []
+    rest = [c for c in range(len(names)) if c not in minor]
+    for lab, vals in unique.items():
+        if not minor:
+            bits.append(f"{lab}: {_fmt(min(vals, default=float('nan')))}–{_fmt(max(vals, default=float('nan')))} distinct features per class.")
+            continue
+        um, ur = _mean(vals, minor), _mean(vals, rest)
+        if math.isfinite(um) and math.isfinite(ur):
+            if um < ur:
+                bits.append(f"{lab}: the marked classes' rows use {_fmt(um)} distinct top-{k} features on average, the others {_fmt(ur)}.")
+            else:
+                bits.append(f"{lab}: the data do not show less diverse marked classes — {_fmt(um)} distinct top-{k} features vs {_fmt(ur)}.")
+    return " ".join(bits)
+
+
+def magnitude_caption(ratios: dict[str, tuple[list[float], list[float]]]) -> str:
+    bits = []
+    for lab, (corr, wrong) in ratios.items():
+        rc = float(np.nanmedian(corr)) if any(math.isfinite(v) for v in corr) else float("nan")
+        rw = float(np.nanmedian(wrong)) if any(math.isfinite(v) for v in wrong) else float("nan")
+        if not math.isfinite(rw):
+            bits.append(f"{lab}: no misclassified test rows to compare (correct rows reach {_fmt(rc)} of the training magnitude).")
+        elif rw < rc:
+            bits.append(f"{lab}: misclassified test rows reach a median {_fmt(rw)} of the training magnitude, correct ones {_fmt(rc)}.")
+        else:
+            bits.append(f"{lab}: the data do not show the paper's finding — misclassified test rows reach {_fmt(rw)} of the "
+                        f"training magnitude, no less than correct ones ({_fmt(rc)}).")
+    return "Test/train mean CE at each class's training top-K features (1 = as in training). " + " ".join(bits)
+
+
+def diversity_caption(pr: dict[str, tuple[list[int], list[float]]], minor: set[int]) -> str:
+    bits = []
+    for lab, (n, vals) in pr.items():
+        keep = [i for i in range(len(n)) if n[i] > 1 and math.isfinite(vals[i])]
+        if len(keep) >= 3 and len({n[i] for i in keep}) > 1:
+            from scipy.stats import spearmanr
+
+            rho = float(spearmanr([n[i] for i in keep], [vals[i] for i in keep]).statistic)
+            trend = "larger classes are more diverse" if rho > 0.3 else "class size does not order diversity"
+            bits.append(f"{lab}: Spearman ρ = {_fmt(rho)} between training rows and participation ratio ({trend}).")
+        if minor:
+            rest = [i for i in range(len(n)) if i not in minor]
+            pm, pr_ = _mean(vals, minor), _mean(vals, rest)
+            if math.isfinite(pm) and math.isfinite(pr_):
+                bits.append(f"{lab}: the marked classes' participation ratio {_fmt(pm)} vs {_fmt(pr_)}.")
+    return "FE participation ratio (effective number of dimensions the class's features use) against class size. " + " ".join(bits)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# sections
+
+
+def fragile(ctx):
+    """Which classes are fragile: test accuracy and the share of test rows below the training 5th percentile."""
     runs = _runs(ctx, "topk")
     if not runs:
         return []
-    fig, axes = _fig(len(runs))
-    for ax, (lab, data) in zip(axes, runs):
-        test, train = last_group(data, "test") or last_group(data, "train"), last_group(data, "train")
-        names = [c["class"] for c in test["classes"]]
-        acc = [c["accuracy"] if c["accuracy"] is not None else 0 for c in test["classes"]]
-        counts = [c["n"] for c in (train or test)["classes"]]
-        bars = ax.bar(range(len(names)), acc, color="#4c72b0")
-        for b, n in zip(bars, counts):
-            ax.annotate(f"n={n}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(range(len(names)), names, rotation=45 if len(names) > 10 else 0, fontsize=8)
-        ax.set_ylim(0, 1.12)
-        ax.set_ylabel("test accuracy")
-        ax.set_title(f"{lab}: accuracy per class (n = training rows)")
-    return [("Per-class test accuracy at the last epoch, annotated with the class's training size.", fig)]
+    counts, minor = train_counts(ctx), _minorities(ctx)
+    names = [c["class"] for c in (last_group(runs[0][1], "test") or last_group(runs[0][1], "train"))["classes"]]
+    acc = {lab: _per_class(last_group(d, "test"), "accuracy") or [float("nan")] * len(names) for lab, d in runs}
+    p5 = {lab: _per_class(last_group(d, "test"), "share_below_p5") for lab, d in _runs(ctx, "magnitude")}
+    p5 = {lab: v for lab, v in p5.items() if v}
+    fig, axes = _figure(2 if p5 else 1, sharey=False)
+    _grouped(axes[0], names, list(acc.items()), minor)
+    axes[0].set_ylim(0, 1.05)
+    axes[0].set_ylabel("test accuracy")
+    axes[0].set_title("Which classes are fragile? Test accuracy per class (last epoch)", fontsize=10)
+    if p5:
+        _grouped(axes[1], names, list(p5.items()), minor)
+        axes[1].axhline(0.05, color="#555555", lw=0.8, ls="--", label="0.05 (test like train)", zorder=3)
+        axes[1].set_ylim(0, max(0.1, max(v for vals in p5.values() for v in vals if math.isfinite(v)) * 1.1 if any(
+            math.isfinite(v) for vals in p5.values() for v in vals) else 1.0))
+        axes[1].set_ylabel("share below train p5")
+        axes[1].set_title("Share of test rows whose top-K magnitude is below the class's training 5th percentile", fontsize=10)
+    _class_ticks(axes[-1], names, counts, [lab for lab, _ in runs], minor)
+    _legend(fig, axes[-1])
+    return [(fragile_caption(acc, p5, names, minor), fig)]
 
 
 def topk_bars(ctx):
-    runs = _runs(ctx, "topk")
+    """Identity: each class's top-K mean CE stacked, coloured by feature so a shared feature is visible."""
+    runs = [(lab, d, last_group(d, "train") or last_group(d, "test")) for lab, d in _runs(ctx, "topk")]
+    runs = [r for r in runs if r[2] is not None]
     if not runs:
         return []
-    fig, axes = _fig(len(runs), height=4.2, width=7.0)
-    for ax, (lab, data) in zip(axes, runs):
-        g = last_group(data, "train") or last_group(data, "test")
-        k = data["k"]
-        cmap = plt.get_cmap("tab20")
+    minor = _minorities(ctx)
+    fig, axes = _figure(len(runs), height=3.6)
+    cmap = plt.get_cmap("tab20")
+    per_run = {}
+    for ax, (lab, data, g) in zip(axes, runs):
+        shared = shared_features(g)
+        colour = {f: cmap(i % 20) for i, f in enumerate(sorted(shared, key=lambda f: (-len(shared[f]), f)))}
+        names = [e["class"] for e in g["classes"]]
+        for c in sorted(minor):
+            ax.axvspan(c - 0.45, c + 0.45, color=MINORITY_SHADE, zorder=0, lw=0)
         for c, entry in enumerate(g["classes"]):
             t = entry["topk"]["all"]
             if entry["n"] == 0 or t["indices"] is None:
                 continue
-            bottom = 0.0
-            for j, (idx, val) in enumerate(zip(t["indices"], t["values"])):
+            pos = [v for v in t["values"] if v is not None and v > 0]
+            bottom, total = 0.0, sum(pos)
+            for idx, val in zip(t["indices"], t["values"]):
                 if idx is None or val is None or val <= 0:
                     continue
-                ax.bar(c, val, bottom=bottom, color=cmap(j % 20), edgecolor="white", linewidth=0.4)
-                if val > 0.04 * max(1e-9, sum(v for v in t["values"] if v and v > 0)):
-                    ax.text(c, bottom + val / 2, str(idx), ha="center", va="center", fontsize=6)
+                ax.bar(c, val, 0.7, bottom=bottom, color=colour.get(idx, NOT_SHARED), edgecolor="white", linewidth=0.4, zorder=2,
+                       gid=f"class-{c}-feature-{idx}")
+                if val > 0.05 * total:
+                    ax.text(c, bottom + val / 2, str(idx), ha="center", va="center", fontsize=6, zorder=3)
                 bottom += val
-        ax.set_xticks(range(len(g["classes"])), [e["class"] for e in g["classes"]], fontsize=8)
-        ax.set_ylabel(f"mean {data['embedding']} value")
-        ax.set_title(f"{lab}: class top-{k} {data['embedding']} ({g['split']}@{g['epoch']}), labelled by feature index")
-    return [("The paper's figure: each class's top-K mean CE stacked, each segment labelled with its feature index.", fig)]
+        ax.set_ylabel(f"{lab}\nmean {data['embedding']}", fontsize=8)
+        ax.set_title(f"{lab}: class top-{data['k']} {data['embedding']} ({g['split']}@{g['epoch']}), segments labelled by feature",
+                     fontsize=10)
+        per_run[lab] = (shared, len(names), [e["n"] for e in g["classes"]])
+    _class_ticks(axes[-1], names, train_counts(ctx), [lab for lab, _, _ in runs], minor)
+    return [(topk_caption(per_run, names, minor, runs[0][1]["k"]), fig)]
 
 
-def frequency(ctx):
-    runs = _runs(ctx, "topk")
+def unique(ctx):
+    """Diversity of identity: how many distinct features a class's rows have in their top-K."""
+    runs = [(lab, last_group(d, "train")) for lab, d in _runs(ctx, "topk")]
+    runs = [(lab, g) for lab, g in runs if g is not None]
     if not runs:
         return []
-    fig, axes = _fig(len(runs))
-    for ax, (lab, data) in zip(axes, runs):
-        g = last_group(data, "train") or last_group(data, "test")
-        for entry in g["classes"]:
-            if entry["n"] == 0:
-                continue
-            f = np.sort(np.asarray(entry["freq"], dtype=float))[::-1]
-            f = f[f > 0]
-            ax.plot(np.arange(1, len(f) + 1), f, label=f"{entry['class']} (n={entry['n']})", lw=1.2)
-        ax.set_xscale("log")
-        ax.set_xlabel("feature rank")
-        ax.set_ylabel("share of rows with the feature in their top-K")
-        ax.set_title(f"{lab}: instance top-{data['k']} frequency curves")
-        ax.legend(fontsize=6, ncol=2)
-    return [("Instance top-K frequencies per class, sorted: a long flat tail means many distinct features (docs/analyzers.md).", fig)]
+    minor = _minorities(ctx)
+    names = [c["class"] for c in runs[0][1]["classes"]]
+    k = ctx.results[runs[0][0]]["topk"].data["k"]
+    vals = {lab: _per_class(g, "unique") for lab, g in runs}
+    fig, axes = _figure(1)
+    _grouped(axes[0], names, list(vals.items()), minor)
+    axes[0].set_ylabel(f"distinct top-{k} features")
+    axes[0].set_title(f"How many distinct features do a class's training rows have in their top-{k}?", fontsize=10)
+    _class_ticks(axes[0], names, train_counts(ctx), [lab for lab, _ in runs], minor)
+    _legend(fig, axes[0])
+    return [(unique_caption(vals, names, minor, k), fig)]
 
 
 def magnitude(ctx):
-    runs = _runs(ctx, "magnitude")
+    """Why: test rows' magnitude at the class's training top-K, relative to training, correct vs misclassified."""
+    runs = [(lab, d, last_group(d, "test")) for lab, d in _runs(ctx, "magnitude")]
+    runs = [r for r in runs if r[2] is not None]
     if not runs:
         return []
-    fig, axes = _fig(len(runs))
-    for ax, (lab, data) in zip(axes, runs):
-        g = last_group(data, "test")
-        if g is None:
-            continue
-        cls = g["classes"]
-        x = np.arange(len(cls))
-        train = [v if v is not None else np.nan for v in data["train_mean"]]
-        corr = [c["mean_correct"] if c["mean_correct"] is not None else np.nan for c in cls]
-        wrong = [c["mean_incorrect"] if c["mean_incorrect"] is not None else np.nan for c in cls]
-        ax.bar(x - 0.27, train, 0.27, label="train", color="#4c72b0")
-        ax.bar(x, corr, 0.27, label="test correct", color="#55a868")
-        ax.bar(x + 0.27, wrong, 0.27, label="test misclassified", color="#c44e52")
-        ax.set_xticks(x, [c["class"] for c in cls], fontsize=8)
-        ax.set_ylabel(f"mean {data['embedding']} at training top-{data['k']}")
-        ax.set_title(f"{lab}: magnitude drift ({g['split']}@{g['epoch']} vs {data['reference']})")
-        ax.legend(fontsize=7)
-    return [("Magnitudes at each class's training top-K features: misclassified test rows fall short (docs/analyzers.md).", fig)]
+    minor = _minorities(ctx)
+    names = [c["class"] for c in runs[0][2]["classes"]]
+    fig, axes = _figure(2)
+    ratios = {lab: (_per_class(g, "ratio_correct"), _per_class(g, "ratio_incorrect")) for lab, _, g in runs}
+    _grouped(axes[0], names, [(lab, r[0]) for lab, r in ratios.items()], minor)
+    _grouped(axes[1], names, [(lab, r[1]) for lab, r in ratios.items()], minor)
+    for ax, what in zip(axes, ("correctly classified", "misclassified")):
+        ax.axhline(1.0, color="#555555", lw=0.8, ls="--", zorder=3)
+        ax.set_ylabel("test / train")
+        ax.set_title(f"Top-K magnitude of {what} test rows relative to training", fontsize=10)
+    _class_ticks(axes[-1], names, train_counts(ctx), [lab for lab, _, _ in runs], minor)
+    _legend(fig, axes[-1])
+    return [(magnitude_caption(ratios), fig)]
 
 
 def diversity(ctx):
-    runs = _runs(ctx, "diversity")
+    runs = [(lab, last_group(d, "train") or last_group(d, "test")) for lab, d in _runs(ctx, "diversity")]
+    runs = [(lab, g) for lab, g in runs if g is not None]
     if not runs:
         return []
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
-    for i, (lab, data) in enumerate(runs):
-        g = last_group(data, "train") or last_group(data, "test")
-        cls = [c for c in g["classes"] if c["n"] > 0]
-        n = [c["n"] for c in cls]
-        marker = "os^D"[i % 4]
-        axes[0].scatter(n, [c["participation_ratio"] or np.nan for c in cls], label=lab, marker=marker)
-        axes[1].scatter(n, [c["unique_share"] or np.nan for c in cls], label=lab, marker=marker)
-        for c in cls:
-            axes[0].annotate(c["class"], (c["n"], c["participation_ratio"] or 0), fontsize=6)
-    for ax, name in zip(axes, ("FE participation ratio", "unique top-K share (unique / D)")):
-        ax.set_xscale("log")
-        ax.set_xlabel("training rows in the class")
-        ax.set_ylabel(name)
-        ax.legend(fontsize=7)
-    axes[0].set_title("latent diversity vs class size")
-    return [("Diversity against class size: minority classes of the imbalanced run sit low and left.", fig)]
+    minor = _minorities(ctx)
+    fig, axes = _figure(1, width=8, height=4)
+    ax = axes[0]
+    pr = {}
+    for i, (lab, g) in enumerate(runs):
+        n = [c["n"] for c in g["classes"]]
+        vals = _per_class(g, "participation_ratio")
+        pr[lab] = (n, vals)
+        colour = RUN_COLOURS[i % len(RUN_COLOURS)]
+        for c, entry in enumerate(g["classes"]):
+            if n[c] == 0 or not math.isfinite(vals[c]):
+                continue
+            ax.scatter(n[c], vals[c], color=colour, marker="o", s=36 if c in minor else 22,
+                       facecolors=colour if c in minor else "white", zorder=3, label=lab if c == 0 else None)
+            ax.annotate(entry["class"], (n[c], vals[c]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("training rows in the class (filled = minority class)")
+    ax.set_ylabel("FE participation ratio")
+    ax.set_title("Is a class's latent space narrower when it has fewer rows?", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    return [(diversity_caption(pr, minor), fig)]
 
 
 def trajectory(ctx):
     runs = [(lab, d) for lab, d in _runs(ctx, "magnitude") if len(d.get("trajectory", {})) > 1]
     if not runs:
         return []
-    items = []
-    for lab, data in runs:
+    minor = _minorities(ctx)
+    fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.2 * len(runs)), squeeze=False, sharey="col", layout="constrained")
+    cmap = plt.get_cmap("tab10")
+    for row, (lab, data) in enumerate(runs):
         traj = sorted(data["trajectory"].values(), key=lambda t: t["epoch"])
         epochs = [t["epoch"] for t in traj]
-        fig, axes = plt.subplots(1, 2, figsize=(12, 3.4))
         C = len(traj[0]["identity_overlap"])
         for c in range(C):
-            ov = [t["identity_overlap"][c] for t in traj]
-            mg = [t["magnitude"][c] for t in traj]
-            axes[0].plot(epochs, [np.nan if v is None else v for v in ov], label=str(c), lw=1)
-            axes[1].plot(epochs, [np.nan if v is None else v for v in mg], label=str(c), lw=1)
-        axes[0].set_ylabel("overlap with final top-K")
-        axes[1].set_ylabel("magnitude at final top-K")
-        for ax in axes:
-            ax.set_xlabel("epoch")
-            ax.legend(fontsize=6, ncol=2, title="class", title_fontsize=6)
-        axes[0].set_title(f"{lab}: identity and magnitude across training epochs")
-        items.append((f"{lab}: how the final top-K features emerge over the recorded epochs.", fig))
-    return items
+            style = {"color": cmap(c % 10), "lw": 1.6, "label": f"class {c}"} if c in minor else {"color": "#bbbbbb", "lw": 0.8}
+            for col, key in enumerate(("identity_overlap", "magnitude")):
+                axes[row][col].plot(epochs, [_num(t[key][c]) for t in traj], **style)
+        axes[row][0].set_ylabel(f"{lab}\noverlap with final top-K", fontsize=8)
+        axes[row][1].set_ylabel("magnitude at final top-K", fontsize=8)
+        axes[row][0].set_title(f"{lab}: when do the final top-K features emerge?", fontsize=10)
+        if minor:
+            axes[row][1].legend(fontsize=6, ncol=2, loc="best")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    late = []
+    for lab, data in runs:
+        traj = sorted(data["trajectory"].values(), key=lambda t: t["epoch"])
+        mid = traj[len(traj) // 2]["identity_overlap"]
+        rest = [c for c in range(len(mid)) if c not in minor]
+        vals = [_num(v) for v in mid]
+        if minor and math.isfinite(_mean(vals, minor)) and math.isfinite(_mean(vals, rest)):
+            late.append(f"{lab}: halfway through the recorded epochs, the marked classes' top-K overlaps the final one by "
+                        f"{_fmt(_mean(vals, minor))}, the others' by {_fmt(_mean(vals, rest))}.")
+    caption = "Marked (minority) classes in colour, the others grey. " + " ".join(late)
+    return [(caption, fig)]
 
 
 def comparison(ctx):
@@ -201,11 +445,11 @@ def tables(ctx):
 
 @fragility.hookimpl
 def fragility_register_report_sections(registrar):
-    registrar.add("accuracy", accuracy, title="Accuracy per class", order=10)
+    registrar.add("fragile", fragile, title="Which classes are fragile", order=10)
     registrar.add("comparison", comparison, title="Imbalanced vs balanced", order=15)
-    registrar.add("topk", topk_bars, title="Class top-K CE (identity)", order=20)
-    registrar.add("frequency", frequency, title="Instance top-K frequencies", order=30)
-    registrar.add("magnitude", magnitude, title="Magnitude drift, train vs test", order=40)
+    registrar.add("magnitude", magnitude, title="Why: magnitude at the training top-K, test vs train", order=20)
+    registrar.add("topk", topk_bars, title="Why: class top-K CE identity and shared features", order=30)
+    registrar.add("unique", unique, title="Why: distinct top-K features per class", order=40)
     registrar.add("diversity", diversity, title="Latent class diversity", order=50)
     registrar.add("trajectory", trajectory, title="Epoch trajectories", order=60)
     registrar.add("tables", tables, title="Tables", order=90)

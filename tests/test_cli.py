@@ -137,7 +137,7 @@ def test_report_with_comparison(stores, tmp_path):
     assert printed.strip().endswith("index.html")
     _check_report(out, min_images=6)
     html = (out / "index.html").read_text()
-    assert "imbalanced vs balanced" in html and "Magnitude drift" in html
+    assert "imbalanced vs balanced" in html and "Which classes are fragile" in html and "magnitude at the training top-K" in html
 
 
 def test_bad_inputs_are_one_line_errors(stores, tmp_path):

@@ -26,7 +26,7 @@ from fragility.testing import make_random_store
 FORGED = r"uses external storage"
 
 #: CLI subcommands that never read a store (everything else must be listed in CLI_CALLS)
-NO_STORE_COMMANDS = {"demo", "plugins"}
+NO_STORE_COMMANDS = {"demo", "plugins", "reproduce"}  # they read only stores they wrote
 
 
 @pytest.fixture

@@ -134,3 +134,29 @@ def test_callback_refuses_a_module_it_cannot_tap(tmp_path):
     cb = FragilityCallback(tmp_path / "x.fragility")
     with pytest.raises(fragility.RecorderError, match=r"NoModel has no get_classifier\(\) and no .model; pass FragilityCallback\(model="):
         cb.on_fit_start(None, NoModel())
+
+
+@pytest.mark.slow
+def test_ddp_writes_one_exact_store_per_rank(tmp_path):
+    """A real 2-process DDP Trainer (gloo on CPU): one store per rank, each rank's rows equal to what its own
+    classifier saw, and the two read back as one store covering every training sample each epoch."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FRAGILITY_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "-m", "tests.lightning_ddp_worker", str(tmp_path)], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    path = tmp_path / "run.fragility"
+    assert sorted(q.name for q in path.iterdir()) == ["rank0", "rank1"]
+    for rank in (0, 1):
+        seen = torch.load(tmp_path / f"seen{rank}.pt", weights_only=False)
+        with fragility.Store(path / f"rank{rank}") as one:
+            assert {q.rank for q in one.passes} == {rank}
+            _check_rows(one, seen, {"train"})
+            _check_rows(one, seen, {"val"})
+    with fragility.Store(path) as both:
+        for epoch in (0, 1):
+            idx = np.concatenate([both.read(q, ["index"])["index"] for q in both.select(split="train", epoch=epoch)])
+            assert sorted(idx.tolist()) == list(range(24))  # DistributedSampler split the epoch between the ranks

@@ -349,12 +349,15 @@ def make_plan(
         named = {store.pass_info(n).name for n in passes}  # unknown names: SelectionError with close matches
         chosen = [p for p in chosen if p.name in named]
     passes_sel = chosen
+    notes: list[str] = [
+        f"pass {old} (incomplete) was recorded again as {new} (training resumed): left out, so no row counts twice"
+        for old, new in store.superseded.items() if new in {p.name for p in chosen}
+    ]
     class_ids = resolve_classes(store, classes)
     if not passes_sel:
         raise AnalyzerError(f"the selection (split={split!r}, epoch={epoch!r}, passes={passes!r}) of {store.path} holds no rows")
     users = [n for n in names if reg.analyzers[n].uses_reference]
     reference: list[PassInfo] = []
-    notes: list[str] = []
     if users:
         problem = None
         try:
@@ -451,12 +454,13 @@ def analyze(
 
 
 class _progress:
-    """A transient rows progress bar on stderr (shown only on a terminal); yields ``advance(n)``."""
+    """A transient progress bar of ``unit`` on stderr (shown only on a terminal); yields ``advance(n)``."""
 
-    def __init__(self, enabled: bool, total: int, what: str = "analyzing") -> None:
+    def __init__(self, enabled: bool, total: int, what: str = "analyzing", unit: str = "rows") -> None:
         self.enabled = enabled
         self.total = total
         self.what = what
+        self.unit = unit
 
     def __enter__(self):
         if not self.enabled:
@@ -465,11 +469,11 @@ class _progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._p = Progress(
-            TextColumn(self.what), BarColumn(), MofNCompleteColumn(), TextColumn("rows"), TimeRemainingColumn(),
+            TextColumn(self.what), BarColumn(), MofNCompleteColumn(), TextColumn(self.unit), TimeRemainingColumn(),
             console=Console(stderr=True), transient=True, disable=not Console(stderr=True).is_terminal,
         )
         self._p.start()
-        task = self._p.add_task("rows", total=self.total)
+        task = self._p.add_task(self.unit, total=self.total)
         return lambda n: self._p.advance(task, n)
 
     def __exit__(self, *exc: object) -> None:

@@ -14,7 +14,9 @@ from typing import Any
 from rich.console import Console
 
 from .._safe import markup
+from ..datasets import DATASETS
 from ..errors import output_dir
+from ..losses import LOSSES
 
 EXIT_ERROR = 2
 
@@ -63,14 +65,48 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  fragility demo\n  fragility demo --epochs 20 --imbalance 50 --out demo-report\n"
         "  fragility demo --data cifar10 --root ~/data --model resnet18 --epochs 30",
     )
-    d.add_argument("--data", default="digits", choices=["digits", "cifar10", "svhn"], help="data set (default: digits, bundled)")
-    d.add_argument("--root", default=None, help="folder with a local CIFAR-10/SVHN copy in torchvision's layout")
-    d.add_argument("--model", default="resnet18", help="any timm model name (default: resnet18)")
-    d.add_argument("--epochs", type=int, default=12, help="training epochs per run (default: 12)")
+    d.add_argument("--data", default="digits", choices=list(DATASETS), help="data set (default: digits, bundled)")
+    d.add_argument("--root", default=None, help="folder with a local CIFAR-10/100, SVHN or CelebA copy in torchvision's layout")
+    d.add_argument("--model", default="resnet10t", help="any timm model name (default: resnet10t)")
+    d.add_argument("--epochs", type=int, default=10, help="training epochs per run (default: 10)")
     d.add_argument("--imbalance", type=float, default=20.0, help="imbalance ratio largest/smallest class (default: 20)")
     d.add_argument("--seed", type=int, default=0, help="random seed of the data split, sampling and training (default: 0)")
     d.add_argument("--k", type=int, default=10, help="top-K size (default: 10)")
     d.add_argument("--out", default="demo-report", help="report folder (default: demo-report)")
+
+    r = sub.add_parser(
+        "reproduce", help="the paper's grid: losses vs a balanced control, one store each, one comparison report",
+        formatter_class=_Formatter,
+        description="Train a CIFAR ResNet (registered as a timm model) on an imbalanced view of the data once per loss, "
+        "and on the balanced control, with the Recorder attached (a train pass and a test sweep every --record-every "
+        "epochs and at the last); write one store per configuration into OUT/stores and one comparison report into "
+        "OUT/report. Run it again to resume: complete configurations are skipped, a partial one restarts from its last "
+        "checkpoint. CUDA (with bf16 autocast) is used when present.",
+        epilog="examples:\n  fragility reproduce --quick\n"
+        "  fragility reproduce --data cifar10 --root ~/data --imbalance 100 --losses ce,focal,ldam-drw --epochs 200 --out results/\n"
+        "  fragility reproduce --data svhn --root ~/data --profile step --imbalance 50 --out svhn-results/",
+    )
+    r.add_argument("--quick", action="store_true",
+                   help="the same grid on the bundled digits with a small budget (imbalance 20, 20 epochs, batch 64, recorded every 5; "
+                   "under 10 minutes on a 2-core CPU); other options still override")
+    r.add_argument("--data", choices=list(DATASETS), default=None, help="data set (default: cifar10; digits with --quick)")
+    r.add_argument("--root", default=None, help="folder with the data set in torchvision's on-disk layout (never downloaded)")
+    r.add_argument("--imbalance", type=float, default=None, help="largest/smallest class ratio (default: 100; 20 with --quick)")
+    r.add_argument("--profile", choices=["exp", "step"], default="exp", help="imbalance profile (default: exp)")
+    r.add_argument("--losses", default="ce,focal,ldam-drw",
+                   help=f"comma-separated losses, each one configuration: {', '.join(LOSSES)} (default: ce,focal,ldam-drw)")
+    r.add_argument("--no-balanced", action="store_true", help="leave out the balanced-training control")
+    r.add_argument("--epochs", type=int, default=None, help="training epochs (default: 200; 20 with --quick)")
+    r.add_argument("--record-every", type=int, default=None, help="record a train pass and a test sweep every N epochs "
+                   "and at the last (default: 20; 5 with --quick)")
+    r.add_argument("--model", default=None, help="timm model (default: cifar_resnet32)")
+    r.add_argument("--batch-size", type=int, default=None, help="training batch size (default: 128; 64 with --quick)")
+    r.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate (default: 0.1; momentum 0.9, weight decay 2e-4, "
+                   "5 warm-up epochs, x0.01 after 80%% and x0.0001 after 90%% of the epochs, DRW from 80%%)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the subset, the initial weights and the batches (default: 0)")
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to train (default: auto = CUDA if present)")
+    r.add_argument("--k", type=int, default=10, help="top-K size (default: 10)")
+    r.add_argument("--out", default="results", help="output folder: stores/, checkpoints/, report/ (default: results)")
 
     i = sub.add_parser(
         "inspect", help="what a store holds", formatter_class=_Formatter,
@@ -356,6 +392,23 @@ def cmd_demo(args, out: Console, err: Console) -> int:
     return 0
 
 
+def cmd_reproduce(args, out: Console, err: Console) -> int:
+    from ..reproduce import FULL, QUICK, run_reproduce
+
+    base = QUICK if args.quick else FULL
+
+    def pick(name: str, arg: Any) -> Any:
+        return base[name] if arg is None else arg
+
+    run_reproduce(
+        data=pick("data", args.data), root=args.root, imbalance_ratio=pick("imbalance", args.imbalance), profile=args.profile,
+        losses=[s.strip() for s in args.losses.split(",") if s.strip()], balanced=not args.no_balanced,
+        epochs=pick("epochs", args.epochs), model=pick("model", args.model), record_every=pick("record_every", args.record_every),
+        batch_size=pick("batch_size", args.batch_size), lr=args.lr, seed=args.seed, device=args.device, k=args.k, out=args.out, stdout=out, stderr=err,
+    )
+    return 0
+
+
 def cmd_watch(args, out: Console, err: Console) -> int:
     import time
 
@@ -394,7 +447,7 @@ def cmd_watch(args, out: Console, err: Console) -> int:
             live.stop()
 
 
-COMMANDS = {"demo": cmd_demo, "inspect": cmd_inspect, "analyze": cmd_analyze, "compare": cmd_compare,
+COMMANDS = {"demo": cmd_demo, "reproduce": cmd_reproduce, "inspect": cmd_inspect, "analyze": cmd_analyze, "compare": cmd_compare,
             "report": cmd_report, "verify": cmd_verify, "watch": cmd_watch, "plugins": cmd_plugins}
 
 

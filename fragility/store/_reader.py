@@ -41,6 +41,20 @@ class PassInfo:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+def superseded(passes: Sequence[PassInfo]) -> dict[str, str]:
+    """Incomplete passes followed by a later pass of the same split, epoch and rank — a pass killed and then
+    recorded again after training resumed from a checkpoint — mapped to the pass that replaces them.
+    Selections leave them out, so no row is counted twice."""
+    out: dict[str, str] = {}
+    for i, p in enumerate(passes):
+        if p.complete:
+            continue
+        later = [q for q in passes[i + 1 :] if (q.split, q.epoch, q.rank) == (p.split, p.epoch, p.rank)]
+        if later:
+            out[p.name] = later[-1].name
+    return out
+
+
 def _open_h5(path: str, what: str) -> h5py.File:
     """Open one HDF5 file of a store read-only (live or killed writers included), after the validation
     layer checked that it is a regular file and before anything else of it is read: every object is checked.
@@ -247,6 +261,11 @@ class Store:
 
     # ------------------------------------------------------------------ selection
 
+    @property
+    def superseded(self) -> dict[str, str]:
+        """Incomplete passes recorded again later (see :func:`superseded`): ``{left out: replaced by}``."""
+        return superseded(self.passes)
+
     def select(
         self,
         *,
@@ -261,7 +280,8 @@ class Store:
         Raises:
             SelectionError: a split or epoch the store does not hold (with close matches).
         """
-        passes = [p for p in self.passes if p.rows > 0 or p.complete]
+        gone = self.superseded
+        passes = [p for p in self.passes if (p.rows > 0 or p.complete) and p.name not in gone]
         if complete_only:
             passes = [p for p in passes if p.complete]
         if split is not None:

@@ -1,0 +1,312 @@
+"""``fragility reproduce``: the paper's grid of experiments as one command, on the user's own data.
+
+For every loss in ``losses`` — and the balanced-training control — it trains a CIFAR ResNet on an
+imbalanced view of the data with the Recorder attached (a train pass and a test sweep every
+``record_every`` epochs and at the last one), writes one store per configuration and one comparison report.
+A configuration whose store is complete is skipped; a partial one restarts from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from ._safe import markup
+from .analysis import Result, Table, analyze, compare_results, last_group
+from .datasets import DATASETS, ImageData, imbalance, imbalance_counts, load
+from .errors import DataError, close_matches, output_dir
+from .losses import LOSSES, Recipe, make_loss
+from .recorder import Recorder
+
+BALANCED = "balanced"
+#: per data set: whether a horizontal flip is a valid augmentation (digits and house numbers: no)
+FLIP = {"digits": False, "svhn": False, "cifar10": True, "cifar100": True, "celeba": True}
+QUICK = {"data": "digits", "imbalance": 20.0, "epochs": 20, "record_every": 5, "model": "cifar_resnet32", "batch_size": 64}
+FULL = {"data": "cifar10", "imbalance": 100.0, "epochs": 200, "record_every": 20, "model": "cifar_resnet32", "batch_size": 128}
+
+
+def augment(x: torch.Tensor, g: torch.Generator, flip: bool) -> torch.Tensor:
+    """The CIFAR augmentation: a random 32×32 crop of the image padded by 4 (with the black value -1), and a
+    random horizontal flip when ``flip``."""
+    n, _, h, w = x.shape
+    pad = torch.nn.functional.pad(x, (4, 4, 4, 4), value=-1.0)
+    dy, dx = torch.randint(0, 9, (n,), generator=g), torch.randint(0, 9, (n,), generator=g)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, x.shape[1], h, w + 8)
+    out = pad.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
+    out = out.gather(3, cols)
+    if flip:
+        mask = torch.rand(n, generator=g) < 0.5
+        out[mask] = out[mask].flip(3)
+    return out
+
+
+def recorded_epochs(epochs: int, every: int) -> list[int]:
+    """0-based epochs that get a train pass and a test sweep: every ``every``-th, and always the last."""
+    return sorted({e for e in range(epochs) if (e + 1) % every == 0} | {epochs - 1})
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DataError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def _save(path: str, state: dict[str, Any]) -> None:
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a kill leaves the previous checkpoint, never half of one
+
+
+class Grid:
+    """Paths and state of one reproduce run folder."""
+
+    def __init__(self, out: str, options: dict[str, Any]) -> None:
+        self.out = out
+        self.stores = os.path.join(out, "stores")
+        self.checkpoints = os.path.join(out, "checkpoints")
+        output_dir(self.stores)
+        output_dir(self.checkpoints)
+        path = os.path.join(out, "grid.json")
+        if os.path.exists(path):  # resuming: only the same grid may continue
+            try:
+                with open(path) as fh:
+                    old = json.load(fh)
+            except (OSError, ValueError) as exc:
+                raise DataError(f"{path} cannot be read ({exc}); delete it or choose another --out") from None
+            diff = [f"{k} {old.get(k)!r} vs {v!r}" for k, v in options.items() if old.get(k) != v and k != "losses"]
+            if diff:
+                raise DataError(f"{out} holds a run with other options ({'; '.join(diff)}); use the same options to resume, "
+                                f"or choose another --out")
+        with open(path, "w") as fh:
+            json.dump(options, fh, indent=1)
+
+    def store(self, cfg: str) -> str:
+        return os.path.join(self.stores, f"{cfg}.fragility")
+
+    def checkpoint(self, cfg: str) -> str:
+        return os.path.join(self.checkpoints, f"{cfg}.pt")
+
+    def done(self, cfg: str) -> str:
+        return os.path.join(self.checkpoints, f"{cfg}.done.json")
+
+
+def train_config(
+    cfg: str, loss_name: str, data: ImageData, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, grid: Grid, *,
+    model_name: str, recipe: Recipe, record_every: int, seed: int, device: torch.device, flip: bool, log: Console,
+) -> dict[str, Any]:
+    """Train one configuration with the Recorder attached; resume from its checkpoint when there is one."""
+    import timm
+
+    from . import models  # noqa: F401 - registers the CIFAR ResNets with timm
+
+    counts = torch.bincount(y, minlength=len(data.classes)).tolist()
+    torch.manual_seed(seed)  # every configuration starts from the same backbone weights
+    norm_head = LOSSES[loss_name][1]
+    try:
+        model = timm.create_model(model_name, pretrained=False, num_classes=len(data.classes),
+                                  **({"norm_head": True} if norm_head else {}))
+    except TypeError:
+        raise DataError(f"loss {loss_name} needs a model with LDAM's normalised head; use a cifar_resnet model") from None
+    except Exception as exc:  # noqa: BLE001 - unknown names, bad kwargs: one line
+        raise DataError(f"cannot create timm model {model_name!r}: {exc}") from None
+    model.to(device)
+    opt = recipe.optimizer(model)
+    start, resume = 0, False
+    store, ckpt = grid.store(cfg), grid.checkpoint(cfg)
+    if os.path.exists(ckpt) and os.path.isdir(store):
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        later = _passes_after(store, state["epoch"])
+        if later:
+            log.print(f"{markup(cfg)}: the store holds complete passes recorded after the checkpoint ({markup(', '.join(later))}); "
+                      f"restarting this configuration from epoch 0", highlight=False)
+        else:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            start, resume = state["epoch"] + 1, True
+            log.print(f"{markup(cfg)}: resuming from the checkpoint of epoch {state['epoch']}", highlight=False)
+    amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if device.type == "cuda" else _nothing()
+    record = set(recorded_epochs(recipe.epochs, record_every))
+    test = [(data.x_test[i : i + 512].to(device), data.y_test[i : i + 512]) for i in range(0, len(data.y_test), 512)]
+    n = len(y)
+    t0 = time.monotonic()
+    with Recorder(model, store, class_names=data.classes, overwrite=not resume, resume=resume) as rec:
+        for epoch in range(start, recipe.epochs):
+            for group in opt.param_groups:
+                group["lr"] = recipe.lr_at(epoch)
+            loss_fn = make_loss(loss_name, counts, epoch, recipe.drw_epoch).to(device)
+            g = torch.Generator().manual_seed(seed * 100003 + epoch)  # the same batches after a resume
+            perm = torch.randperm(n, generator=g)
+            model.train()
+            total, correct = 0.0, 0
+            recording = epoch in record
+            with rec.capture("train", epoch=epoch) if recording else rec.paused():
+                for s in range(0, n, recipe.batch_size):
+                    idx = perm[s : s + recipe.batch_size]
+                    xb, yb = augment(x[idx], g, flip).to(device), y[idx].to(device)
+                    with amp:
+                        logits = model(xb)
+                    if recording:
+                        rec.record(yb, index=ids[idx])
+                    loss = loss_fn(logits.float(), yb)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total += float(loss.detach()) * len(idx)
+                    correct += int((logits.argmax(1) == yb).sum())
+            if recording:
+                with amp:
+                    rec.evaluate(test, split="test", epoch=epoch)
+            _save(ckpt, {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(), "config": cfg})
+            spent = time.monotonic() - t0
+            done = epoch + 1 - start
+            eta = spent / done * (recipe.epochs - epoch - 1)
+            log.print(f"{markup(cfg)}: epoch {epoch + 1}/{recipe.epochs} loss {total / n:.3f} train acc {correct / n:.3f} "
+                      f"lr {recipe.lr_at(epoch):.2g}{' recorded' if recording else ''}; {spent:.0f} s, ETA {eta:.0f} s",
+                      highlight=False)
+    model.eval()
+    with torch.no_grad(), amp:
+        acc = float(sum(int((model(xt).argmax(1).cpu() == yt).sum()) for xt, yt in test) / len(data.y_test))
+    summary = {"config": cfg, "loss": loss_name, "store": store, "test_accuracy": acc, "train_counts": counts, "epochs": recipe.epochs}
+    with open(grid.done(cfg), "w") as fh:
+        json.dump(summary, fh)
+    return summary
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _passes_after(store: str, epoch: int) -> list[str]:
+    from .store import Store
+
+    try:
+        with Store(store) as s:
+            return [p.label for p in s.passes if p.complete and p.epoch > epoch]
+    except Exception:  # noqa: BLE001 - an unreadable partial store: restart it
+        return ["unreadable store"]
+
+
+def grid_table(results: dict[str, dict[str, Result]], configs: list[str], k: int) -> Table:
+    """Per class and per configuration: the paper's quantities, with the balanced run as the reference."""
+    rows = []
+    ref = results.get(BALANCED)
+    overlaps = {}
+    for cfg in configs:
+        if ref is not None and cfg != BALANCED:
+            cmp = compare_results(results[cfg], ref, labels=(cfg, BALANCED))
+            overlaps[cfg] = [c["overlap_train"] for c in cmp.data["classes"]]
+    first = results[configs[0]]
+    names = [c["class"] for c in last_group(first["topk"].data, "train")["classes"]]
+    for c, name in enumerate(names):
+        for cfg in configs:
+            r = results[cfg]
+            tr, te = last_group(r["topk"].data, "train")["classes"][c], last_group(r["topk"].data, "test")["classes"][c]
+            mg = last_group(r["magnitude"].data, "test")["classes"][c]
+            dv = last_group(r["diversity"].data, "train")["classes"][c]
+            rows.append([name, cfg, tr["n"], te["accuracy"], tr["unique"], overlaps.get(cfg, [None] * len(names))[c],
+                         mg["ratio_correct"], mg["ratio_incorrect"], mg["share_below_p5"], dv["participation_ratio"]])
+    cols = ["class", "run", "n train", "test acc", f"unique top-{k}", "overlap w/ balanced", "mag correct", "mag misclassified",
+            "<p5", "PR"]
+    return Table(
+        f"per class and run at the last epoch: n train = training rows; unique top-{k} = distinct top-{k} CE features over "
+        f"the class's training rows; overlap = share of the class top-{k} (train) also in the balanced run's; mag = test/train "
+        f"top-{k} magnitude of correct and misclassified test rows; <p5 = share of test rows below the training 5th "
+        f"percentile; PR = FE participation ratio (train)",
+        cols, rows,
+    )
+
+
+def run_reproduce(
+    *,
+    data: str = "cifar10",
+    root: str | None = None,
+    imbalance_ratio: float = 100.0,
+    profile: str = "exp",
+    losses: list[str] | None = None,
+    balanced: bool = True,
+    epochs: int = 200,
+    model: str = "cifar_resnet32",
+    record_every: int = 20,
+    batch_size: int = 128,
+    lr: float = 0.1,
+    seed: int = 0,
+    device: str = "auto",
+    k: int = 10,
+    out: str = "results",
+    stdout: Console | None = None,
+    stderr: Console | None = None,
+) -> dict[str, Any]:
+    """Run the grid; returns the configurations' summaries, the analyzer results and the report path."""
+    stdout, stderr = stdout or Console(), stderr or Console(stderr=True)
+    losses = list(losses or ["ce", "focal", "ldam-drw"])
+    for name in losses:
+        if name not in LOSSES:
+            raise DataError(f"--losses: {name!r} is unknown{close_matches(name, list(LOSSES))}; use {', '.join(LOSSES)}")
+    if data not in DATASETS:
+        raise DataError(f"--data {data!r} is unknown{close_matches(data, list(DATASETS))}; use {', '.join(DATASETS)}")
+    if record_every < 1:
+        raise DataError(f"--record-every {record_every} must be >= 1")
+    import timm
+
+    from . import models  # noqa: F401 - registers the CIFAR ResNets
+
+    if not timm.is_model(model):
+        raise DataError(f"--model {model!r} is not a timm model{close_matches(model, timm.list_models())}")
+    recipe = Recipe(epochs, lr=lr, batch_size=batch_size)
+    dev = _device(device)
+    grid = Grid(out, {"data": data, "root": os.path.abspath(root) if root else None, "imbalance": imbalance_ratio,
+                      "profile": profile, "epochs": epochs, "model": model, "record_every": record_every, "batch_size": batch_size,
+                      "lr": lr, "seed": seed, "losses": losses})
+    t0 = time.perf_counter()
+    ds = load(data, root, seed=seed)
+    x_imb, y_imb, ids_imb = imbalance(ds.x_train, ds.y_train, imbalance_ratio, seed=seed, profile=profile, return_index=True)
+    have = torch.bincount(ds.y_train, minlength=len(ds.classes)).tolist()
+    # the control: every class at the size of the imbalanced view's largest class
+    bal_counts = imbalance_counts(have, 1.0)
+    x_bal, y_bal, ids_bal = imbalance(ds.x_train, ds.y_train, 1.0, seed=seed, return_index=True)
+    configs = {name: (name, x_imb, y_imb, ids_imb) for name in losses}
+    if balanced:
+        configs[BALANCED] = ("ce", x_bal, y_bal, ids_bal)
+    stderr.print(
+        f"[bold]fragility reproduce[/]: {markup(ds.name)} ({profile} imbalance {imbalance_ratio:g}: "
+        f"{torch.bincount(y_imb).tolist()}; balanced control {bal_counts[0]} per class), {markup(model)}, {epochs} epochs, "
+        f"runs {', '.join(configs)}; device {dev}{' with bf16 autocast' if dev.type == 'cuda' else ''}",
+        highlight=False,
+    )
+    summaries = {}
+    for cfg, (loss_name, x, y, ids) in configs.items():
+        if os.path.exists(grid.done(cfg)) and os.path.isdir(grid.store(cfg)):
+            with open(grid.done(cfg)) as fh:
+                summaries[cfg] = json.load(fh)
+            stderr.print(f"{markup(cfg)}: complete in {markup(grid.store(cfg))}, skipped", highlight=False)
+            continue
+        summaries[cfg] = train_config(cfg, loss_name, ds, x, y, ids, grid, model_name=model, recipe=recipe,
+                                      record_every=record_every, seed=seed, device=dev, flip=FLIP[data], log=stderr)
+    results = {}
+    for cfg in configs:
+        stderr.print(f"analyzing {markup(cfg)} …", highlight=False)
+        results[cfg] = analyze(grid.store(cfg), k=k, progress=True)
+    table = grid_table(results, list(configs), k)
+    stdout.print(table)
+    from .report import build_report
+
+    stderr.print("writing report …")
+    index = build_report([grid.store(c) for c in configs], os.path.join(out, "report"), labels=list(configs), results=results,
+                         headline=table, k=k, progress=True)
+    elapsed = time.perf_counter() - t0
+    accs = ", ".join(f"{c} {summaries[c]['test_accuracy']:.3f}" for c in configs)
+    stdout.print(f"test accuracy: {accs}; device {dev}; report: {markup(index)} ({elapsed:.0f} s)", highlight=False)
+    return {"summaries": summaries, "results": results, "table": table, "report": index, "seconds": elapsed, "device": str(dev)}

@@ -1,0 +1,147 @@
+"""The report's figures: minority classes, captions written from the numbers (and saying when the data do
+not show a finding), shared axes, legends off the bars, top-K segments coloured by feature."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fragility.analysis import analyze, last_group
+from fragility.report import ReportContext
+from fragility.store import Store
+from fragility.testing import make_random_store
+from fragility_plugins import report_sections as rs
+
+
+def test_minority_is_below_the_geometric_mean_of_largest_and_smallest():
+    counts = [139, 100, 71, 51, 37, 26, 19, 14, 10, 7]
+    assert rs.minority(counts) == {c for c, n in enumerate(counts) if n < math.sqrt(139 * 7)} == {5, 6, 7, 8, 9}
+    assert rs.minority([142, 146, 139, 145]) == set()  # balanced: none
+    assert rs.minority([40, 20, 10, 3, 0]) == {2, 3}  # sqrt(40*3) = 10.95; the empty class is not a minority class
+    assert rs.minority([10, 6]) == set()  # less than 2:1 is not imbalance
+    assert rs.minority([]) == set()
+
+
+def test_fragile_caption_reports_the_numbers_and_says_when_the_finding_is_absent():
+    names = ["a", "b", "c", "d"]
+    acc = {"imb": [1.0, 0.9, 0.5, 0.7], "bal": [1.0, 1.0, 0.9, 0.95]}
+    shows = {"imb": [0.0, 0.1, 0.6, 0.4], "bal": [0.05, 0.05, 0.1, 0.0]}
+    cap = rs.fragile_caption(acc, shows, names, {2, 3})
+    assert cap.startswith("Marked: classes c, d, the minority classes")
+    assert "Least accurate class in imb: c (0.5; 0.9 in bal)" in cap
+    assert "imb: the marked classes' test accuracy 0.6 vs 0.95 for the others (lower)" in cap
+    assert "imb: 0.5 of the marked classes' test rows fall below" in cap and "vs 0.05 for the others" in cap
+    assert "do not show" not in cap.split("bal:")[0]
+    absent = {"imb": [0.5, 0.4, 0.1, 0.0], "bal": shows["bal"]}
+    cap = rs.fragile_caption(acc, absent, names, {2, 3})
+    assert "imb: the data do not show the paper's magnitude finding here" in cap and "(0.05) than the others' (0.45)" in cap
+    assert "No run is imbalanced enough" in rs.fragile_caption(acc, shows, names, set())
+
+
+def test_magnitude_caption_compares_misclassified_with_correct():
+    cap = rs.magnitude_caption({"imb": ([1.0, 0.9, 0.95], [0.6, float("nan"), 0.8])})
+    assert "imb: misclassified test rows reach a median 0.7 of the training magnitude, correct ones 0.95" in cap
+    cap = rs.magnitude_caption({"imb": ([0.8, 0.9], [1.1, 1.0])})
+    assert "do not show the paper's finding" in cap and "reach 1.05" in cap and "(0.85)" in cap
+    assert "no misclassified test rows" in rs.magnitude_caption({"bal": ([1.0], [float("nan")])})
+
+
+def test_shared_features_and_topk_caption_by_hand():
+    group = {"classes": [
+        {"n": 5, "topk": {"all": {"indices": [3, 1, 7]}}},
+        {"n": 4, "topk": {"all": {"indices": [3, 2, 8]}}},
+        {"n": 1, "topk": {"all": {"indices": [7, 3, 9]}}},
+        {"n": 0, "topk": {"all": {"indices": None}}},
+    ]}
+    shared = rs.shared_features(group)
+    assert shared == {3: [0, 1, 2], 7: [0, 2]}
+    cap = rs.topk_caption({"imb": (shared, 4, [5, 4, 1, 0])}, ["a", "b", "c", "d"], {2}, 3)
+    assert "imb: 2 features are in the top-3 of two or more classes (feature 3 in 3: a, b, c)" in cap
+    # class c shares 2 of its 3; the non-minority non-empty classes a, b share 2 and 1
+    assert "imb: the marked classes share 2 of their top-3 features with other classes on average, the others 1.5 (more)" in cap
+
+
+def test_unique_and_diversity_captions():
+    cap = rs.unique_caption({"imb": [50.0, 40.0, 20.0, 10.0]}, list("abcd"), {2, 3}, 5)
+    assert "imb: the marked classes' rows use 15 distinct top-5 features on average, the others 45" in cap
+    assert "do not show less diverse marked classes" in rs.unique_caption({"imb": [5.0, 5.0, 20.0, 10.0]}, list("abcd"), {2, 3}, 5)
+    cap = rs.diversity_caption({"imb": ([100, 50, 20, 5], [9.0, 8.0, 6.0, 3.0])}, {2, 3})
+    assert "Spearman ρ = 1 between training rows and participation ratio (larger classes are more diverse)" in cap
+    assert "the marked classes' participation ratio 4.5 vs 8.5" in cap
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sections")
+    paths = {
+        "imbalanced": make_random_store(d / "imb.fragility", counts=(60, 30, 12, 5), d=16, seed=3),
+        "balanced": make_random_store(d / "bal.fragility", counts=(30, 30, 30, 30), d=16, seed=4),
+    }
+    results = {lab: analyze(p, k=4) for lab, p in paths.items()}
+    stores = {lab: Store(p) for lab, p in paths.items()}
+    yield ReportContext(list(paths), stores, results)
+    for s in stores.values():
+        s.close()
+
+
+def _gids(ax, prefix):
+    return [p for p in ax.patches if (p.get_gid() or "").startswith(prefix)]
+
+
+def test_fragile_figure_marks_minority_classes_and_captions_from_the_results(ctx):
+    (caption, fig), = rs.fragile(ctx)
+    minor = rs.minority([60, 30, 12, 5])
+    assert minor == {2, 3}
+    acc_ax, p5_ax = fig.axes[:2]
+    for ax in (acc_ax, p5_ax):
+        assert sorted(p.get_gid() for p in _gids(ax, "minority-")) == [f"minority-{c}" for c in sorted(minor)]
+        assert ax.get_legend() is None  # the legend sits outside the axes, over no bar
+    assert fig.legends
+    # bar heights are the analyzers' numbers
+    imb = ctx.results["imbalanced"]
+    acc = [c["accuracy"] for c in last_group(imb["topk"].data, "test")["classes"]]
+    heights = [p.get_height() for p in _gids(acc_ax, "run-0")]
+    np.testing.assert_allclose(heights, acc)
+    p5 = [c["share_below_p5"] for c in last_group(imb["magnitude"].data, "test")["classes"]]
+    np.testing.assert_allclose([p.get_height() for p in _gids(p5_ax, "run-0")], [np.nan if v is None else v for v in p5])
+    # the caption's minority mean is the brute-force mean of the minority classes' shares
+    finite = [p5[c] for c in minor if p5[c] is not None]
+    assert f"{float(np.mean(finite)):.3g} of the marked classes' test rows" in caption or "do not show" in caption
+
+
+def test_magnitude_panels_share_the_y_axis(ctx):
+    (caption, fig), = rs.magnitude(ctx)
+    a, b = fig.axes[:2]
+    assert a.get_shared_y_axes().joined(a, b)
+    assert a.get_ylim() == b.get_ylim()
+    assert caption.count("imbalanced:") == 1 and caption.count("balanced:") == 2  # "imbalanced:" contains "balanced:"
+
+
+def test_topk_bars_are_coloured_by_feature_and_shared_features_stand_out(ctx):
+    (caption, fig), = rs.topk_bars(ctx)
+    assert fig.axes[0].get_shared_y_axes().joined(fig.axes[0], fig.axes[1])
+    for ax, lab in zip(fig.axes, ctx.labels):
+        g = last_group(ctx.results[lab]["topk"].data, "train")
+        shared = rs.shared_features(g)
+        colours: dict[int, set] = {}
+        for p in _gids(ax, "class-"):
+            f = int(p.get_gid().rsplit("-", 1)[1])
+            colours.setdefault(f, set()).add(p.get_facecolor())
+        assert colours, lab
+        for f, cs in colours.items():
+            assert len(cs) == 1, f"feature {f} has {len(cs)} colours"  # one feature, one colour
+            grey = cs == {rs.plt.matplotlib.colors.to_rgba(rs.NOT_SHARED)}
+            assert grey == (f not in shared), f
+        assert f"{lab}: {len(shared)} features are in the top-4" in caption or "none shared" in caption
+
+
+def test_every_section_renders_on_the_pair(ctx):
+    for func in (rs.fragile, rs.magnitude, rs.topk_bars, rs.unique, rs.diversity, rs.trajectory):
+        items = func(ctx)
+        assert items, func.__name__
+        for caption, fig in items:
+            assert caption and "DESIGN" not in caption
+            fig.canvas.draw()
+            rs.plt.close(fig)
