@@ -177,11 +177,13 @@ class Recorder:
 
     # ------------------------------------------------------------------ passes
 
-    def start_pass(self, split: str, epoch: int = 0, *, mode: str | None = None) -> str:
+    def start_pass(self, split: str, epoch: int = 0, *, mode: str | None = None, rows: int | None = None) -> str:
         """Start a pass (a training epoch or an eval sweep). Returns its name in the store.
 
         The pass's mode (``train``/``eval``) is the mode the model's forwards run in; ``mode=`` only states
         what it must be (a forward in the other mode is refused). A pass holds forwards of one mode.
+        ``rows``, the pass's length when known, sizes its storage (a short pass is compacted when it ends
+        in any case).
         """
         self._check_open()
         if self._pass is not None:
@@ -198,7 +200,7 @@ class Recorder:
         name = f"{self._n_passes:04d}"
         self._n_passes += 1
         info = {"name": name, "split": split, "epoch": int(epoch), "mode": mode, "rank": self.rank}
-        self._writer.begin_pass(name, {k: v for k, v in info.items() if k != "name"})
+        self._writer.begin_pass(name, {k: v for k, v in info.items() if k != "name"}, rows=rows)
         self._pass = {
             **info, "rows": 0, "per_class": np.zeros(self.num_classes, dtype=np.int64), "labelled": None,
             "expected_mode": expected, "mode_seen": None, "checked": False,
@@ -228,9 +230,9 @@ class Recorder:
         self.hooks.pass_end(pass_info=info)
 
     @contextlib.contextmanager
-    def capture(self, split: str, epoch: int = 0, *, mode: str | None = None) -> Iterator[str]:
+    def capture(self, split: str, epoch: int = 0, *, mode: str | None = None, rows: int | None = None) -> Iterator[str]:
         """Context manager around :meth:`start_pass` / :meth:`end_pass`."""
-        name = self.start_pass(split, epoch, mode=mode)
+        name = self.start_pass(split, epoch, mode=mode, rows=rows)
         try:
             yield name
         except BaseException:
@@ -487,7 +489,7 @@ class Recorder:
         self.model.eval()
         offset = 0
         try:
-            with torch.no_grad(), self.capture(split, epoch, mode="eval") as name:
+            with torch.no_grad(), self.capture(split, epoch, mode="eval", rows=_sweep_rows(loader)) as name:
                 for batch in loader:
                     x, y, idx = _unpack(batch)
                     n = x.shape[0]
@@ -550,6 +552,20 @@ class Recorder:
     def __exit__(self, exc_type: object, *exc: object) -> None:
         # an exception inside the block leaves an open pass incomplete (its rows are kept)
         self._close(abandon=exc_type is not None)
+
+
+def _sweep_rows(loader: Iterable) -> int | None:
+    """Rows an eval sweep will record, when the loader says (its sampler or dataset, or a list of batches);
+    an upper bound is fine: a pass shorter than its chunks is compacted when it ends."""
+    sized = getattr(loader, "sampler", None) or getattr(loader, "dataset", None)
+    try:
+        if sized is not None:
+            return len(sized)
+        if isinstance(loader, (list, tuple)):
+            return sum(int(_unpack(b)[0].shape[0]) for b in loader)
+    except Exception:  # noqa: BLE001 - an unsized or odd loader: the pass is compacted at its end instead
+        return None
+    return None
 
 
 def _unpack(batch: Any) -> tuple[torch.Tensor, Any, Any]:

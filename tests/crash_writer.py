@@ -22,7 +22,8 @@ def batch(b):
 
 def main(path):
     model = make_model()
-    rec = fragility.Recorder(model, path, classifier=model[1], dtype="float32", flush_interval=0.02, chunk_rows=64)
+    # 640-row passes in 100-row chunks: every finished pass is compacted (7 chunks hold 700 rows), so kills land in compactions too
+    rec = fragility.Recorder(model, path, classifier=model[1], dtype="float32", flush_interval=0.02, chunk_rows=100)
     print("READY", flush=True)
     b = 0
     with torch.no_grad():

@@ -244,3 +244,40 @@ def test_resume_continues_a_store_of_the_same_model(store_path, tiny_model):
     with pytest.raises(StoreError, match=r"cannot resume store .*: its num_classes is 4 but this recorder's is 5"):
         fragility.Recorder(other, store_path, resume=True)
     fragility.Recorder(other, store_path, overwrite=True).close()  # the lock was released by the refusal
+
+
+@pytest.mark.parametrize("rows, chunk_rows, sized, bound", [
+    (128, 1024, False, 1.5),   # a short training pass: rewritten when it ends (8x its payload before)
+    (128, 1024, True, 1.5),    # an eval sweep of known length: sized from the start
+    (1500, 1024, False, 1.05),  # two chunks for 1,500 rows: 1.37x before
+    (1000, 1024, False, 1.05),  # 2.4 % padding: left as it is
+])
+def test_finished_passes_cost_about_their_payload(tmp_path, rows, chunk_rows, sized, bound):
+    rng = np.random.default_rng(rows)
+    torch.manual_seed(0)
+    d = 512  # the targets are for realistic widths: at D=64 an HDF5 file's fixed ~25 KB of headers alone is 5 % of 1,000 rows
+    model = torch.nn.Sequential(torch.nn.Linear(d, d), torch.nn.ReLU(), torch.nn.Linear(d, 5)).eval()
+    x, y = torch.from_numpy(rng.normal(size=(rows, d)).astype(np.float32)), torch.from_numpy(rng.integers(0, 5, rows))
+    path = tmp_path / "s.fragility"
+    with fragility.Recorder(model, path, classifier=model[2], chunk_rows=chunk_rows) as rec, torch.no_grad():
+        if sized:
+            rec.evaluate(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=50), split="test")
+        else:
+            with rec.capture("train", 0, mode="eval"):
+                for s in range(0, rows, 50):
+                    model(x[s : s + 50])
+                    rec.record(y[s : s + 50], index=torch.arange(s, s + 50)[: len(y[s : s + 50])])
+    with Store(path) as st:
+        (p,) = st.passes
+        got = st.read(p, list(p.columns))
+        assert p.complete and p.rows == rows and st.verify() == []
+        fe = torch.relu(model[0](x)).detach().numpy().astype(np.float16)
+        np.testing.assert_array_equal(got["fe"], fe)  # the copy holds the values as written
+        np.testing.assert_array_equal(got["label"], y.numpy())
+        payload = sum(v.nbytes for v in got.values())
+    size = os.path.getsize(os.path.join(path, "passes", f"{p.name}.h5"))
+    assert size <= bound * payload, f"{size / payload:.3f}x its payload"
+    with h5py.File(os.path.join(path, "passes", f"{p.name}.h5"), "r") as f:
+        chunk = f["fe"].chunks[0]
+        assert chunk * -(-rows // chunk) <= 1.05 * rows or (chunk, rows) == (1024, 1000)
+    assert not [n for n in os.listdir(os.path.join(path, "passes")) if n.endswith(".tmp")]

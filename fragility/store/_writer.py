@@ -121,6 +121,30 @@ def _reason(exc: BaseException) -> str:
     return first
 
 
+#: a finished pass whose allocated chunks exceed its rows by more than this factor is compacted
+COMPACT_SLACK = 1.05
+
+
+def _copy_tree(src: h5py.Group, dst: h5py.Group, chunks: dict[str, tuple[int, ...]]) -> None:
+    """Copy every attribute, group and dataset of ``src`` into ``dst``; datasets named in ``chunks`` get
+    those chunks (and stay extendable, like the writer's), the others are copied as they are."""
+    for key, value in src.attrs.items():
+        dst.attrs[key] = value
+    for key, obj in src.items():
+        if isinstance(obj, h5py.Group):
+            _copy_tree(obj, dst.create_group(key), {})
+            continue
+        if key in chunks and obj.chunks is not None:
+            out = dst.create_dataset(key, shape=obj.shape, maxshape=obj.maxshape, chunks=chunks[key], dtype=obj.dtype,
+                                     compression=obj.compression, compression_opts=obj.compression_opts)
+            if obj.shape[0]:
+                out[...] = obj[...]
+        else:
+            out = dst.create_dataset(key, data=obj[()], dtype=obj.dtype)
+        for k, v in obj.attrs.items():
+            out.attrs[k] = v
+
+
 class _Pass:
     def __init__(self, name: str, attrs: dict[str, Any]) -> None:
         self.name = name
@@ -135,6 +159,7 @@ class _Pass:
         self.pending_rows = 0
         self.weight: np.ndarray | None = None
         self.bias: np.ndarray | None = None
+        self.chunk_rows = 0  # set by the writer: its chunk_rows, or the pass's known length when smaller
 
 
 class StoreWriter:
@@ -284,9 +309,13 @@ class StoreWriter:
                 f"writing store {self.path} failed: {_reason(self._error)}; the {kept} rows flushed before it are kept"
             )
 
-    def begin_pass(self, name: str, attrs: dict[str, Any]) -> None:
-        """Start a pass; returns once its placeholder file (complete=0) is on disk."""
-        self._put(("begin", name, attrs))
+    def begin_pass(self, name: str, attrs: dict[str, Any], rows: int | None = None) -> None:
+        """Start a pass; returns once its placeholder file (complete=0) is on disk.
+
+        ``rows``: the pass's length when known (an eval sweep over a sized loader): its chunks split that
+        many rows evenly (at most ``chunk_rows`` each), so nothing needs compacting when it ends.
+        """
+        self._put(("begin", name, attrs, rows))
         self.flush()
 
     def append(self, name: str, columns: dict[str, Any], event: Any = None) -> None:
@@ -391,8 +420,11 @@ class StoreWriter:
         self._root.update(attrs)
         self._write_root()
 
-    def _on_begin(self, name: str, attrs: dict[str, Any]) -> None:
+    def _on_begin(self, name: str, attrs: dict[str, Any], rows: int | None = None) -> None:
         p = self._passes[name] = _Pass(name, {**attrs, "started": _now()})
+        p.chunk_rows = self.chunk_rows
+        if rows is not None and rows > 0:  # a known length: chunks that split it evenly, nothing to compact later
+            p.chunk_rows = -(-int(rows) // -(-int(rows) // self.chunk_rows))
         self._order.append(name)
         self.flushed_rows[name] = 0
         # a closed placeholder (no columns, complete=0) makes a pass killed before its first rows visible
@@ -422,7 +454,7 @@ class StoreWriter:
         p.nonfinite += int(np.count_nonzero(flags))
         p.pending.append(arrays)
         p.pending_rows += len(arrays["pred"])
-        if p.pending_rows >= self.chunk_rows:
+        if p.pending_rows >= p.chunk_rows:
             self._write_pending(p)
 
     def _on_end(self, name: str, weight: np.ndarray | None, bias: np.ndarray | None) -> None:
@@ -440,6 +472,26 @@ class StoreWriter:
         p.status.flush()
         p.file.close()
         p.file = None
+        self._compact(p)
+
+    def _compact(self, p: _Pass) -> None:
+        """Rewrite a finished pass whose chunks hold more than 5 % padding (HDF5 allocates whole chunks: a
+        128-row pass in 1,024-row chunks took 8× its payload) with chunks that split its rows evenly.
+
+        A finished pass is immutable, so the copy — same objects, attributes, values and checksums — replaces
+        it by an atomic rename, like every pass file: a kill leaves the old file or the new one.
+        """
+        per = p.chunk_rows
+        blocks = -(-p.rows // per)
+        if blocks * per <= COMPACT_SLACK * p.rows:
+            return
+        chunk = -(-p.rows // blocks)
+        final = self._pass_path(p.name)
+        tmp = os.path.join(os.path.dirname(final), f".{p.name}.h5.tmp")
+        with h5py.File(final, "r", locking=False) as src, h5py.File(tmp, "w", libver="latest", locking=False) as dst:
+            _copy_tree(src, dst, {key: (chunk, *src[key].shape[1:]) for key in p.columns}
+                       | {"checksums": (max(1, src["checksums"].shape[0]), len(CHECKSUMS_COLUMNS))})
+        os.replace(tmp, final)
 
     def _on_abort(self, name: str) -> None:
         p = self._passes[name]
@@ -474,7 +526,7 @@ class StoreWriter:
             else:
                 dtype, shape = self.dtype, arr.shape[1:]
             ds = f.create_dataset(
-                key, shape=(0, *shape), maxshape=(None, *shape), chunks=(self.chunk_rows, *shape),
+                key, shape=(0, *shape), maxshape=(None, *shape), chunks=(p.chunk_rows, *shape),
                 dtype=dtype, compression=self.compression,
             )
             encode(ds, COLUMN_TYPE)
