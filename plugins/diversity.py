@@ -67,7 +67,8 @@ class Diversity(Analyzer):
         y = chunk.labels
         fe = torch.from_numpy(np.ascontiguousarray(chunk["fe"])).double()
         self.accumulate(g, "n", np.bincount(y, minlength=C))
-        self.accumulate(g, "count", instance_counts(y, chunk.topk_mask(), C))
+        fast = chunk.fused()  # topk's kernel results for this chunk when it ran, else computed here
+        self.accumulate(g, "count", fast["count"] if fast is not None else instance_counts(y, chunk.topk_mask(), C))
         norms = torch.linalg.vector_norm(fe, dim=1)
         nz = (norms > 0).numpy()
         unit = fe[nz] / norms[nz, None]

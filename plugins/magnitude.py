@@ -37,7 +37,7 @@ class Magnitude(Analyzer):
 
     def update_reference(self, chunk: Chunk) -> None:
         C = self.spec.num_classes
-        self.accumulate_reference("sum", class_sums(chunk.labels, chunk.v, C))
+        self.accumulate_reference("sum", class_sums(chunk.labels, chunk[self.spec.embedding], C))
         self.accumulate_reference("n", np.bincount(chunk.labels, minlength=C))
 
     def end_reference(self) -> None:
@@ -45,7 +45,7 @@ class Magnitude(Analyzer):
 
     def _magnitudes(self, chunk: Chunk) -> np.ndarray:
         ident = np.where(self.identity < 0, 0, self.identity)  # classes absent from the reference: masked later
-        return row_magnitudes(chunk.v, chunk.labels, ident)
+        return row_magnitudes(chunk[self.spec.embedding], chunk.labels, ident)  # stored values: K per row are widened
 
     def update_reference_rows(self, chunk: Chunk) -> None:
         # the training distribution: every reference row (a --correct/--incorrect selection never filters it)
@@ -59,7 +59,9 @@ class Magnitude(Analyzer):
         self.accumulate(g, "label", chunk.labels)
         self.accumulate(g, "correct", chunk.correct)
         self.accumulate(g, "m", self._magnitudes(chunk))
-        self.accumulate(g, "sum", class_sums(chunk.labels, chunk.v, C))
+        fast = chunk.fused()  # topk's kernel sums of this chunk (exact), when it ran
+        self.accumulate(g, "sum", fast["sum_correct"] + fast["sum_incorrect"] if fast is not None
+                        else class_sums(chunk.labels, chunk[self.spec.embedding], C))
         self.accumulate(g, "n", np.bincount(chunk.labels, minlength=C))
 
     def compute(self) -> Result:

@@ -34,14 +34,24 @@ class TopK(Analyzer):
         y, ok = chunk.labels, chunk.correct
         self.accumulate(g, "n", np.bincount(y, minlength=C))
         self.accumulate(g, "n_correct", np.bincount(y[ok], minlength=C))
-        self.accumulate(g, "sum_correct", class_sums(y[ok], chunk.v[ok], C))
-        self.accumulate(g, "sum_incorrect", class_sums(y[~ok], chunk.v[~ok], C))
-        self.accumulate(g, "count", instance_counts(y, chunk.topk_mask(), C))
         bias = self.spec.group(g).bias_pred(chunk)
-        if bias is not None and self.spec.options.get("minimal_sets", True):  # options={"minimal_sets": False} skips them
-            sets = chunk.cached("mscs", lambda: minimal_sets(chunk["ce_pred"], chunk["logits"], chunk["pred"], bias))
-            self.accumulate(g, "mscs_count", instance_counts(y, sets, C))
-            self.accumulate(g, "mscs_size", np.bincount(y, weights=sets.sum(axis=1), minlength=C).astype(np.int64))
+        mscs = bias is not None and self.spec.options.get("minimal_sets", True)  # options={"minimal_sets": False} skips them
+        fast = chunk.fused(bias if mscs else None)  # the fused kernel, where it is exact; else numpy below
+        if fast is not None:
+            for key in ("sum_correct", "sum_incorrect", "count"):
+                self.accumulate(g, key, fast[key])
+        else:
+            self.accumulate(g, "sum_correct", class_sums(y[ok], chunk.v[ok], C))
+            self.accumulate(g, "sum_incorrect", class_sums(y[~ok], chunk.v[~ok], C))
+            self.accumulate(g, "count", instance_counts(y, chunk.topk_mask(), C))
+        if mscs:
+            if fast is not None and "mscs_count" in fast:
+                self.accumulate(g, "mscs_count", fast["mscs_count"])
+                self.accumulate(g, "mscs_size", fast["mscs_size"])
+            else:
+                sets = chunk.cached("mscs", lambda: minimal_sets(chunk["ce_pred"], chunk["logits"], chunk["pred"], bias))
+                self.accumulate(g, "mscs_count", instance_counts(y, sets, C))
+                self.accumulate(g, "mscs_size", np.bincount(y, weights=sets.sum(axis=1), minlength=C).astype(np.int64))
             self.accumulate(g, "mscs_rows", np.bincount(y, minlength=C))
 
     def _state(self, group: str) -> dict:

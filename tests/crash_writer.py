@@ -7,7 +7,7 @@ from torch import nn
 
 import fragility
 
-BATCH, BATCHES_PER_PASS, D, C = 32, 20, 8, 3
+BATCH, BATCHES_PER_PASS, D, C = 32, 60, 8, 3
 
 
 def make_model():
@@ -22,8 +22,9 @@ def batch(b):
 
 def main(path):
     model = make_model()
-    # 640-row passes in 100-row chunks: every finished pass is compacted (7 chunks hold 700 rows), so kills land in compactions too
-    rec = fragility.Recorder(model, path, classifier=model[1], dtype="float32", flush_interval=0.02, chunk_rows=100)
+    # 1,920-row passes in 1,500-row chunks: every finished pass is compacted (2 chunks hold 3,000 rows), so kills land in
+    # compactions too, while most of the time is still spent inside passes
+    rec = fragility.Recorder(model, path, classifier=model[1], dtype="float32", flush_interval=0.02, chunk_rows=1500)
     print("READY", flush=True)
     b = 0
     with torch.no_grad():

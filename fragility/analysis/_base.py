@@ -113,6 +113,20 @@ class Chunk:
         """Each row's top-K features of ``v`` (shared by every analyzer that needs it)."""
         return self.cached("topk_mask", lambda: topk_mask(self.v, self.spec.k))
 
+    def fused(self, bias: np.ndarray | None = None) -> dict[str, np.ndarray] | None:
+        """The fused kernel's per-chunk sums (:func:`._kernels.topk_update`): top-K counts and class sums of
+        ``v`` and, given each row's ``bias``, the minimal sufficient sets; ``None`` where the exact numpy
+        path must run instead. Computed once per chunk and shared by the analyzers."""
+        from ._kernels import topk_update
+
+        emb, C, k = self.rows[self.spec.embedding], self.spec.num_classes, self.spec.k
+        if bias is None:
+            if "fused+mscs" in self._cache:
+                return self._cache["fused+mscs"]
+            return self.cached("fused", lambda: topk_update(emb, None, self.labels, self.correct, k, C))
+        return self.cached("fused+mscs", lambda: topk_update(emb, self.rows["ce_pred"], self.labels, self.correct, k, C,
+                                                            self.rows["logits"], self.rows["pred"], bias))
+
     def subset(self, mask: np.ndarray) -> Chunk:
         return Chunk(self.group, {k: v[mask] for k, v in self.rows.items()}, self.keys[mask], self.spec)
 

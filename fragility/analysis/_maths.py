@@ -196,8 +196,15 @@ def knn_same_class(x: np.ndarray, labels: np.ndarray, k: int = 5, block: int = 1
         e = min(n, s + block)
         dist = (sq[s:e, None] - 2 * t[s:e] @ t.T + sq[None, :]).clamp(min=0)
         dist[torch.arange(e - s), torch.arange(s, e)] = torch.inf
-        near = torch.from_numpy(topk_mask(-dist, kk))
-        out[s:e] = (near & (lab[None, :] == lab[s:e, None])).sum(dim=1).numpy()
+        # the kk nearest from one topk of kk+1 (kk <= n-1; the row itself is the inf): where the kk-th and the
+        # (kk+1)-th distances differ the set is unique; where they tie, topk_mask applies the rule (lower row first)
+        vals, idx = torch.topk(dist, kk + 1, dim=1, largest=False, sorted=True)
+        counts = (lab[idx[:, :kk]] == lab[s:e, None]).sum(dim=1)
+        tied = torch.nonzero(vals[:, kk - 1] == vals[:, kk]).flatten()
+        if len(tied):
+            near = torch.from_numpy(topk_mask(-dist[tied], kk))
+            counts[tied] = (near & (lab[None, :] == lab[s + tied, None])).sum(dim=1)
+        out[s:e] = counts.numpy()
     return out
 
 

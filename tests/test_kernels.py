@@ -1,0 +1,111 @@
+"""The fused kernels against the numpy/torch path they replace: bit-identical results on the same stores
+(ties, empty and tiny classes, weights moving inside training passes, non-finite and unlabelled rows), and
+the cases where the kernel must hand over to the fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fragility.analysis import analyze
+from fragility.analysis import _kernels
+from fragility.analysis._maths import instance_counts, minimal_sets, topk_mask
+from fragility.testing import assert_results_equal, make_random_store
+
+@pytest.fixture(autouse=True)
+def small_chunks_use_kernels(monkeypatch):
+    monkeypatch.setattr(_kernels, "MIN_VALUES", 0)  # the tests' stores are small: run the kernels on them anyway
+
+
+@pytest.mark.parametrize("ties", [True, False])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_analyzers_give_identical_results_with_and_without_kernels(tmp_path, monkeypatch, ties, seed):
+    path = make_random_store(tmp_path / "s.fragility", counts=(60, 25, 7, 2, 0), d=40, seed=seed, ties=ties, dtype="float16",
+                             nonfinite=3, unlabelled=4)
+    real, ran = _kernels.topk_update, []
+    monkeypatch.setattr(_kernels, "topk_update", lambda *a, **kw: ran.append(real(*a, **kw)) or ran[-1])
+    for embedding in ("ce", "fe"):
+        monkeypatch.delenv("FRAGILITY_NO_KERNELS", raising=False)
+        fast = analyze(path, ["topk", "magnitude", "diversity"], k=4, embedding=embedding, chunk_rows=17)
+        assert ran and all(r is not None for r in ran) and any("mscs_count" in r for r in ran)  # the kernel ran
+        monkeypatch.setenv("FRAGILITY_NO_KERNELS", "1")
+        slow = analyze(path, ["topk", "magnitude", "diversity"], k=4, embedding=embedding, chunk_rows=17)
+        for name in fast:
+            assert_results_equal(fast[name], slow[name], rtol=0, atol=0)
+        ran.clear()
+        mscs = [c["mscs"]["mean_size"] for g in fast["topk"].data["groups"].values() for c in g["classes"] if c.get("mscs")]
+        assert any(m for m in mscs if m)  # the minimal sets were really compared
+
+
+def test_kernel_equals_the_fallback_on_one_chunk_with_hard_rows():
+    """Rows built so the cut falls inside runs of equal values at and across bucket edges."""
+    rng = np.random.default_rng(3)
+    n, d, C, k = 400, 96, 6, 7
+    v = (rng.integers(-8, 40, (n, d)) / 8).astype(np.float16)  # few distinct values: long runs of ties
+    v[:50] = np.float16(0.5)  # whole rows of one value
+    v[50:60, ::2] = np.float16(-0.25)
+    labels = rng.integers(0, C, n)
+    pred = np.where(rng.random(n) < 0.6, labels, rng.integers(0, C, n))
+    logits = rng.normal(size=(n, C)).astype(np.float16) * 8
+    bias = rng.normal(size=n).astype(np.float32)
+    out = _kernels.topk_update(v, v, labels, labels == pred, k, C, logits, pred, bias)
+    assert out is not None
+    mask = topk_mask(v, k)
+    np.testing.assert_array_equal(out["count"], instance_counts(labels, mask, C))
+    sets = minimal_sets(v, logits, pred, bias)
+    np.testing.assert_array_equal(out["mscs_count"], instance_counts(labels, sets, C))
+    np.testing.assert_array_equal(out["mscs_size"], np.bincount(labels, weights=sets.sum(axis=1), minlength=C).astype(np.int64))
+    v32 = v.astype(np.float64)
+    ok = labels == pred
+    for c in range(C):
+        np.testing.assert_array_equal(out["sum_correct"][c], v32[(labels == c) & ok].sum(axis=0))
+        np.testing.assert_array_equal(out["sum_incorrect"][c], v32[(labels == c) & ~ok].sum(axis=0))
+
+
+def test_minimal_set_by_hand():
+    # CE (1.5, 0.5, 0.5, 0.25, -1), bias 0.25, runner-up 2.0: start 0.25 - 1 = -0.75, gap 2.75;
+    # sorted positives 1.5, 0.5 (j=1), 0.5 (j=2), 0.25: 1.5 + 0.5 + 0.5 = 2.5 < 2.75, + 0.25 = 2.75 -> all four
+    ce = np.array([[1.5, 0.5, 0.5, 0.25, -1.0]], dtype=np.float16)
+    logits = np.array([[3.0, 2.0]], dtype=np.float16)
+    out = _kernels.topk_update(ce, ce, np.array([0]), np.array([True]), 2, 2, logits, np.array([0]), np.array([0.25]))
+    np.testing.assert_array_equal(out["mscs_count"][0], [1, 1, 1, 1, 0])
+    # runner-up 1.75: gap 2.5 is reached after the two 0.5s; the lower-index 0.5 (j=1) comes first
+    out = _kernels.topk_update(ce, ce, np.array([0]), np.array([True]), 2, 2, np.array([[3.0, 1.75]]), np.array([0]),
+                               np.array([0.25]))
+    np.testing.assert_array_equal(out["mscs_count"][0], [1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(out["count"][0], [1, 1, 0, 0, 0])  # top-2: 1.5 and the lower-index 0.5
+
+
+def test_the_kernel_hands_over_where_it_cannot_be_exact(monkeypatch):
+    labels, ok = np.zeros(3, dtype=np.int64), np.ones(3, dtype=bool)
+    assert _kernels.topk_update(np.ones((3, 4), np.float32), None, labels, ok, 2, 1) is None  # float32 store
+    huge = np.full((3, 4), 60000, dtype=np.float16)
+    monkeypatch.setattr(_kernels, "EXACT_SUM_LIMIT", 1e5)  # sums that could round: fallback
+    assert _kernels.topk_update(huge, None, labels, ok, 2, 1) is None
+    monkeypatch.setenv("FRAGILITY_NO_KERNELS", "1")
+    assert _kernels.topk_update(np.ones((3, 4), np.float16), None, labels, ok, 2, 1) is None
+
+
+@pytest.mark.parametrize("n, d, q, k", [(2, 3, 1.0, 5), (40, 4, 1.0, 5), (700, 8, 0.5, 5), (1500, 16, 0.0, 3)])
+def test_knn_selection_keeps_the_tie_rule(n, d, q, k):
+    """k-NN by one topk(k+1), with ties at the boundary resolved exactly: against a brute-force sort of each
+    row's distances (lower row first among equals), on data with many equal distances."""
+    import torch
+
+    from fragility.analysis._maths import knn_same_class
+
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    if q:
+        x = (np.round(x / q) * q).astype(np.float32)
+    y = rng.integers(0, 3, n)
+    t = torch.from_numpy(x)
+    sq = (t * t).sum(dim=1)
+    dist = (sq[:, None] - 2 * t @ t.T + sq[None, :]).clamp(min=0).numpy()  # the same float32 distances
+    kk = min(k, n - 1)
+    want = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        others = np.array([j for j in range(n) if j != i])
+        order = others[np.lexsort((others, dist[i, others]))][:kk]
+        want[i] = int((y[order] == y[i]).sum())
+    np.testing.assert_array_equal(knn_same_class(x, y, k, block=97), want)
