@@ -109,3 +109,14 @@ def test_knn_selection_keeps_the_tie_rule(n, d, q, k):
         order = others[np.lexsort((others, dist[i, others]))][:kk]
         want[i] = int((y[order] == y[i]).sum())
     np.testing.assert_array_equal(knn_same_class(x, y, k, block=97), want)
+
+
+def test_float16_finiteness_by_bits_equals_isfinite():
+    from fragility.analysis._engine import _finite_rows
+
+    special = np.array([np.inf, -np.inf, np.nan, -np.nan, 65504, -65504, 6e-8, -0.0, 0.0, 1.0], dtype=np.float16)
+    bits = np.arange(65536, dtype=np.uint16).view(np.float16)  # every float16 value, one per row
+    np.testing.assert_array_equal(_finite_rows(bits, len(bits)), np.isfinite(bits))
+    rows = np.stack([np.roll(special, i)[:4] for i in range(len(special))])
+    np.testing.assert_array_equal(_finite_rows(rows, len(rows)), np.isfinite(rows).all(axis=1))
+    np.testing.assert_array_equal(_finite_rows(np.arange(3), 3), [True] * 3)
