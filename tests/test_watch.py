@@ -14,7 +14,7 @@ import fragility
 from fragility.cli import main
 
 WRITER = """
-import sys, time, torch, timm, fragility
+import os, sys, time, torch, timm, fragility
 torch.manual_seed(0)
 m = timm.create_model("test_resnet", pretrained=False, num_classes=3)
 g = torch.Generator().manual_seed(1)
@@ -26,7 +26,8 @@ with fragility.Recorder(m, sys.argv[1], flush_interval=0.1) as rec:
                 m(x[i:i + 8]); rec.record(y[i:i + 8]); time.sleep(0.05)
         rec.evaluate([(x, y)], split="test", epoch=epoch)
         with rec.capture("train", epoch=epoch + 1000):  # a pass that stays open while we watch
-            m(x[:8]); rec.record(y[:8]); rec.flush(); time.sleep(0.4)
+            m(x[:8]); rec.record(y[:8]); rec.flush()
+            open(sys.argv[1] + ".open", "w").close(); time.sleep(0.4); os.remove(sys.argv[1] + ".open")
 """
 
 
@@ -56,6 +57,10 @@ def test_watch_follows_a_live_writer_and_survives_its_kill(tmp_path):
         rows = [int(re.search(r"(\d+) rows, newest", line).group(1)) for line in lines]
         assert rows == sorted(rows) and rows[-1] > rows[0], rows  # new rows arrive while we watch
         assert all("fragile at test@" in line for line in lines)
+        flag = tmp_path / "live.fragility.open"  # the writer is inside its open pass for the next 0.4 s
+        deadline = time.time() + 60
+        while not flag.exists() and time.time() < deadline:
+            time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         code, lines, err = _watch(path, "--interval", "0.2", "--until-idle")
