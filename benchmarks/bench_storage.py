@@ -16,7 +16,6 @@ import shutil
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 import fragility

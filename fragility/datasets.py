@@ -119,7 +119,7 @@ def _folder(root: str, sub: str, what: str) -> str:
     return base
 
 
-def _unpickle(base: str, name: str, keys: Sequence[bytes], what: str, holds: str) -> dict:
+def _cifar_part(base: str, name: str, keys: Sequence[bytes], what: str, holds: str) -> dict:
     """One pickled file of a CIFAR folder, with the ``keys`` its format promises (else one line naming it)."""
     path = os.path.join(base, name)
     if not os.path.exists(path):
@@ -131,31 +131,33 @@ def _unpickle(base: str, name: str, keys: Sequence[bytes], what: str, holds: str
             d[key]  # noqa: B018
     except Exception as exc:  # noqa: BLE001 - any malformed pickle is one bad file
         raise DataError(f"{what} file {path} is not a {what} batch ({type(exc).__name__}: {exc})") from None
-    d[b"_path"] = path
     return d
 
 
-def _cifar_xy(d: dict, label_key: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+def _cifar_xy(d: dict, label_key: bytes, path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and labels of one loaded CIFAR batch file (``path`` names it in errors)."""
     try:
         x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         y = np.asarray(d[label_key], dtype=np.int64).reshape(-1)
         if len(x) != len(y):
             raise ValueError(f"{len(x)} images but {len(y)} labels")
     except Exception as exc:  # noqa: BLE001
-        raise DataError(f"file {d[b'_path']} does not hold 32x32 RGB images with one label each ({exc})") from None
+        raise DataError(f"file {path} does not hold 32x32 RGB images with one label each ({exc})") from None
     return _normalize(x), torch.from_numpy(y)
 
 
 def _cifar10(root: str) -> ImageData:
     base = _folder(root, "cifar-10-batches-py", "CIFAR-10")
     holds = "data_batch_1..5 and test_batch"
-    parts = [_cifar_xy(_unpickle(base, f"data_batch_{i}", (b"data", b"labels"), "CIFAR-10", holds), b"labels") for i in range(1, 6)]
-    xte, yte = _cifar_xy(_unpickle(base, "test_batch", (b"data", b"labels"), "CIFAR-10", holds), b"labels")
-    names = CIFAR10_CLASSES
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    parts = [_cifar_xy(_cifar_part(base, n, (b"data", b"labels"), "CIFAR-10", holds), b"labels", os.path.join(base, n))
+             for n in names]
+    classes = CIFAR10_CLASSES
     if os.path.exists(os.path.join(base, "batches.meta")):
-        meta = _unpickle(base, "batches.meta", (b"label_names",), "CIFAR-10", holds)
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"label_names"]]
-    return ImageData(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), xte, yte, names, "cifar10")
+        meta = _cifar_part(base, "batches.meta", (b"label_names",), "CIFAR-10", holds)
+        classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"label_names"]]
+    (xte, yte), train = parts[-1], parts[:-1]
+    return ImageData(torch.cat([p[0] for p in train]), torch.cat([p[1] for p in train]), xte, yte, classes, "cifar10")
 
 
 def _svhn(root: str) -> ImageData:
@@ -181,10 +183,11 @@ def _svhn(root: str) -> ImageData:
 def _cifar100(root: str) -> ImageData:
     base = _folder(root, "cifar-100-python", "CIFAR-100")
     holds = "train, test and meta"
-    tr, te = (_unpickle(base, n, (b"data", b"fine_labels"), "CIFAR-100", holds) for n in ("train", "test"))
-    meta = _unpickle(base, "meta", (b"fine_label_names",), "CIFAR-100", holds)
+    tr, te = (_cifar_part(base, n, (b"data", b"fine_labels"), "CIFAR-100", holds) for n in ("train", "test"))
+    meta = _cifar_part(base, "meta", (b"fine_label_names",), "CIFAR-100", holds)
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"fine_label_names"]]
-    return ImageData(*_cifar_xy(tr, b"fine_labels"), *_cifar_xy(te, b"fine_labels"), names, "cifar100")
+    return ImageData(*_cifar_xy(tr, b"fine_labels", os.path.join(base, "train")),
+                     *_cifar_xy(te, b"fine_labels", os.path.join(base, "test")), names, "cifar100")
 
 
 #: CelebA's hair-colour task: rows with exactly one of these attributes, the attribute is the class

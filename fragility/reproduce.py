@@ -8,18 +8,18 @@ A configuration whose store is complete is skipped; a partial one restarts from 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 
 from ._safe import markup
 from .analysis import Result, Table, analyze, compare_results, last_group
-from .datasets import DATASETS, ImageData, imbalance, imbalance_counts, load
+from .datasets import DATASETS, ImageData, imbalance, load
 from .errors import DataError, close_matches, output_dir
 from .losses import LOSSES, Recipe, make_loss
 from .recorder import Recorder
@@ -106,8 +106,6 @@ def train_config(
     """Train one configuration with the Recorder attached; resume from its checkpoint when there is one."""
     import timm
 
-    from . import models  # noqa: F401 - registers the CIFAR ResNets with timm
-
     counts = torch.bincount(y, minlength=len(data.classes)).tolist()
     torch.manual_seed(seed)  # every configuration starts from the same backbone weights
     norm_head = LOSSES[loss_name][1]
@@ -123,7 +121,7 @@ def train_config(
     start, resume = 0, False
     store, ckpt = grid.store(cfg), grid.checkpoint(cfg)
     if os.path.exists(ckpt) and os.path.isdir(store):
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+        state = torch.load(ckpt, map_location=device, weights_only=True)  # tensors and numbers only: no code from a shared folder
         later = _passes_after(store, state["epoch"])
         if later:
             log.print(f"{markup(cfg)}: the store holds complete passes recorded after the checkpoint ({markup(', '.join(later))}); "
@@ -133,7 +131,7 @@ def train_config(
             opt.load_state_dict(state["optimizer"])
             start, resume = state["epoch"] + 1, True
             log.print(f"{markup(cfg)}: resuming from the checkpoint of epoch {state['epoch']}", highlight=False)
-    amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if device.type == "cuda" else _nothing()
+    amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     record = set(recorded_epochs(recipe.epochs, record_every))
     test = [(data.x_test[i : i + 512].to(device), data.y_test[i : i + 512]) for i in range(0, len(data.y_test), 512)]
     n = len(y)
@@ -179,14 +177,6 @@ def train_config(
     with open(grid.done(cfg), "w") as fh:
         json.dump(summary, fh)
     return summary
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _passes_after(store: str, epoch: int) -> list[str]:
@@ -273,16 +263,14 @@ def run_reproduce(
     t0 = time.perf_counter()
     ds = load(data, root, seed=seed)
     x_imb, y_imb, ids_imb = imbalance(ds.x_train, ds.y_train, imbalance_ratio, seed=seed, profile=profile, return_index=True)
-    have = torch.bincount(ds.y_train, minlength=len(ds.classes)).tolist()
     # the control: every class at the size of the imbalanced view's largest class
-    bal_counts = imbalance_counts(have, 1.0)
     x_bal, y_bal, ids_bal = imbalance(ds.x_train, ds.y_train, 1.0, seed=seed, return_index=True)
     configs = {name: (name, x_imb, y_imb, ids_imb) for name in losses}
     if balanced:
         configs[BALANCED] = ("ce", x_bal, y_bal, ids_bal)
     stderr.print(
         f"[bold]fragility reproduce[/]: {markup(ds.name)} ({profile} imbalance {imbalance_ratio:g}: "
-        f"{torch.bincount(y_imb).tolist()}; balanced control {bal_counts[0]} per class), {markup(model)}, {epochs} epochs, "
+        f"{torch.bincount(y_imb).tolist()}; balanced control {int(torch.bincount(y_bal)[0])} per class), {markup(model)}, {epochs} epochs, "
         f"runs {', '.join(configs)}; device {dev}{' with bf16 autocast' if dev.type == 'cuda' else ''}",
         highlight=False,
     )

@@ -42,7 +42,7 @@ def _runs(ctx, analyzer: str):
 
 
 def _num(v) -> float:
-    return float(v) if isinstance(v, (int, float)) and v is not None and math.isfinite(v) else float("nan")
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else float("nan")
 
 
 def _fmt(v: float) -> str:
@@ -268,8 +268,7 @@ def fragile(ctx):
     if p5:
         _grouped(axes[1], names, list(p5.items()), minor)
         axes[1].axhline(0.05, color="#555555", lw=0.8, ls="--", label="0.05 (test like train)", zorder=3)
-        axes[1].set_ylim(0, max(0.1, max(v for vals in p5.values() for v in vals if math.isfinite(v)) * 1.1 if any(
-            math.isfinite(v) for vals in p5.values() for v in vals) else 1.0))
+        axes[1].set_ylim(0, max(0.1, 1.1 * max((v for vals in p5.values() for v in vals if math.isfinite(v)), default=0.9)))
         axes[1].set_ylabel("share below train p5")
         axes[1].set_title("Share of test rows whose top-K magnitude is below the class's training 5th percentile", fontsize=10)
     _class_ticks(axes[-1], names, counts, [lab for lab, _ in runs], minor)

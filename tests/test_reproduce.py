@@ -272,7 +272,7 @@ def test_grid_is_killed_resumed_and_reported(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (out / "checkpoints" / "ce.done.json").exists() and not (out / "checkpoints" / "balanced.done.json").exists()
-    killed_at = torch.load(ckpt, weights_only=False)["epoch"]
+    killed_at = torch.load(ckpt, weights_only=True)["epoch"]
     proc = _cli(*args)
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]

@@ -46,12 +46,12 @@ def superseded(passes: Sequence[PassInfo]) -> dict[str, str]:
     recorded again after training resumed from a checkpoint — mapped to the pass that replaces them.
     Selections leave them out, so no row is counted twice."""
     out: dict[str, str] = {}
-    for i, p in enumerate(passes):
-        if p.complete:
-            continue
-        later = [q for q in passes[i + 1 :] if (q.split, q.epoch, q.rank) == (p.split, p.epoch, p.rank)]
-        if later:
-            out[p.name] = later[-1].name
+    last: dict[tuple[str, int, int], str] = {}  # (split, epoch, rank) -> its last pass, walking backwards
+    for p in reversed(passes):
+        key = (p.split, p.epoch, p.rank)
+        if not p.complete and key in last:
+            out[p.name] = last[key]
+        last.setdefault(key, p.name)
     return out
 
 
