@@ -179,6 +179,18 @@ def train_config(
     return summary
 
 
+def _done_summary(path: str) -> dict[str, Any]:
+    """A finished configuration's summary (``<cfg>.done.json``), checked before any value of it is used."""
+    try:
+        with open(path) as fh:
+            summary = json.load(fh)
+        if not isinstance(summary, dict) or not isinstance(summary.get("test_accuracy"), (int, float)):
+            raise ValueError("no numeric test_accuracy")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} is not a summary this command wrote ({exc}); delete it to train that configuration again") from None
+    return summary
+
+
 def _passes_after(store: str, epoch: int) -> list[str]:
     from .store import Store
 
@@ -277,8 +289,7 @@ def run_reproduce(
     summaries = {}
     for cfg, (loss_name, x, y, ids) in configs.items():
         if os.path.exists(grid.done(cfg)) and os.path.isdir(grid.store(cfg)):
-            with open(grid.done(cfg)) as fh:
-                summaries[cfg] = json.load(fh)
+            summaries[cfg] = _done_summary(grid.done(cfg))
             stderr.print(f"{markup(cfg)}: complete in {markup(grid.store(cfg))}, skipped", highlight=False)
             continue
         summaries[cfg] = train_config(cfg, loss_name, ds, x, y, ids, grid, model_name=model, recipe=recipe,

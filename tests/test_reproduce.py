@@ -301,6 +301,13 @@ def test_grid_is_killed_resumed_and_reported(tmp_path):
         left = s.superseded
     if left:
         assert any("recorded again" in n for n in res["topk"].notes)
+    # a damaged summary of a finished configuration is refused in one line, naming the fix
+    from fragility.reproduce import _done_summary
+
+    (tmp_path / "bad.json").write_text('{"test_accuracy": "[red]x"}')
+    with pytest.raises(DataError, match=r"bad.json is not a summary this command wrote .*; delete it"):
+        _done_summary(str(tmp_path / "bad.json"))
+    assert _done_summary(str(out / "checkpoints" / "ce.done.json"))["test_accuracy"] == summary["test_accuracy"]
     # the same folder with other options is refused in one line, before any training
     other = _cli(*[a if a != "3" else "4" for a in args])
     _, err = other.communicate(timeout=120)
