@@ -8,6 +8,7 @@ import torch
 
 import fragility
 from fragility.analysis import Analyzer, Chunk, Result, Table
+from fragility.analysis._kernels import diversity_sums
 from fragility.analysis._maths import (
     class_sums,
     instance_counts,
@@ -63,18 +64,27 @@ class Diversity(Analyzer):
         return {self.spec.embedding, "fe", "label"}
 
     def update(self, chunk: Chunk) -> None:
-        C, D, g = self.spec.num_classes, self.spec.feature_dim, chunk.group
+        C, g = self.spec.num_classes, chunk.group
         y = chunk.labels
-        fe = torch.from_numpy(np.ascontiguousarray(chunk["fe"])).double()
         self.accumulate(g, "n", np.bincount(y, minlength=C))
         fast = chunk.fused()  # topk's kernel results for this chunk when it ran, else computed here
         self.accumulate(g, "count", fast["count"] if fast is not None else instance_counts(y, chunk.topk_mask(), C))
+        sums = diversity_sums(chunk["fe"], y, C) or self._sums(chunk["fe"], y)
+        for key, value in sums.items():
+            self.accumulate(g, key, value)
+        rows = self.spec.group(g).rows
+        keep = sample_mask(chunk.keys, self.spec.knn_max_rows / max(rows, 1))
+        self.accumulate(g, "keys", chunk.keys[keep])
+        self.accumulate(g, "label", y[keep])
+        self.accumulate(g, "fe", np.asarray(chunk["fe"][keep], dtype=np.float32))
+
+    def _sums(self, fe16: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+        """The numpy path of :func:`fragility.analysis._kernels.diversity_sums` (float32 stores, no kernels)."""
+        C, D = self.spec.num_classes, self.spec.feature_dim
+        fe = torch.from_numpy(np.ascontiguousarray(fe16)).double()
         norms = torch.linalg.vector_norm(fe, dim=1)
         nz = (norms > 0).numpy()
         unit = fe[nz] / norms[nz, None]
-        self.accumulate(g, "sum_fe", class_sums(y, fe, C))
-        self.accumulate(g, "sum_unit", class_sums(y[nz], unit, C))
-        self.accumulate(g, "n_unit", np.bincount(y[nz], minlength=C))
         # second moments per class: sort rows by class once, then one GEMM per contiguous block
         order = np.argsort(y, kind="stable")
         bounds = np.searchsorted(y[order], np.arange(C + 1))
@@ -84,12 +94,8 @@ class Diversity(Analyzer):
             x = xs[bounds[c] : bounds[c + 1]]
             if len(x):
                 sum_fefe[c] = x.T @ x
-        self.accumulate(g, "sum_fefe", sum_fefe)
-        rows = self.spec.group(g).rows
-        keep = sample_mask(chunk.keys, self.spec.knn_max_rows / max(rows, 1))
-        self.accumulate(g, "keys", chunk.keys[keep])
-        self.accumulate(g, "label", y[keep])
-        self.accumulate(g, "fe", np.asarray(chunk["fe"][keep], dtype=np.float32))
+        return {"sum_fe": class_sums(y, fe, C), "sum_unit": class_sums(y[nz], unit, C),
+                "n_unit": np.bincount(y[nz], minlength=C), "sum_fefe": sum_fefe}
 
     def compute(self) -> Result:
         spec = self.spec

@@ -12,11 +12,6 @@ from fragility.analysis import _kernels
 from fragility.analysis._maths import instance_counts, minimal_sets, topk_mask
 from fragility.testing import assert_results_equal, make_random_store
 
-@pytest.fixture(autouse=True)
-def small_chunks_use_kernels(monkeypatch):
-    monkeypatch.setattr(_kernels, "MIN_VALUES", 0)  # the tests' stores are small: run the kernels on them anyway
-
-
 @pytest.mark.parametrize("ties", [True, False])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_analyzers_give_identical_results_with_and_without_kernels(tmp_path, monkeypatch, ties, seed):
@@ -60,6 +55,39 @@ def test_kernel_equals_the_fallback_on_one_chunk_with_hard_rows():
     for c in range(C):
         np.testing.assert_array_equal(out["sum_correct"][c], v32[(labels == c) & ok].sum(axis=0))
         np.testing.assert_array_equal(out["sum_incorrect"][c], v32[(labels == c) & ~ok].sum(axis=0))
+
+
+@pytest.mark.parametrize("k", [1, 10, 64])
+@pytest.mark.parametrize("kind", ["spread", "quantised", "constant", "sparse"])
+def test_kernel_equals_the_fallback_on_wide_rows(kind, k):
+    """Rows wide enough (D = 512) for the kernel's block-maximum bound of the top-K and its bucket sort of
+    the minimal sets' boundary (more than 48 equal entries in a bucket when quantised)."""
+    rng = np.random.default_rng(k)
+    n, d, C = 300, 512, 5
+    if kind == "spread":
+        v = rng.normal(size=(n, d)) * np.exp(rng.normal(size=(n, 1)))
+    elif kind == "quantised":
+        v = rng.integers(-2, 4, (n, d)) / 4  # six values: about 85 equal entries each, long runs of ties
+    elif kind == "constant":
+        v = np.full((n, d), 0.375) * rng.integers(1, 3, (n, 1))
+    else:
+        v = np.where(rng.random((n, d)) < 0.03, rng.normal(size=(n, d)), 0)  # mostly zeros
+    v = v.astype(np.float16)
+    labels = rng.integers(0, C, n)
+    pred = np.where(rng.random(n) < 0.6, labels, rng.integers(0, C, n))
+    logits = (rng.normal(size=(n, C)) * 20).astype(np.float32)
+    bias = rng.normal(size=n)
+    out = _kernels.topk_update(v, v, labels, labels == pred, k, C, logits, pred, bias)
+    assert out is not None
+    np.testing.assert_array_equal(out["count"], instance_counts(labels, topk_mask(v, k), C))
+    sets = minimal_sets(v, logits, pred, bias)
+    assert sets.sum() > n  # the sets were not trivially empty
+    np.testing.assert_array_equal(out["mscs_count"], instance_counts(labels, sets, C))
+    np.testing.assert_array_equal(out["mscs_size"], np.bincount(labels, weights=sets.sum(axis=1), minlength=C).astype(np.int64))
+    fe = np.abs(v)  # FE, a different array: the kernel decodes CE apart
+    out = _kernels.topk_update(fe, v, labels, labels == pred, k, C, logits, pred, bias)
+    np.testing.assert_array_equal(out["count"], instance_counts(labels, topk_mask(fe, k), C))
+    np.testing.assert_array_equal(out["mscs_count"], instance_counts(labels, sets, C))
 
 
 def test_minimal_set_by_hand():

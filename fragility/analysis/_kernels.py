@@ -1,56 +1,70 @@
-"""Fused per-row kernels (numba) over the float16 bits of a chunk: exact, and shared between analyzers.
+"""Fused per-row kernels over the float16 bits of a chunk: exact, shared between analyzers, compiled ahead of time.
 
-One pass over each row of a float16 chunk computes what ``topk`` (and ``diversity``'s instance counts)
-otherwise derive from an ``(N, D)`` mask, one-hot GEMMs and float64 copies: the row's top-K features (the
-tie rule built into the scan: the lower index wins), the class sums of the embedding split by
-correctness, and the minimal sufficient CE set. Results are **bit-identical** to the numpy/torch path in
-:mod:`._maths`, which stays the fallback (float32 stores, no numba, ``FRAGILITY_NO_KERNELS=1``); the
-tests run both on the same stores. Why exact:
+The C functions in ``_ckernels.c`` are built when the package is installed (``setup.py``), so no process
+pays a compiler or a JIT load. One pass over each row of a float16 chunk computes what ``topk`` (and
+``diversity``'s instance counts) otherwise derive from an ``(N, D)`` mask, one-hot GEMMs and float64
+copies: the row's top-K features (the tie rule built into the scan: the lower index wins), the class sums
+of the embedding split by correctness, and the minimal sufficient CE set. Results are **bit-identical** to
+the numpy/torch path in :mod:`._maths`, which stays the fallback (float32 stores, no compiled module,
+``FRAGILITY_NO_KERNELS=1``); the tests run both on the same stores. Why exact:
 
 * float16 values are multiples of 2**-24 below 2**16, so a float64 sum of them is exact while it stays
-  below 2**29 in magnitude — any summation order then gives the same value. A chunk whose rows could
+  below 2**29 in magnitude — any summation order then gives the same value. A chunk whose sums could
   exceed that (``max|v| · rows ≥ 2**29``) is handed to the fallback.
 * minimal sets take a row's positive CE entries in descending order (ties: lower index first) until their
   running sum reaches the runner-up's gap; with exact sums only the order of the entries matters, and the
   kernel keeps it: entries are bucketed by the top byte of their float16 bits (which orders positive
   values), whole buckets are added, and only the bucket where the sum crosses the gap is sorted.
 
-Compiled once per machine into numba's cache (``cache=True``) by the first large chunk; later processes
-load it (about a second, so chunks below :data:`MIN_VALUES` values run the numpy path). ``FRAGILITY_NO_KERNELS=1``
-turns the kernels off.
+Rows are split across :func:`threads` threads (the C code releases the GIL), each with private outputs
+that are added at the end. ``FRAGILITY_NO_KERNELS=1`` turns the kernels off.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-EXACT_SUM_LIMIT = 2.0**29
-#: chunks with fewer values than this run the numpy path: there numba's per-process load (~1 s) would cost more
-MIN_VALUES = 1 << 20
+try:
+    from . import _ckernels
+except ImportError:  # built without a C compiler: the numpy path runs (same results, slower)
+    _ckernels = None
 
-HAVE_NUMBA = importlib.util.find_spec("numba") is not None
-_LUT = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
-_compiled = None
+EXACT_SUM_LIMIT = 2.0**29
+_pool: ThreadPoolExecutor | None = None
 
 
 def enabled() -> bool:
-    return HAVE_NUMBA and os.environ.get("FRAGILITY_NO_KERNELS", "") in ("", "0")
+    return _ckernels is not None and os.environ.get("FRAGILITY_NO_KERNELS", "") in ("", "0")
 
 
-def _kernels():
-    """The compiled kernels, or ``None`` when numba cannot load here (the fallback runs instead)."""
-    global _compiled, HAVE_NUMBA
-    if _compiled is None:
-        try:
-            from . import _kernels_numba
+def threads() -> int:
+    """Threads for the kernels: torch's setting (``OMP_NUM_THREADS`` / ``torch.set_num_threads``)."""
+    import torch
 
-            _compiled = _kernels_numba
-        except Exception:  # noqa: BLE001 - a broken numba/llvmlite install means: use the fallback
-            HAVE_NUMBA = False
-    return _compiled
+    return max(1, torch.get_num_threads())
+
+
+def _parallel(n: int, work) -> list:
+    """``work(lo, hi)`` over row ranges splitting ``n`` rows, one per thread (at least 512 rows each)."""
+    global _pool
+    t = max(1, min(threads(), n // 512))
+    bounds = [n * i // t for i in range(t + 1)]
+    if t == 1:
+        return [work(0, n)]
+    if _pool is None or _pool._max_workers < t:
+        _pool = ThreadPoolExecutor(t, thread_name_prefix="fragility-kernel")
+    return list(_pool.map(work, bounds[:-1], bounds[1:]))
+
+
+def _usable(a: np.ndarray | None) -> bool:
+    return a is not None and a.dtype == np.float16 and a.ndim == 2 and 0 < a.shape[1] < 65536
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a).view(np.uint16)
 
 
 def topk_update(v16: np.ndarray, ce16: np.ndarray | None, labels: np.ndarray, correct: np.ndarray, k: int, num_classes: int,
@@ -64,36 +78,92 @@ def topk_update(v16: np.ndarray, ce16: np.ndarray | None, labels: np.ndarray, co
     also ``mscs_count`` (C, D) and ``mscs_size`` (C,) of the minimal sufficient sets.
     """
     do_mscs = ce16 is not None and logits is not None and pred is not None and bias is not None
-    if not enabled() or v16.dtype != np.float16 or v16.ndim != 2 or (do_mscs and ce16.dtype != np.float16):
+    C = num_classes
+    if not enabled() or not _usable(v16) or len(v16) == 0 or not 0 < k <= v16.shape[1]:
+        return None
+    if do_mscs and (not _usable(ce16) or ce16.shape != v16.shape or np.shape(logits) != (len(v16), C)):
         return None
     n, d = v16.shape
-    if n == 0 or d >= 65536 or n * d < MIN_VALUES:
-        return None
-    kernels = _kernels()
-    if kernels is None:
-        return None
-    import numba
-
-    T = max(1, min(numba.get_num_threads(), n // 256 or 1))
-    C = num_classes
-    count = np.zeros((T, C, d), dtype=np.int64)
-    sums = np.zeros((T, 2, C, d), dtype=np.float64)
-    mcount = np.zeros((T, C, d) if do_mscs else (T, 1, 1), dtype=np.int64)
-    msize = np.zeros((T, C), dtype=np.int64)
-    peak = np.zeros(T)
-    vb = np.ascontiguousarray(v16).view(np.uint16)
+    vb = _bits(v16)
+    lab = np.ascontiguousarray(labels, dtype=np.int64)
+    ok = np.ascontiguousarray(correct, dtype=np.uint8)
     if do_mscs:
-        cb = np.ascontiguousarray(ce16).view(np.uint16)
+        cb = _bits(ce16)
         lg = np.ascontiguousarray(logits, dtype=np.float64)
         pr = np.ascontiguousarray(pred, dtype=np.int64)
-        bs = np.ascontiguousarray(bias, dtype=np.float64)
+        bs = np.ascontiguousarray(np.broadcast_to(bias, (n,)), dtype=np.float64)
     else:
-        cb, lg, pr, bs = vb, np.zeros((n, 1)), np.zeros(n, dtype=np.int64), np.zeros(n)
-    kernels._topk_chunk(vb, cb, _LUT, np.ascontiguousarray(labels, dtype=np.int64), np.ascontiguousarray(correct, dtype=np.bool_),
-                lg, pr, bs, int(k), C, do_mscs, count, sums, mcount, msize, peak)
-    if float(peak.max()) * n >= EXACT_SUM_LIMIT:  # a sum could have rounded: the results are not used
+        lg, pr, bs = np.zeros((n, C)), np.zeros(n, dtype=np.int64), np.zeros(n)
+
+    def work(lo: int, hi: int):
+        out = (np.zeros((C, d), np.int64), np.zeros((2, C, d)), np.zeros((C, d) if do_mscs else (1, 1), np.int64),
+               np.zeros(C if do_mscs else 1, np.int64))
+        peaks = _ckernels.topk_rows(vb[lo:hi], cb[lo:hi] if do_mscs else None, lab[lo:hi], ok[lo:hi], lg[lo:hi], pr[lo:hi],
+                                    bs[lo:hi], hi - lo, d, C, int(k), *out)
+        return out, peaks
+
+    parts = _parallel(n, work)
+    peak_v = max(p[1][0] for p in parts)
+    peak_ce = max(p[1][1] for p in parts)
+    if peak_v * n >= EXACT_SUM_LIMIT or peak_ce * d >= EXACT_SUM_LIMIT:  # a sum could have rounded: not used
         return None
-    out = {"count": count.sum(axis=0), "sum_correct": sums[:, 0].sum(axis=0), "sum_incorrect": sums[:, 1].sum(axis=0)}
+    total = [sum(p[0][i] for p in parts) for i in range(4)]
+    out = {"count": total[0], "sum_correct": total[1][0], "sum_incorrect": total[1][1]}
     if do_mscs:
-        out["mscs_count"], out["mscs_size"] = mcount.sum(axis=0), msize.sum(axis=0)
+        out["mscs_count"], out["mscs_size"] = total[2], total[3]
     return out
+
+
+def class_sums(v16: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray | None:
+    """``(C, D)`` float64 class sums of float16 rows (exact), or ``None`` where the fallback must run."""
+    if not enabled() or not _usable(v16):
+        return None
+    n, d = v16.shape
+    vb, lab = _bits(v16), np.ascontiguousarray(labels, dtype=np.int64)
+
+    def work(lo: int, hi: int):
+        out = np.zeros((num_classes, d))
+        return out, _ckernels.class_sums(vb[lo:hi], lab[lo:hi], hi - lo, d, num_classes, out)
+
+    parts = _parallel(n, work)
+    if max((p[1] for p in parts), default=0.0) * n >= EXACT_SUM_LIMIT:
+        return None
+    return sum(p[0] for p in parts)
+
+
+def finite_rows(a: np.ndarray) -> np.ndarray | None:
+    """Rows of a 2-D float16 array without inf or NaN (bool), or ``None`` where numpy must check."""
+    if _ckernels is None or a.dtype != np.float16 or a.ndim != 2:
+        return None
+    out = np.empty(len(a), dtype=np.uint8)
+    _ckernels.finite_rows(_bits(a), len(a), a.shape[1], out)
+    return out.view(bool)
+
+
+def diversity_sums(fe16: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, np.ndarray] | None:
+    """``diversity``'s per-chunk sums from float16 FE, or ``None`` where the fallback must run: ``sum_fe`` (C, D),
+    ``sum_unit`` (C, D) of the rows divided by their norm (non-zero rows), ``n_unit`` (C,), and ``sum_fefe``
+    (C, D, D) float64 second moments (rows converted once, grouped by class, one GEMM per class)."""
+    if not enabled() or not _usable(fe16):
+        return None
+    n, d = fe16.shape
+    C = num_classes
+    vb, lab = _bits(fe16), np.ascontiguousarray(labels, dtype=np.int64)
+    order = np.argsort(lab, kind="stable")
+    bounds = np.searchsorted(lab[order], np.arange(C + 1))
+    xs = np.empty((n, d))
+
+    def work(lo: int, hi: int):
+        sums = (np.zeros((C, d)), np.zeros((C, d)), np.zeros(C, np.int64))
+        return sums, _ckernels.diversity_rows(vb, lab, order[lo:hi], n, hi - lo, d, C, xs[lo:hi], *sums)
+
+    parts = _parallel(n, work)
+    if max((p[1] for p in parts), default=0.0) * n >= EXACT_SUM_LIMIT:
+        return None
+    sum_fe, sum_unit, n_unit = (sum(p[0][i] for p in parts) for i in range(3))
+    sum_fefe = np.zeros((C, d, d))
+    for c in range(C):
+        x = xs[bounds[c] : bounds[c + 1]]
+        if len(x):
+            np.matmul(x.T, x, out=sum_fefe[c])
+    return {"sum_fe": sum_fe, "sum_unit": sum_unit, "n_unit": n_unit, "sum_fefe": sum_fefe}
