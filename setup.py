@@ -7,6 +7,6 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension("fragility.analysis._ckernels", ["fragility/analysis/_ckernels.c"], extra_compile_args=["-O3"], optional=True),
+        Extension("fragility.analysis._ckernels", ["fragility/analysis/_ckernels.c"], extra_compile_args=["-O3", "-ffp-contract=off"], optional=True),
     ]
 )

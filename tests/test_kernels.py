@@ -114,10 +114,13 @@ def test_the_kernel_hands_over_where_it_cannot_be_exact(monkeypatch):
     assert _kernels.topk_update(np.ones((3, 4), np.float16), None, labels, ok, 2, 1) is None
 
 
-@pytest.mark.parametrize("n, d, q, k", [(2, 3, 1.0, 5), (40, 4, 1.0, 5), (700, 8, 0.5, 5), (1500, 16, 0.0, 3)])
-def test_knn_selection_keeps_the_tie_rule(n, d, q, k):
-    """k-NN by one topk(k+1), with ties at the boundary resolved exactly: against a brute-force sort of each
-    row's distances (lower row first among equals), on data with many equal distances."""
+@pytest.mark.parametrize("kernels", ["1", "0"])
+@pytest.mark.parametrize("n, d, q, k", [(2, 3, 1.0, 5), (40, 4, 1.0, 5), (700, 8, 0.5, 5), (1500, 16, 0.0, 3), (300, 8, 0.5, 1)])
+def test_knn_selection_keeps_the_tie_rule(monkeypatch, n, d, q, k, kernels):
+    """k-NN from blocks of the Gram matrix, each used for the rows on both sides, with ties resolved
+    exactly (compiled kernel and torch path): against a brute-force sort of each row's distances (lower row
+    first among equals), on data with many equal distances."""
+    monkeypatch.setenv("FRAGILITY_NO_KERNELS", "0" if kernels == "1" else "1")
     import torch
 
     from fragility.analysis._maths import knn_same_class

@@ -431,10 +431,74 @@ static PyObject *diversity_rows(PyObject *self, PyObject *args) {
     return PyFloat_FromDouble(top);
 }
 
+/* knn_rows(g, R, M, lo, hi, transposed, sq_rows, sq_cols, kk, diag, out_vals, out_idx)
+ *   g: (R, M) float32 block of the Gram matrix x_a . x_b. Output row r in [lo, hi) is g's row r, or with
+ *   transposed its column r. Its distances are (sq_rows[r] - 2 g) + sq_cols[c], clamped at 0, in float32
+ *   (the operations of knn_same_class, in its order); with diag, entry c == r is +inf (the row itself).
+ *   Writes the kk smallest under the order (distance, column) to out_vals / out_idx rows r - lo (fewer
+ *   columns than kk: all of them, the rest +inf / -1). */
+static PyObject *knn_rows(PyObject *self, PyObject *args) {
+    Py_buffer g, sr, sc, ov, oi;
+    Py_ssize_t R, M, lo, hi;
+    int transposed, kk, diag;
+    if (!PyArg_ParseTuple(args, "y*nnnniy*y*iiw*w*", &g, &R, &M, &lo, &hi, &transposed, &sr, &sc, &kk, &diag, &ov, &oi))
+        return NULL;
+    Py_ssize_t rows = transposed ? M : R, cols = transposed ? R : M;
+    int ok = R > 0 && M > 0 && kk > 0 && 0 <= lo && lo <= hi && hi <= rows && need(&g, R * M * 4, "g")
+             && need(&sr, rows * 4, "sq_rows") && need(&sc, cols * 4, "sq_cols") && need(&ov, (hi - lo) * kk * 4, "out_vals")
+             && need(&oi, (hi - lo) * kk * 8, "out_idx");
+    if (!ok && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "_ckernels.knn_rows: bad sizes");
+    float *tile = NULL, *neg = NULL, *topv = NULL, *scratch = NULL;
+    int64_t *topi = NULL;
+    if (ok) {
+        tile = malloc(sizeof(float) * 16 * cols);
+        neg = malloc(sizeof(float) * cols);
+        topv = malloc(sizeof(float) * kk);
+        topi = malloc(sizeof(int64_t) * kk);
+        scratch = malloc(sizeof(float) * (cols / 8 + 1));
+        if (!tile || !neg || !topv || !topi || !scratch) { PyErr_NoMemory(); ok = 0; }
+    }
+    if (ok) {
+        Py_BEGIN_ALLOW_THREADS
+        const float *gb = g.buf, *sqr = sr.buf, *sqc = sc.buf;
+        float *vals = ov.buf;
+        int64_t *idx = oi.buf;
+        for (Py_ssize_t t0 = lo; t0 < hi; t0 += 16) {
+            Py_ssize_t t1 = t0 + 16 < hi ? t0 + 16 : hi;
+            if (transposed) /* columns t0..t1 of g, as rows */
+                for (Py_ssize_t a = 0; a < R; a++)
+                    for (Py_ssize_t r = t0; r < t1; r++) tile[(r - t0) * cols + a] = gb[a * M + r];
+            for (Py_ssize_t r = t0; r < t1; r++) {
+                const float *row = transposed ? tile + (r - t0) * cols : gb + r * M;
+                float base = sqr[r];
+                for (Py_ssize_t c = 0; c < cols; c++) {
+                    float v = row[c] * -2.0f;
+                    v = v + base;
+                    v = v + sqc[c];
+                    v = v < 0.0f ? 0.0f : v;
+                    neg[c] = -v; /* the largest of -distance, lower column first = the nearest, lower column first */
+                }
+                if (diag) neg[r] = -INFINITY;
+                int m = row_topk(neg, cols, kk, topv, topi, scratch);
+                for (int i = 0; i < kk; i++) {
+                    vals[(r - lo) * kk + i] = i < m ? -topv[i] : INFINITY;
+                    idx[(r - lo) * kk + i] = i < m ? topi[i] : -1;
+                }
+            }
+        }
+        Py_END_ALLOW_THREADS
+    }
+    free(tile); free(neg); free(topv); free(topi); free(scratch);
+    PyBuffer_Release(&g); PyBuffer_Release(&sr); PyBuffer_Release(&sc); PyBuffer_Release(&ov); PyBuffer_Release(&oi);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"topk_rows", topk_rows, METH_VARARGS, "top-K counts, class sums by correctness and minimal sets of float16 rows"},
     {"class_sums", class_sums, METH_VARARGS, "float64 class sums of float16 rows"},
     {"finite_rows", finite_rows, METH_VARARGS, "rows of float16 bits without inf or NaN"},
+    {"knn_rows", knn_rows, METH_VARARGS, "the k nearest of each row of a block of distances computed from the Gram matrix"},
     {"diversity_rows", diversity_rows, METH_VARARGS, "float16 rows to float64 in class order, with class sums of rows and unit rows"},
     {NULL, NULL, 0, NULL},
 };

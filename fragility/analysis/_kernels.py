@@ -23,6 +23,7 @@ that are added at the end. ``FRAGILITY_NO_KERNELS=1`` turns the kernels off.
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -34,6 +35,7 @@ except ImportError:  # built without a C compiler: the numpy path runs (same res
 
 EXACT_SUM_LIMIT = 2.0**29
 _pool: ThreadPoolExecutor | None = None
+_local = threading.local()
 
 
 def enabled() -> bool:
@@ -140,6 +142,14 @@ def finite_rows(a: np.ndarray) -> np.ndarray | None:
     return out.view(bool)
 
 
+def _scratch(size: int) -> np.ndarray:
+    """A float64 work buffer of this thread, reused across chunks (a fresh 64 MB one costs its page faults)."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.size < size:
+        buf = _local.buf = np.empty(size)
+    return buf[:size]
+
+
 def diversity_sums(fe16: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, np.ndarray] | None:
     """``diversity``'s per-chunk sums from float16 FE, or ``None`` where the fallback must run: ``sum_fe`` (C, D),
     ``sum_unit`` (C, D) of the rows divided by their norm (non-zero rows), ``n_unit`` (C,), and ``sum_fefe``
@@ -151,7 +161,7 @@ def diversity_sums(fe16: np.ndarray, labels: np.ndarray, num_classes: int) -> di
     vb, lab = _bits(fe16), np.ascontiguousarray(labels, dtype=np.int64)
     order = np.argsort(lab, kind="stable")
     bounds = np.searchsorted(lab[order], np.arange(C + 1))
-    xs = np.empty((n, d))
+    xs = _scratch(n * d).reshape(n, d)
 
     def work(lo: int, hi: int):
         sums = (np.zeros((C, d)), np.zeros((C, d)), np.zeros(C, np.int64))
@@ -167,3 +177,19 @@ def diversity_sums(fe16: np.ndarray, labels: np.ndarray, num_classes: int) -> di
         if len(x):
             np.matmul(x.T, x, out=sum_fefe[c])
     return {"sum_fe": sum_fe, "sum_unit": sum_unit, "n_unit": n_unit, "sum_fefe": sum_fefe}
+
+
+def knn_nearest(g: np.ndarray, sq_rows: np.ndarray, sq_cols: np.ndarray, kk: int, *, transposed: bool = False,
+                diag: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ``kk`` nearest of each row of a block of squared distances derived from the Gram block ``g``
+    (see :func:`._maths.knn_same_class`), or ``None`` where torch must compute them."""
+    if not enabled() or g.dtype != np.float32 or g.ndim != 2 or 0 in g.shape:
+        return None
+    g = np.ascontiguousarray(g)
+    R, M = g.shape
+    rows = M if transposed else R
+    vals, idx = np.empty((rows, kk), np.float32), np.empty((rows, kk), np.int64)
+    sr, sc = (np.ascontiguousarray(a, dtype=np.float32) for a in (sq_rows, sq_cols))
+    _parallel(rows, lambda lo, hi: _ckernels.knn_rows(g, R, M, lo, hi, int(transposed), sr, sc, int(kk), int(diag),
+                                                      vals[lo:hi], idx[lo:hi]))
+    return vals, idx

@@ -187,7 +187,13 @@ def mean_pairwise_cosine(sum_unit: np.ndarray, n: int) -> float:
 
 
 def knn_same_class(x: np.ndarray, labels: np.ndarray, k: int = 5, block: int = 1024) -> np.ndarray:
-    """For each row, how many of its ``k`` nearest other rows (Euclidean, float32; ties: lower row) share its label."""
+    """For each row, how many of its ``k`` nearest other rows (Euclidean, float32; ties: lower row) share its label.
+
+    The distance of row ``i`` to row ``j`` is ``(sq_i - 2 x_i.x_j) + sq_j`` in float32 (``sq`` the squared
+    norms). The Gram matrix is symmetric, so each block of it is computed once and serves the rows on both
+    sides; each block yields every row's ``k`` nearest under the order (distance, row), and merging those
+    gives the ``k`` nearest overall (a total order: the parts' smallest contain the whole's smallest).
+    """
     t = _t(x).float()
     n = t.shape[0]
     out = np.zeros(n, dtype=np.int64)
@@ -196,20 +202,54 @@ def knn_same_class(x: np.ndarray, labels: np.ndarray, k: int = 5, block: int = 1
     kk = min(k, n - 1)
     sq = (t * t).sum(dim=1)
     lab = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    for s in range(0, n, block):
+    starts = list(range(0, n, block))
+    found: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {s: [] for s in starts}
+    for bi, s in enumerate(starts):
         e = min(n, s + block)
-        dist = (sq[s:e, None] - 2 * t[s:e] @ t.T + sq[None, :]).clamp(min=0)
-        dist[torch.arange(e - s), torch.arange(s, e)] = torch.inf
-        # the kk nearest from one topk of kk+1 (kk <= n-1; the row itself is the inf): where the kk-th and the
-        # (kk+1)-th distances differ the set is unique; where they tie, topk_mask applies the rule (lower row first)
-        vals, idx = torch.topk(dist, kk + 1, dim=1, largest=False, sorted=True)
-        counts = (lab[idx[:, :kk]] == lab[s:e, None]).sum(dim=1)
-        tied = torch.nonzero(vals[:, kk - 1] == vals[:, kk]).flatten()
-        if len(tied):
-            near = torch.from_numpy(topk_mask(-dist[tied], kk))
-            counts[tied] = (near & (lab[None, :] == lab[s + tied, None])).sum(dim=1)
-        out[s:e] = counts.numpy()
+        for s2 in starts[bi:]:
+            e2 = min(n, s2 + block)
+            g = t[s:e] @ t[s2:e2].T
+            found[s].append(_nearest(g, sq[s:e], sq[s2:e2], kk, s2, diag=s2 == s))
+            if s2 != s:
+                found[s2].append(_nearest(g, sq[s2:e2], sq[s:e], kk, s, transposed=True))
+    for s in starts:
+        vals = torch.cat([v for v, _ in found[s]], dim=1)
+        idx = torch.cat([i for _, i in found[s]], dim=1)
+        o = torch.argsort(idx, dim=1, stable=True)  # lower row first among equal distances
+        vals, idx = torch.gather(vals, 1, o), torch.gather(idx, 1, o)
+        o = torch.argsort(vals, dim=1, stable=True)[:, :kk]
+        near = torch.gather(idx, 1, o)
+        out[s : s + len(near)] = (lab[near] == lab[s : s + len(near), None]).sum(dim=1).numpy()
     return out
+
+
+def _nearest(g: torch.Tensor, sq_rows: torch.Tensor, sq_cols: torch.Tensor, kk: int, col0: int, *, diag: bool = False,
+             transposed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """From a block ``g`` of the Gram matrix (its columns, if ``transposed``, are the rows): each row's ``kk``
+    smallest distances ``(sq_row - 2 g) + sq_col`` (clamped at 0; the row itself excluded where ``diag``)
+    under the order (value, column): ``(values, columns + col0)``. The compiled kernel where it is built,
+    else torch: the same float32 operations, so the same result."""
+    from ._kernels import knn_nearest
+
+    fast = knn_nearest(g.numpy(), sq_rows.numpy(), sq_cols.numpy(), kk, transposed=transposed, diag=diag)
+    if fast is not None:
+        vals, idx = (torch.from_numpy(a) for a in fast)
+        return vals, torch.where(idx >= 0, idx + col0, idx)
+    dist = ((g.T if transposed else g) * -2).add_(sq_rows[:, None]).add_(sq_cols[None, :]).clamp_(min=0)
+    if diag:
+        dist.fill_diagonal_(torch.inf)
+    m = dist.shape[1]
+    if m <= kk:
+        return dist, torch.arange(col0, col0 + m).expand(dist.shape[0], m)
+    top, at = torch.topk(dist, kk + 1, dim=1, largest=False, sorted=True)
+    vals, idx = top[:, :kk].clone(), at[:, :kk].clone()
+    # where the kk-th and (kk+1)-th values tie, the set is not unique: topk_mask applies the rule (lower column first)
+    tied = torch.nonzero(top[:, kk - 1] == top[:, kk]).flatten()
+    if len(tied):
+        mask = torch.from_numpy(topk_mask(-dist[tied], kk))
+        cols = torch.nonzero(mask)[:, 1].reshape(len(tied), kk)
+        idx[tied], vals[tied] = cols, torch.gather(dist[tied], 1, cols)
+    return vals, idx + col0
 
 
 def overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
