@@ -7,11 +7,15 @@ import numpy as np
 
 import fragility
 from fragility.analysis import Analyzer, Chunk, Result, Table
+from fragility.analysis._kernels import row_means
 from fragility.analysis._maths import class_sums, class_topk, overlap
 
 
 def row_magnitudes(v: np.ndarray, labels: np.ndarray, identity: np.ndarray) -> np.ndarray:
     """``m_n`` = mean of ``v_n`` over its true class's training top-K indices."""
+    fast = row_means(v, labels, identity)  # float16 rows: the compiled gather, the same numbers
+    if fast is not None:
+        return fast
     idx = identity[labels]  # (N, K)
     return np.take_along_axis(v, idx, axis=1).astype(np.float64).mean(axis=1)  # gather first, then widen
 

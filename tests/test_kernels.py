@@ -151,3 +151,55 @@ def test_float16_finiteness_by_bits_equals_isfinite():
     rows = np.stack([np.roll(special, i)[:4] for i in range(len(special))])
     np.testing.assert_array_equal(_finite_rows(rows, len(rows)), np.isfinite(rows).all(axis=1))
     np.testing.assert_array_equal(_finite_rows(np.arange(3), 3), [True] * 3)
+
+
+def test_compiled_finiteness_equals_isfinite():
+    bits = np.arange(65536, dtype=np.uint16).view(np.float16)
+    np.testing.assert_array_equal(_kernels.finite_rows(bits.reshape(-1, 1)), np.isfinite(bits))
+    rows = np.ones((5, 300), dtype=np.float16)
+    rows[1, 299], rows[3, 0] = np.inf, np.nan
+    np.testing.assert_array_equal(_kernels.finite_rows(rows), [True, False, True, False, True])
+
+
+def test_row_means_and_class_sums_equal_numpy_on_float16_rows():
+    rng = np.random.default_rng(5)
+    v = (rng.normal(size=(700, 64)) * 30).astype(np.float16)
+    labels = rng.integers(0, 4, 700)
+    identity = rng.integers(0, 64, (4, 9))
+    want = np.take_along_axis(v, identity[labels], axis=1).astype(np.float64).mean(axis=1)
+    np.testing.assert_array_equal(_kernels.row_means(v, labels, identity), want)
+    sums = _kernels.class_sums(v, labels, 4)
+    for c in range(4):
+        np.testing.assert_array_equal(sums[c], v[labels == c].astype(np.float64).sum(axis=0))
+
+
+def test_diversity_sums_equal_the_numpy_path():
+    """Class sums exactly; unit-vector sums and second moments to float64 rounding (the norms and the GEMM
+    add in another order)."""
+    import fragility_plugins.diversity as div
+    from fragility.analysis import AnalysisSpec
+
+    rng = np.random.default_rng(6)
+    fe = np.maximum(rng.normal(size=(3000, 128)), 0).astype(np.float16)
+    fe[7] = 0  # a zero row: no unit vector
+    labels = rng.integers(0, 5, 3000)
+    fast = _kernels.diversity_sums(fe, labels, 5)
+    slow = div.Diversity(AnalysisSpec(num_classes=5, class_names=list("abcde"), feature_dim=128))._sums(fe, labels)
+    np.testing.assert_array_equal(fast["sum_fe"], slow["sum_fe"])
+    np.testing.assert_array_equal(fast["n_unit"], slow["n_unit"])
+    np.testing.assert_allclose(fast["sum_unit"], slow["sum_unit"], rtol=1e-12)
+    np.testing.assert_allclose(fast["sum_fefe"], slow["sum_fefe"], rtol=1e-12)
+
+
+def test_compiled_kernels_refuse_bad_arguments():
+    """Sizes and ranges are checked in C: a bad call is a ValueError, never a write outside a buffer."""
+    from fragility.analysis import _ckernels
+
+    v = np.zeros((4, 8), np.uint16)
+    out = np.zeros((2, 8))
+    with pytest.raises(ValueError, match="labels"):
+        _ckernels.class_sums(v, np.array([0, 1, 2, 0]), 4, 8, 2, out)  # label 2 of 2 classes
+    with pytest.raises(ValueError, match="bytes"):
+        _ckernels.class_sums(v, np.array([0, 1, 1, 0]), 5, 8, 2, out)  # 5 rows claimed, 4 given
+    with pytest.raises(ValueError, match="identity"):
+        _ckernels.gather_mean(v, np.zeros(4, np.int64), np.array([[8]]), 4, 8, 1, 1, np.zeros(4))

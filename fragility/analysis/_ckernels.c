@@ -494,10 +494,39 @@ static PyObject *knn_rows(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* gather_mean(v, labels, identity, n, d, C, K, out): out[r] = mean of row r of v (float16 bits) over the K
+ * features identity[labels[r]] (float64; the sum of K float16 values is exact, then divided by K) */
+static PyObject *gather_mean(PyObject *self, PyObject *args) {
+    Py_buffer v, lab, ident, out;
+    Py_ssize_t n, d, C, K;
+    if (!PyArg_ParseTuple(args, "y*y*y*nnnnw*", &v, &lab, &ident, &n, &d, &C, &K, &out)) return NULL;
+    int ok = n >= 0 && d > 0 && C > 0 && K > 0 && need(&v, n * d * 2, "v") && need(&lab, n * 8, "labels")
+             && need(&ident, C * K * 8, "identity") && need(&out, n * 8, "out")
+             && in_range((const int64_t *)lab.buf, n, C, "labels") && in_range((const int64_t *)ident.buf, C * K, d, "identity");
+    if (ok) {
+        Py_BEGIN_ALLOW_THREADS
+        const uint16_t *vb = v.buf;
+        const int64_t *labels = lab.buf, *id = ident.buf;
+        double *o = out.buf;
+        for (Py_ssize_t r = 0; r < n; r++) {
+            const uint16_t *row = vb + r * d;
+            const int64_t *cols = id + labels[r] * K;
+            double sum = 0.0;
+            for (Py_ssize_t i = 0; i < K; i++) sum += LUT[row[cols[i]]];
+            o[r] = sum / (double)K;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&v); PyBuffer_Release(&lab); PyBuffer_Release(&ident); PyBuffer_Release(&out);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"topk_rows", topk_rows, METH_VARARGS, "top-K counts, class sums by correctness and minimal sets of float16 rows"},
     {"class_sums", class_sums, METH_VARARGS, "float64 class sums of float16 rows"},
     {"finite_rows", finite_rows, METH_VARARGS, "rows of float16 bits without inf or NaN"},
+    {"gather_mean", gather_mean, METH_VARARGS, "each float16 row's mean over its class's features"},
     {"knn_rows", knn_rows, METH_VARARGS, "the k nearest of each row of a block of distances computed from the Gram matrix"},
     {"diversity_rows", diversity_rows, METH_VARARGS, "float16 rows to float64 in class order, with class sums of rows and unit rows"},
     {NULL, NULL, 0, NULL},

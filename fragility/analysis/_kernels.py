@@ -133,6 +133,20 @@ def class_sums(v16: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndar
     return sum(p[0] for p in parts)
 
 
+def row_means(v16: np.ndarray, labels: np.ndarray, identity: np.ndarray) -> np.ndarray | None:
+    """Each float16 row's mean (float64, exact sum) over the features ``identity[label]`` (``(C, K)``), or
+    ``None`` where numpy must compute it."""
+    if not enabled() or not _usable(v16) or identity.ndim != 2 or identity.shape[1] == 0:
+        return None
+    n, d = v16.shape
+    vb, lab = _bits(v16), np.ascontiguousarray(labels, dtype=np.int64)
+    ident = np.ascontiguousarray(identity, dtype=np.int64)
+    out = np.empty(n)
+    _parallel(n, lambda lo, hi: _ckernels.gather_mean(vb[lo:hi], lab[lo:hi], ident, hi - lo, d, ident.shape[0], ident.shape[1],
+                                                      out[lo:hi]))
+    return out
+
+
 def finite_rows(a: np.ndarray) -> np.ndarray | None:
     """Rows of a 2-D float16 array without inf or NaN (bool), or ``None`` where numpy must check."""
     if _ckernels is None or a.dtype != np.float16 or a.ndim != 2:
