@@ -1,6 +1,7 @@
-"""The fused kernels against the numpy/torch path they replace: bit-identical results on the same stores
-(ties, empty and tiny classes, weights moving inside training passes, non-finite and unlabelled rows), and
-the cases where the kernel must hand over to the fallback."""
+"""The compiled kernels against the numpy/torch path they replace: bit-identical results on the same stores
+(ties, empty and tiny classes, weights moving inside training passes, non-finite and unlabelled rows; only
+diversity's norms and second moments add in another order, so its floats agree to float64 rounding), the
+cases where a kernel must hand over to the fallback, and the argument checks of the C functions."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ def test_analyzers_give_identical_results_with_and_without_kernels(tmp_path, mon
         assert ran and all(r is not None for r in ran) and any("mscs_count" in r for r in ran)  # the kernel ran
         monkeypatch.setenv("FRAGILITY_NO_KERNELS", "1")
         slow = analyze(path, ["topk", "magnitude", "diversity"], k=4, embedding=embedding, chunk_rows=17)
-        for name in fast:
-            assert_results_equal(fast[name], slow[name], rtol=0, atol=0)
+        for name in fast:  # diversity's norms and moments add in another order: its floats to rounding
+            assert_results_equal(fast[name], slow[name], rtol=1e-12 if name == "diversity" else 0, atol=0)
         ran.clear()
         mscs = [c["mscs"]["mean_size"] for g in fast["topk"].data["groups"].values() for c in g["classes"] if c.get("mscs")]
         assert any(m for m in mscs if m)  # the minimal sets were really compared

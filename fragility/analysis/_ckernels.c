@@ -387,6 +387,21 @@ static PyObject *finite_rows(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* sum of squares of a float64 row, in four running sums (the order differs from a sequential sum: the
+ * norms, and so the unit vectors, agree with the numpy path to float64 rounding) */
+static double sum_squares(const double *x, Py_ssize_t d) {
+    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+    Py_ssize_t j = 0;
+    for (; j + 4 <= d; j += 4) {
+        a0 += x[j] * x[j];
+        a1 += x[j + 1] * x[j + 1];
+        a2 += x[j + 2] * x[j + 2];
+        a3 += x[j + 3] * x[j + 3];
+    }
+    for (; j < d; j++) a0 += x[j] * x[j];
+    return (a0 + a1) + (a2 + a3);
+}
+
 /* diversity_rows(fe, labels, order, n, d, C, xs, sum_fe, sum_unit, n_unit)
  *   for i in range(n): row order[i] of fe (float16 bits) is written to xs[i] as float64 (rows grouped by
  *   class for the per-class second moments), and added to sum_fe[label]; rows with a non-zero norm add
@@ -400,35 +415,42 @@ static PyObject *diversity_rows(PyObject *self, PyObject *args) {
              && need(&ord, n * 8, "order") && need(&xs, n * d * 8, "xs") && need(&sfe, C * d * 8, "sum_fe")
              && need(&sun, C * d * 8, "sum_unit") && need(&nun, C * 8, "n_unit")
              && in_range((const int64_t *)ord.buf, n, rows, "order") && in_range((const int64_t *)lab.buf, rows, C, "labels");
-    float top = 0.0f;
+    uint16_t peak = 0;
+    int failed = 0;
     if (ok) {
         Py_BEGIN_ALLOW_THREADS
         const uint16_t *vb = v.buf;
         const int64_t *labels = lab.buf, *order = ord.buf;
         double *x = xs.buf, *sf = sfe.buf, *su = sun.buf;
         int64_t *nu = nun.buf;
-        for (Py_ssize_t i = 0; i < n; i++) {
+        float *f = malloc(sizeof(float) * d);
+        for (Py_ssize_t i = 0; f && i < n; i++) {
             const uint16_t *row = vb + order[i] * d;
-            double *xr = x + i * d, *s = sf + labels[order[i]] * d, sq = 0.0;
+            int64_t c = labels[order[i]];
+            double *xr = x + i * d, *s = sf + c * d, *u = su + c * d;
+            uint16_t p = row_peak(row, d);
+            peak = p > peak ? p : peak;
+            decode(row, f, d);
             for (Py_ssize_t j = 0; j < d; j++) {
-                float f = LUT[row[j]], a = fabsf(f);
-                top = a > top ? a : top;
-                xr[j] = f;
+                xr[j] = f[j];
                 s[j] += xr[j];
-                sq += xr[j] * xr[j];
             }
+            double sq = sum_squares(xr, d);
             if (sq > 0) {
-                double norm = sqrt(sq), *u = su + labels[order[i]] * d;
-                for (Py_ssize_t j = 0; j < d; j++) u[j] += xr[j] / norm;
-                nu[labels[order[i]]]++;
+                double inv = 1.0 / sqrt(sq);
+                for (Py_ssize_t j = 0; j < d; j++) u[j] += xr[j] * inv;
+                nu[c]++;
             }
         }
+        if (!f) failed = 1;
+        free(f);
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&v); PyBuffer_Release(&lab); PyBuffer_Release(&ord); PyBuffer_Release(&xs);
     PyBuffer_Release(&sfe); PyBuffer_Release(&sun); PyBuffer_Release(&nun);
+    if (failed) return PyErr_NoMemory();
     if (!ok) return NULL;
-    return PyFloat_FromDouble(top);
+    return PyFloat_FromDouble(LUT[peak]);
 }
 
 /* knn_rows(g, R, M, lo, hi, transposed, sq_rows, sq_cols, kk, diag, out_vals, out_idx)

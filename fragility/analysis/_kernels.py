@@ -36,6 +36,7 @@ except ImportError:  # built without a C compiler: the numpy path runs (same res
 EXACT_SUM_LIMIT = 2.0**29
 _pool: ThreadPoolExecutor | None = None
 _local = threading.local()
+_blas = None
 
 
 def enabled() -> bool:
@@ -49,16 +50,30 @@ def threads() -> int:
     return max(1, torch.get_num_threads())
 
 
+def _executor(t: int) -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None or _pool._max_workers < t:
+        _pool = ThreadPoolExecutor(t, thread_name_prefix="fragility-kernel")
+    return _pool
+
+
 def _parallel(n: int, work) -> list:
     """``work(lo, hi)`` over row ranges splitting ``n`` rows, one per thread (at least 512 rows each)."""
-    global _pool
     t = max(1, min(threads(), n // 512))
     bounds = [n * i // t for i in range(t + 1)]
     if t == 1:
         return [work(0, n)]
-    if _pool is None or _pool._max_workers < t:
-        _pool = ThreadPoolExecutor(t, thread_name_prefix="fragility-kernel")
-    return list(_pool.map(work, bounds[:-1], bounds[1:]))
+    return list(_executor(t).map(work, bounds[:-1], bounds[1:]))
+
+
+def _one_blas_thread():
+    """A context in which BLAS libraries use one thread (threadpoolctl; libraries loaded later keep theirs)."""
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = ThreadpoolController()
+    return _blas.limit(limits=1, user_api="blas")
 
 
 def _usable(a: np.ndarray | None) -> bool:
@@ -186,10 +201,25 @@ def diversity_sums(fe16: np.ndarray, labels: np.ndarray, num_classes: int) -> di
         return None
     sum_fe, sum_unit, n_unit = (sum(p[0][i] for p in parts) for i in range(3))
     sum_fefe = np.zeros((C, d, d))
-    for c in range(C):
-        x = xs[bounds[c] : bounds[c + 1]]
-        if len(x):
-            np.matmul(x.T, x, out=sum_fefe[c])
+    sizes = np.diff(bounds)
+    shares: list[list[int]] = [[] for _ in range(max(1, min(threads(), int((sizes > 0).sum()))))]
+    load = [0] * len(shares)
+    for c in np.argsort(-sizes, kind="stable"):  # the largest classes first, each to the least loaded thread
+        if sizes[c]:
+            i = load.index(min(load))
+            shares[i].append(int(c))
+            load[i] += int(sizes[c])
+
+    def moments(cs: list[int]) -> None:
+        for c in cs:
+            x = xs[bounds[c] : bounds[c + 1]]
+            np.matmul(x.T, x, out=sum_fefe[c])  # x.T @ x: BLAS's symmetric rank-k update
+
+    with _one_blas_thread():  # one GEMM per thread, so that no BLAS thread spins idle after it
+        if len(shares) == 1:
+            moments(shares[0])
+        else:
+            list(_executor(len(shares)).map(moments, shares))
     return {"sum_fe": sum_fe, "sum_unit": sum_unit, "n_unit": n_unit, "sum_fefe": sum_fefe}
 
 
