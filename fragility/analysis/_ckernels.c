@@ -90,10 +90,11 @@ static inline void insert(float x, Py_ssize_t j, int pos, float *topv, int64_t *
 }
 
 /* top-k of one row into topv/topi (descending value, ties: the lower index wins); returns how many.
- * First a lower bound of the k-th largest value: the k-th largest of the maxima of blocks of 8 (they are k
- * distinct entries). Only entries at or above it can be in the top-k (ties included), and they are few, so
- * they are found four at a time and inserted in index order (strictly above the current k-th value: an
- * equal value never displaces a lower index). scratch holds d / 8 floats. */
+ * First a lower bound of the k-th largest value: with nb = d / 8, the k-th largest of the nb maxima of the
+ * groups {i, i + nb, ..., i + 7 nb} (they are k distinct entries). Only entries at or above it can be in
+ * the top-k (ties included), and they are few, so they are found four at a time and inserted in index
+ * order (strictly above the current k-th value: an equal value never displaces a lower index).
+ * scratch holds d / 8 + 4 floats. */
 static int row_topk(const float *vals, Py_ssize_t d, int k, float *topv, int64_t *topi, float *scratch) {
     int m = 0;
     Py_ssize_t nb = d / 8, j = 0;
@@ -103,15 +104,20 @@ static int row_topk(const float *vals, Py_ssize_t d, int k, float *topv, int64_t
             if (vals[j] > topv[k - 1]) insert(vals[j], j, k - 1, topv, topi);
         return m;
     }
-    for (Py_ssize_t b = 0; b < nb; b++) {
-        const float *x = vals + 8 * b;
-        float a = x[0] > x[1] ? x[0] : x[1], c = x[2] > x[3] ? x[2] : x[3];
-        float e = x[4] > x[5] ? x[4] : x[5], g = x[6] > x[7] ? x[6] : x[7];
-        a = a > c ? a : c;
-        e = e > g ? e : g;
-        scratch[b] = a > e ? a : e;
+    Py_ssize_t i = 0;
+#if defined(__SSE2__)
+    for (; i + 4 <= nb; i += 4) {
+        __m128 a = _mm_loadu_ps(vals + i);
+        for (int t = 1; t < 8; t++) a = _mm_max_ps(a, _mm_loadu_ps(vals + i + t * nb));
+        _mm_storeu_ps(scratch + i, a);
     }
-    for (Py_ssize_t b = 0; b < nb; b++) { /* k-th largest block maximum, values only */
+#endif
+    for (; i < nb; i++) {
+        float a = vals[i];
+        for (int t = 1; t < 8; t++) a = vals[i + t * nb] > a ? vals[i + t * nb] : a;
+        scratch[i] = a;
+    }
+    for (Py_ssize_t b = 0; b < nb; b++) { /* k-th largest group maximum, values only */
         float x = scratch[b];
         int p;
         if (m < k) p = m++;
@@ -224,7 +230,7 @@ static double row_split(const uint16_t *bits, const float *vals, Py_ssize_t d, i
     neg = part[0] + part[1];
 #endif
     for (; j < d; j++) neg += vals[j] < 0 ? vals[j] : 0.0f;
-    for (j = 0; j < d; j++) {
+    for (j = 0; j < d; j++) { /* the positive entries, in index order, without a branch */
         pos[m] = j;
         m += POSITIVE(bits[j]);
     }
@@ -273,7 +279,7 @@ static PyObject *topk_rows(PyObject *self, PyObject *args) {
         float *vals = malloc(sizeof(float) * d), *cvals = malloc(sizeof(float) * d), *topv = malloc(sizeof(float) * k);
         int64_t *topi = malloc(sizeof(int64_t) * k), *members = malloc(sizeof(int64_t) * d), *pos = malloc(sizeof(int64_t) * d);
         uint32_t *keys = malloc(sizeof(uint32_t) * 2 * d);
-        float *scratch = malloc(sizeof(float) * (d / 8 + 1));
+        float *scratch = malloc(sizeof(float) * (d / 8 + 4));
         if (!vals || !cvals || !topv || !topi || !members || !pos || !keys || !scratch) {
             PyErr_NoMemory();
             ok = 0;
@@ -477,7 +483,7 @@ static PyObject *knn_rows(PyObject *self, PyObject *args) {
         neg = malloc(sizeof(float) * cols);
         topv = malloc(sizeof(float) * kk);
         topi = malloc(sizeof(int64_t) * kk);
-        scratch = malloc(sizeof(float) * (cols / 8 + 1));
+        scratch = malloc(sizeof(float) * (cols / 8 + 4));
         if (!tile || !neg || !topv || !topi || !scratch) { PyErr_NoMemory(); ok = 0; }
     }
     if (ok) {
