@@ -7,16 +7,7 @@ Analysis: :func:`analyze` with analyzer plugins (:mod:`fragility.analysis`). Plu
 
 from __future__ import annotations
 
-import os as _os
-import sys as _sys
-
 __version__ = "0.2.0"
-
-if "torch" not in _sys.modules and _sys.argv and _os.path.basename(_sys.argv[0]) in ("fragility", "-m"):
-    # the command line (`fragility ...`, `python -m fragility`): idle OpenMP threads sleep instead of spinning,
-    # which on a shared machine burnt CPU for nothing between operations. OMP_WAIT_POLICY=ACTIVE restores
-    # spinning (docs/cli.md); this must be set before torch loads its OpenMP runtime.
-    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .errors import (
     AnalyzerError,
