@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test bench screenshot clean
 
-$(BIN)/fragility: pyproject.toml
+$(BIN)/fragility: pyproject.toml setup.py fragility/analysis/_ckernels.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch/torchvision pinned to the builds on this machine's disk (no multi-GB download)
