@@ -94,7 +94,7 @@ static inline void insert(float x, Py_ssize_t j, int pos, float *topv, int64_t *
  * groups {i, i + nb, ..., i + 7 nb} (they are k distinct entries). Only entries at or above it can be in
  * the top-k (ties included), and they are few, so they are found four at a time and inserted in index
  * order (strictly above the current k-th value: an equal value never displaces a lower index).
- * scratch holds d / 8 + 4 floats. */
+ * scratch holds d / 8 + d + 12 floats. */
 static int row_topk(const float *vals, Py_ssize_t d, int k, float *topv, int64_t *topi, float *scratch) {
     int m = 0;
     Py_ssize_t nb = d / 8, j = 0;
@@ -128,22 +128,28 @@ static int row_topk(const float *vals, Py_ssize_t d, int k, float *topv, int64_t
     }
     float bound = topv[k - 1];
     m = 0;
+    Py_ssize_t c = 0;
+    int32_t *cand = (int32_t *)(scratch + nb + 4); /* candidate indices (d + 4 of them fit) */
 #if defined(__SSE2__)
+    /* the indices of the entries >= bound, four at a time without a branch: the mask's set bits, in order */
+    static const int32_t bits_at[16][4] = {{0}, {0}, {1}, {0, 1}, {2}, {0, 2}, {1, 2}, {0, 1, 2}, {3}, {0, 3}, {1, 3},
+                                           {0, 1, 3}, {2, 3}, {0, 2, 3}, {1, 2, 3}, {0, 1, 2, 3}};
+    static const int ones[16] = {0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4};
     __m128 lim = _mm_set1_ps(bound);
     for (; j + 4 <= d; j += 4) {
         int mask = _mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(vals + j), lim));
-        while (mask) {
-            int q = __builtin_ctz(mask);
-            mask &= mask - 1;
-            if (m < k) insert(vals[j + q], j + q, m++, topv, topi);
-            else if (vals[j + q] > topv[k - 1]) insert(vals[j + q], j + q, k - 1, topv, topi);
-        }
+        _mm_storeu_si128((__m128i *)(cand + c), _mm_add_epi32(_mm_set1_epi32((int32_t)j), _mm_loadu_si128((const __m128i *)bits_at[mask])));
+        c += ones[mask];
     }
 #endif
     for (; j < d; j++) {
-        if (vals[j] < bound) continue;
-        if (m < k) insert(vals[j], j, m++, topv, topi);
-        else if (vals[j] > topv[k - 1]) insert(vals[j], j, k - 1, topv, topi);
+        cand[c] = (int32_t)j;
+        c += vals[j] >= bound;
+    }
+    for (Py_ssize_t i = 0; i < c; i++) { /* in index order: an equal value never displaces a lower index */
+        Py_ssize_t q = cand[i];
+        if (m < k) insert(vals[q], q, m++, topv, topi);
+        else if (vals[q] > topv[k - 1]) insert(vals[q], q, k - 1, topv, topi);
     }
     return m;
 }
@@ -279,7 +285,7 @@ static PyObject *topk_rows(PyObject *self, PyObject *args) {
         float *vals = malloc(sizeof(float) * d), *cvals = malloc(sizeof(float) * d), *topv = malloc(sizeof(float) * k);
         int64_t *topi = malloc(sizeof(int64_t) * k), *members = malloc(sizeof(int64_t) * d), *pos = malloc(sizeof(int64_t) * d);
         uint32_t *keys = malloc(sizeof(uint32_t) * 2 * d);
-        float *scratch = malloc(sizeof(float) * (d / 8 + 4));
+        float *scratch = malloc(sizeof(float) * (d / 8 + d + 12));
         if (!vals || !cvals || !topv || !topi || !members || !pos || !keys || !scratch) {
             PyErr_NoMemory();
             ok = 0;
@@ -483,7 +489,7 @@ static PyObject *knn_rows(PyObject *self, PyObject *args) {
         neg = malloc(sizeof(float) * cols);
         topv = malloc(sizeof(float) * kk);
         topi = malloc(sizeof(int64_t) * kk);
-        scratch = malloc(sizeof(float) * (cols / 8 + 4));
+        scratch = malloc(sizeof(float) * (cols / 8 + cols + 12));
         if (!tile || !neg || !topv || !topi || !scratch) { PyErr_NoMemory(); ok = 0; }
     }
     if (ok) {
