@@ -354,7 +354,9 @@ static PyObject *class_sums(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*y*nnnw*", &v, &lab, &n, &d, &C, &out)) return NULL;
     int ok = n >= 0 && d > 0 && C > 0 && need(&v, n * d * 2, "v") && need(&lab, n * 8, "labels")
              && need(&out, C * d * 8, "out") && in_range((const int64_t *)lab.buf, n, C, "labels");
-    float top = 0.0f;
+    uint16_t top = 0;
+    float *f = ok ? malloc(sizeof(float) * d) : NULL;
+    if (ok && !f) { PyErr_NoMemory(); ok = 0; }
     if (ok) {
         Py_BEGIN_ALLOW_THREADS
         const uint16_t *vb = v.buf;
@@ -363,17 +365,17 @@ static PyObject *class_sums(PyObject *self, PyObject *args) {
         for (Py_ssize_t r = 0; r < n; r++) {
             const uint16_t *row = vb + r * d;
             double *s = o + labels[r] * d;
-            for (Py_ssize_t j = 0; j < d; j++) {
-                float x = LUT[row[j]], a = fabsf(x);
-                s[j] += (double)x;
-                top = a > top ? a : top;
-            }
+            uint16_t p = row_peak(row, d);
+            top = p > top ? p : top;
+            decode(row, f, d);
+            for (Py_ssize_t j = 0; j < d; j++) s[j] += (double)f[j];
         }
         Py_END_ALLOW_THREADS
     }
+    free(f);
     PyBuffer_Release(&v); PyBuffer_Release(&lab); PyBuffer_Release(&out);
     if (!ok) return NULL;
-    return PyFloat_FromDouble(top);
+    return PyFloat_FromDouble(LUT[top]);
 }
 
 /* finite_rows(bits, n, d, out): out (n,) uint8 = 1 where no value of the row is inf or NaN (exponent all ones) */
