@@ -78,6 +78,11 @@ __attribute__((target("avx,f16c"))) static void decode_f16c(const uint16_t *bits
 
 static void (*decode)(const uint16_t *, float *, Py_ssize_t) = decode_lut;
 
+/* for a 4-bit mask: the positions of its set bits, in order (padded), and how many */
+static const int32_t bits_at[16][4] = {{0}, {0}, {1}, {0, 1}, {2}, {0, 2}, {1, 2}, {0, 1, 2}, {3}, {0, 3}, {1, 3},
+                                       {0, 1, 3}, {2, 3}, {0, 2, 3}, {1, 2, 3}, {0, 1, 2, 3}};
+static const int ones[16] = {0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4};
+
 /* insert vals[j] into the sorted top list (it is larger than the current k-th): equal values stay ahead */
 static inline void insert(float x, Py_ssize_t j, int pos, float *topv, int64_t *topi) {
     while (pos > 0 && topv[pos - 1] < x) {
@@ -132,9 +137,6 @@ static int row_topk(const float *vals, Py_ssize_t d, int k, float *topv, int64_t
     int32_t *cand = (int32_t *)(scratch + nb + 4); /* candidate indices (d + 4 of them fit) */
 #if defined(__SSE2__)
     /* the indices of the entries >= bound, four at a time without a branch: the mask's set bits, in order */
-    static const int32_t bits_at[16][4] = {{0}, {0}, {1}, {0, 1}, {2}, {0, 2}, {1, 2}, {0, 1, 2}, {3}, {0, 3}, {1, 3},
-                                           {0, 1, 3}, {2, 3}, {0, 2, 3}, {1, 2, 3}, {0, 1, 2, 3}};
-    static const int ones[16] = {0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4};
     __m128 lim = _mm_set1_ps(bound);
     for (; j + 4 <= d; j += 4) {
         int mask = _mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(vals + j), lim));
@@ -159,16 +161,30 @@ static int row_topk(const float *vals, Py_ssize_t d, int k, float *topv, int64_t
  * index first) until their running sum reaches gap. With exact sums only the order matters: the positive
  * entries (pos, npos of them, in index order) are bucketed by the top byte of their bits (which orders
  * positive values), whole buckets are added, and only the bucket where the sum reaches the gap is sorted. */
-static Py_ssize_t row_mscs(const uint16_t *bits, const float *vals, const int64_t *pos, Py_ssize_t npos, double gap,
+static Py_ssize_t row_mscs(const uint16_t *bits, const float *vals, const int32_t *pos, Py_ssize_t npos, double gap,
                            int64_t *members, uint32_t *keys) {
-    double bsum[0x7C];
-    int32_t bcnt[0x7C];
+    double bsum[0x7C], bsum2[0x7C];
+    int32_t bcnt[0x7C], bcnt2[0x7C];
     memset(bsum, 0, sizeof bsum);
     memset(bcnt, 0, sizeof bcnt);
-    for (Py_ssize_t i = 0; i < npos; i++) {
+    memset(bsum2, 0, sizeof bsum2);
+    memset(bcnt2, 0, sizeof bcnt2);
+    Py_ssize_t i = 0;
+    for (; i + 2 <= npos; i += 2) { /* two sets of buckets: neighbours in one bucket do not wait on each other */
+        int b = bits[pos[i]] >> 8, b2 = bits[pos[i + 1]] >> 8;
+        bsum[b] += vals[pos[i]];
+        bcnt[b]++;
+        bsum2[b2] += vals[pos[i + 1]];
+        bcnt2[b2]++;
+    }
+    for (; i < npos; i++) {
         int b = bits[pos[i]] >> 8;
         bsum[b] += vals[pos[i]];
         bcnt[b]++;
+    }
+    for (int b = 0; b < 0x7C; b++) { /* exact sums: the grouping does not change them */
+        bsum[b] += bsum2[b];
+        bcnt[b] += bcnt2[b];
     }
     double cum = 0.0;
     int cut = -1;
@@ -178,11 +194,11 @@ static Py_ssize_t row_mscs(const uint16_t *bits, const float *vals, const int64_
         cum += bsum[hb];
     }
     if (cut < 0) { /* never reached: every positive entry */
-        memcpy(members, pos, sizeof(int64_t) * npos);
+        for (Py_ssize_t q = 0; q < npos; q++) members[q] = pos[q];
         return npos;
     }
     Py_ssize_t n = 0, m = 0;
-    for (Py_ssize_t i = 0; i < npos; i++) {
+    for (i = 0; i < npos; i++) {
         uint16_t w = bits[pos[i]];
         int hb = w >> 8;
         members[n] = pos[i];
@@ -218,14 +234,21 @@ static Py_ssize_t row_mscs(const uint16_t *bits, const float *vals, const int64_
 #define POSITIVE(w) ((uint16_t)((w) - 1) < 0x7BFF)
 
 /* the row's sum of negative entries (exact: any order), and its positive entries' indices in order */
-static double row_split(const uint16_t *bits, const float *vals, Py_ssize_t d, int64_t *pos, Py_ssize_t *npos) {
+static double row_split(const uint16_t *bits, const float *vals, Py_ssize_t d, int32_t *pos, Py_ssize_t *npos) {
     Py_ssize_t j = 0, m = 0;
     double neg = 0.0;
 #if defined(__SSE2__)
     __m128d a0 = _mm_setzero_pd(), a1 = _mm_setzero_pd(), a2 = _mm_setzero_pd(), a3 = _mm_setzero_pd();
     __m128 z = _mm_setzero_ps();
     for (; j + 8 <= d; j += 8) {
-        __m128 x = _mm_min_ps(_mm_loadu_ps(vals + j), z), y = _mm_min_ps(_mm_loadu_ps(vals + j + 4), z);
+        __m128 u = _mm_loadu_ps(vals + j), v = _mm_loadu_ps(vals + j + 4);
+        /* the positive entries' indices, in order, without a branch (finite rows: > 0 is POSITIVE) */
+        int mu = _mm_movemask_ps(_mm_cmpgt_ps(u, z)), mv = _mm_movemask_ps(_mm_cmpgt_ps(v, z));
+        _mm_storeu_si128((__m128i *)(pos + m), _mm_add_epi32(_mm_set1_epi32((int32_t)j), _mm_loadu_si128((const __m128i *)bits_at[mu])));
+        m += ones[mu];
+        _mm_storeu_si128((__m128i *)(pos + m), _mm_add_epi32(_mm_set1_epi32((int32_t)j + 4), _mm_loadu_si128((const __m128i *)bits_at[mv])));
+        m += ones[mv];
+        __m128 x = _mm_min_ps(u, z), y = _mm_min_ps(v, z);
         a0 = _mm_add_pd(a0, _mm_cvtps_pd(x));
         a1 = _mm_add_pd(a1, _mm_cvtps_pd(_mm_movehl_ps(x, x)));
         a2 = _mm_add_pd(a2, _mm_cvtps_pd(y));
@@ -235,9 +258,9 @@ static double row_split(const uint16_t *bits, const float *vals, Py_ssize_t d, i
     _mm_storeu_pd(part, _mm_add_pd(_mm_add_pd(a0, a1), _mm_add_pd(a2, a3)));
     neg = part[0] + part[1];
 #endif
-    for (; j < d; j++) neg += vals[j] < 0 ? vals[j] : 0.0f;
-    for (j = 0; j < d; j++) { /* the positive entries, in index order, without a branch */
-        pos[m] = j;
+    for (; j < d; j++) { /* the rest, without a branch */
+        neg += vals[j] < 0 ? vals[j] : 0.0f;
+        pos[m] = (int32_t)j;
         m += POSITIVE(bits[j]);
     }
     *npos = m;
@@ -283,7 +306,8 @@ static PyObject *topk_rows(PyObject *self, PyObject *args) {
     double peak_v = 0.0, peak_ce = 0.0;
     if (ok) {
         float *vals = malloc(sizeof(float) * d), *cvals = malloc(sizeof(float) * d), *topv = malloc(sizeof(float) * k);
-        int64_t *topi = malloc(sizeof(int64_t) * k), *members = malloc(sizeof(int64_t) * d), *pos = malloc(sizeof(int64_t) * d);
+        int64_t *topi = malloc(sizeof(int64_t) * k), *members = malloc(sizeof(int64_t) * d);
+        int32_t *pos = malloc(sizeof(int32_t) * (d + 8));
         uint32_t *keys = malloc(sizeof(uint32_t) * 2 * d);
         float *scratch = malloc(sizeof(float) * (d / 8 + d + 12));
         if (!vals || !cvals || !topv || !topi || !members || !pos || !keys || !scratch) {
