@@ -260,7 +260,12 @@ def _ordered(st: dict[str, Any], name: str) -> np.ndarray:
     arr = np.concatenate(values) if values else np.zeros(0)
     if "keys" in st and name != "keys":
         keys = np.concatenate(st["keys"])
-        return arr[np.argsort(keys, kind="stable")]
+        return arr if _increasing(keys) else arr[np.argsort(keys, kind="stable")]
     if name == "keys":
-        return np.sort(arr)
+        return arr if _increasing(arr) else np.sort(arr)
     return arr
+
+
+def _increasing(keys: np.ndarray) -> bool:
+    """Whether the row keys are already in order (chunks folded in recording order: no sort needed)."""
+    return bool(len(keys) < 2 or (keys[1:] > keys[:-1]).all())
