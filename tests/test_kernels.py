@@ -205,3 +205,29 @@ def test_compiled_kernels_refuse_bad_arguments():
         _ckernels.class_sums(v, np.array([0, 1, 1, 0]), 5, 8, 2, out)  # 5 rows claimed, 4 given
     with pytest.raises(ValueError, match="identity"):
         _ckernels.gather_mean(v, np.zeros(4, np.int64), np.array([[8]]), 4, 8, 1, 1, np.zeros(4))
+
+
+def test_results_do_not_depend_on_the_threads(monkeypatch):
+    """Rows split over 1 or 3 threads (or held to one by the output-memory cap) give the same sums."""
+    import torch
+
+    rng = np.random.default_rng(8)
+    n, d, C = 3000, 64, 4
+    v = rng.normal(size=(n, d)).astype(np.float16)
+    labels, pred = rng.integers(0, C, n), rng.integers(0, C, n)
+    logits, bias = rng.normal(size=(n, C)) * 10, rng.normal(size=n)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for t, cap in [(1, _kernels.THREAD_OUTPUT_BYTES), (3, _kernels.THREAD_OUTPUT_BYTES), (3, 1)]:
+            torch.set_num_threads(t)
+            monkeypatch.setattr(_kernels, "THREAD_OUTPUT_BYTES", cap)
+            outs.append((_kernels.topk_update(v, v, labels, labels == pred, 5, C, logits, pred, bias),
+                         _kernels.diversity_sums(np.abs(v), labels, C)))
+    finally:
+        torch.set_num_threads(before)
+    for fast, div in outs[1:]:
+        for key in outs[0][0]:
+            np.testing.assert_array_equal(fast[key], outs[0][0][key])
+        np.testing.assert_array_equal(div["sum_fe"], outs[0][1]["sum_fe"])
+        np.testing.assert_allclose(div["sum_unit"], outs[0][1]["sum_unit"], rtol=1e-12)

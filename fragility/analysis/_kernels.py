@@ -57,9 +57,14 @@ def _executor(t: int) -> ThreadPoolExecutor:
     return _pool
 
 
-def _parallel(n: int, work) -> list:
-    """``work(lo, hi)`` over row ranges splitting ``n`` rows, one per thread (at least 512 rows each)."""
-    t = max(1, min(threads(), n // 512))
+#: the private outputs of all threads together stay below this (many classes x wide rows on many cores)
+THREAD_OUTPUT_BYTES = 256 << 20
+
+
+def _parallel(n: int, work, out_bytes: int = 0) -> list:
+    """``work(lo, hi)`` over row ranges splitting ``n`` rows, one per thread (at least 512 rows each, and
+    no more threads than keep ``out_bytes`` of private outputs each under :data:`THREAD_OUTPUT_BYTES`)."""
+    t = max(1, min(threads(), n // 512, THREAD_OUTPUT_BYTES // max(out_bytes, 1)))
     bounds = [n * i // t for i in range(t + 1)]
     if t == 1:
         return [work(0, n)]
@@ -119,7 +124,7 @@ def topk_update(v16: np.ndarray, ce16: np.ndarray | None, labels: np.ndarray, co
                                     bs[lo:hi], hi - lo, d, C, int(k), *out)
         return out, peaks
 
-    parts = _parallel(n, work)
+    parts = _parallel(n, work, out_bytes=C * d * 8 * (4 if do_mscs else 3))
     peak_v = max(p[1][0] for p in parts)
     peak_ce = max(p[1][1] for p in parts)
     if peak_v * n >= EXACT_SUM_LIMIT or peak_ce * d >= EXACT_SUM_LIMIT:  # a sum could have rounded: not used
@@ -142,7 +147,7 @@ def class_sums(v16: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndar
         out = np.zeros((num_classes, d))
         return out, _ckernels.class_sums(vb[lo:hi], lab[lo:hi], hi - lo, d, num_classes, out)
 
-    parts = _parallel(n, work)
+    parts = _parallel(n, work, out_bytes=num_classes * d * 8)
     if max((p[1] for p in parts), default=0.0) * n >= EXACT_SUM_LIMIT:
         return None
     return sum(p[0] for p in parts)
@@ -196,7 +201,7 @@ def diversity_sums(fe16: np.ndarray, labels: np.ndarray, num_classes: int) -> di
         sums = (np.zeros((C, d)), np.zeros((C, d)), np.zeros(C, np.int64))
         return sums, _ckernels.diversity_rows(vb, lab, order[lo:hi], n, hi - lo, d, C, xs[lo:hi], *sums)
 
-    parts = _parallel(n, work)
+    parts = _parallel(n, work, out_bytes=C * d * 16)
     if max((p[1] for p in parts), default=0.0) * n >= EXACT_SUM_LIMIT:
         return None
     sum_fe, sum_unit, n_unit = (sum(p[0][i] for p in parts) for i in range(3))
