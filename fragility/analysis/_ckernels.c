@@ -94,6 +94,13 @@ static inline void insert(float x, Py_ssize_t j, int pos, float *topv, int64_t *
     topi[pos] = j;
 }
 
+/* offer entries in index order to a top list of m <= k: it enters while the list is short, or when it is
+ * strictly above the k-th value (an equal value never displaces a lower index) */
+static inline void take(float x, Py_ssize_t j, int k, int *m, float *topv, int64_t *topi) {
+    if (*m < k) insert(x, j, (*m)++, topv, topi);
+    else if (x > topv[k - 1]) insert(x, j, k - 1, topv, topi);
+}
+
 /* top-k of one row into topv/topi (descending value, ties: the lower index wins); returns how many.
  * First a lower bound of the k-th largest value: with nb = d / 8, the k-th largest of the nb maxima of the
  * groups {i, i + nb, ..., i + 7 nb} (they are k distinct entries). Only entries at or above it can be in
@@ -104,9 +111,7 @@ static int row_topk(const float *vals, Py_ssize_t d, int k, float *topv, int64_t
     int m = 0;
     Py_ssize_t nb = d / 8, j = 0;
     if (nb < 2 * k) { /* short rows: one scan */
-        for (; j < d && m < k; j++) insert(vals[j], j, m++, topv, topi);
-        for (; j < d; j++)
-            if (vals[j] > topv[k - 1]) insert(vals[j], j, k - 1, topv, topi);
+        for (; j < d; j++) take(vals[j], j, k, &m, topv, topi);
         return m;
     }
     Py_ssize_t i = 0;
@@ -148,11 +153,7 @@ static int row_topk(const float *vals, Py_ssize_t d, int k, float *topv, int64_t
         cand[c] = (int32_t)j;
         c += vals[j] >= bound;
     }
-    for (Py_ssize_t i = 0; i < c; i++) { /* in index order: an equal value never displaces a lower index */
-        Py_ssize_t q = cand[i];
-        if (m < k) insert(vals[q], q, m++, topv, topi);
-        else if (vals[q] > topv[k - 1]) insert(vals[q], q, k - 1, topv, topi);
-    }
+    for (Py_ssize_t i = 0; i < c; i++) take(vals[cand[i]], cand[i], k, &m, topv, topi); /* in index order */
     return m;
 }
 

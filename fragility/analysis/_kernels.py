@@ -169,7 +169,7 @@ def row_means(v16: np.ndarray, labels: np.ndarray, identity: np.ndarray) -> np.n
 
 def finite_rows(a: np.ndarray) -> np.ndarray | None:
     """Rows of a 2-D float16 array without inf or NaN (bool), or ``None`` where numpy must check."""
-    if _ckernels is None or a.dtype != np.float16 or a.ndim != 2:
+    if not enabled() or a.dtype != np.float16 or a.ndim != 2:
         return None
     out = np.empty(len(a), dtype=np.uint8)
     _ckernels.finite_rows(_bits(a), len(a), a.shape[1], out)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import _kernels
+
 __all__ = [
     "class_sums",
     "class_topk",
@@ -62,9 +64,7 @@ def topk_mask(v: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
 
 def class_sums(labels: np.ndarray, v: np.ndarray | torch.Tensor, num_classes: int) -> np.ndarray:
     """Per-class sums of the rows of ``v`` (float64, ``(C, D)``); float16 rows through the exact kernel."""
-    from ._kernels import class_sums as fused
-
-    if isinstance(v, np.ndarray) and (out := fused(v, labels, num_classes)) is not None:
+    if isinstance(v, np.ndarray) and (out := _kernels.class_sums(v, labels, num_classes)) is not None:
         return out
     t = _t(v).double()
     out = torch.zeros((num_classes, t.shape[1]), dtype=torch.float64)
@@ -229,9 +229,7 @@ def _nearest(g: torch.Tensor, sq_rows: torch.Tensor, sq_cols: torch.Tensor, kk: 
     smallest distances ``(sq_row - 2 g) + sq_col`` (clamped at 0; the row itself excluded where ``diag``)
     under the order (value, column): ``(values, columns + col0)``. The compiled kernel where it is built,
     else torch: the same float32 operations, so the same result."""
-    from ._kernels import knn_nearest
-
-    fast = knn_nearest(g.numpy(), sq_rows.numpy(), sq_cols.numpy(), kk, transposed=transposed, diag=diag)
+    fast = _kernels.knn_nearest(g.numpy(), sq_rows.numpy(), sq_cols.numpy(), kk, transposed=transposed, diag=diag)
     if fast is not None:
         vals, idx = (torch.from_numpy(a) for a in fast)
         return vals, torch.where(idx >= 0, idx + col0, idx)
