@@ -170,6 +170,8 @@ def test_row_means_and_class_sums_equal_numpy_on_float16_rows():
     identity = rng.integers(0, 64, (4, 9))
     want = np.take_along_axis(v, identity[labels], axis=1).astype(np.float64).mean(axis=1)
     np.testing.assert_array_equal(_kernels.row_means(v, labels, identity), want)
+    wide = np.zeros((4, 8197), dtype=np.int64)  # 8197 values up to 65504 could sum past 2**29: numpy's path
+    assert _kernels.row_means(np.zeros((3, 10), np.float16), np.zeros(3, np.int64), wide) is None
     sums = _kernels.class_sums(v, labels, 4)
     for c in range(4):
         np.testing.assert_array_equal(sums[c], v[labels == c].astype(np.float64).sum(axis=0))

@@ -158,6 +158,8 @@ def row_means(v16: np.ndarray, labels: np.ndarray, identity: np.ndarray) -> np.n
     ``None`` where numpy must compute it."""
     if not enabled() or not _usable(v16) or identity.ndim != 2 or identity.shape[1] == 0:
         return None
+    if identity.shape[1] * 65504.0 >= EXACT_SUM_LIMIT:  # K float16 values could sum past the exact range
+        return None
     n, d = v16.shape
     vb, lab = _bits(v16), np.ascontiguousarray(labels, dtype=np.int64)
     ident = np.ascontiguousarray(identity, dtype=np.int64)
