@@ -117,12 +117,24 @@ def test_the_kernel_hands_over_where_it_cannot_be_exact(monkeypatch):
 
 
 @pytest.mark.parametrize("kernels", ["1", "0"])
-@pytest.mark.parametrize("n, d, q, k", [(2, 3, 1.0, 5), (40, 4, 1.0, 5), (700, 8, 0.5, 5), (1500, 16, 0.0, 3), (300, 8, 0.5, 1)])
-def test_knn_selection_keeps_the_tie_rule(monkeypatch, n, d, q, k, kernels):
+@pytest.mark.parametrize("n, d, q, k, block", [(2, 3, 1.0, 5, 97), (40, 4, 1.0, 5, 97), (700, 8, 0.5, 5, 97), (1500, 16, 0.0, 3, 97),
+                                              (300, 8, 0.5, 1, 97), (2100, 6, 0.5, 5, 1024)])
+def test_knn_selection_keeps_the_tie_rule(monkeypatch, n, d, q, k, block, kernels):
     """k-NN from blocks of the Gram matrix, each used for the rows on both sides, with ties resolved
     exactly (compiled kernel and torch path): against a brute-force sort of each row's distances (lower row
-    first among equals), on data with many equal distances."""
+    first among equals), on data with many equal distances. Blocks of 1024 rows are split between threads."""
     monkeypatch.setenv("FRAGILITY_NO_KERNELS", "0" if kernels == "1" else "1")
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _check_knn(n, d, q, k, block)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_knn(n, d, q, k, block):
     import torch
 
     from fragility.analysis._maths import knn_same_class
@@ -141,7 +153,7 @@ def test_knn_selection_keeps_the_tie_rule(monkeypatch, n, d, q, k, kernels):
         others = np.array([j for j in range(n) if j != i])
         order = others[np.lexsort((others, dist[i, others]))][:kk]
         want[i] = int((y[order] == y[i]).sum())
-    np.testing.assert_array_equal(knn_same_class(x, y, k, block=97), want)
+    np.testing.assert_array_equal(knn_same_class(x, y, k, block=block), want)
 
 
 def test_float16_finiteness_by_bits_equals_isfinite():
@@ -207,6 +219,15 @@ def test_compiled_kernels_refuse_bad_arguments():
         _ckernels.class_sums(v, np.array([0, 1, 1, 0]), 5, 8, 2, out)  # 5 rows claimed, 4 given
     with pytest.raises(ValueError, match="identity"):
         _ckernels.gather_mean(v, np.zeros(4, np.int64), np.array([[8]]), 4, 8, 1, 1, np.zeros(4))
+    g, sq, bv, bi = np.zeros((2, 3), np.float32), np.zeros(6, np.float32), np.zeros((6, 2), np.float32), np.zeros((6, 2), np.int64)
+    _ckernels.knn_block(g, 2, 3, sq, 0, 3, 2, 0, 2, 0, 3, bv, bi, 6)  # rows 0-1 against rows 3-5: fine
+    for bad in [(0, 1), (0, 0), (5, 0)]:  # overlapping blocks, a non-square diagonal block, rows past the sample
+        with pytest.raises(ValueError, match="bounds"):
+            _ckernels.knn_block(g, 2, 3, sq, *bad, 2, 0, 2, 0, 3, bv, bi, 6)
+    with pytest.raises(ValueError, match="bounds"):  # a thread's range outside the block
+        _ckernels.knn_block(g, 2, 3, sq, 0, 3, 2, 0, 3, 0, 3, bv, bi, 6)
+    with pytest.raises(ValueError, match="best_i"):
+        _ckernels.knn_block(g, 2, 3, sq, 0, 3, 2, 0, 2, 0, 3, bv, bi[:5], 6)
 
 
 def test_results_do_not_depend_on_the_threads(monkeypatch):

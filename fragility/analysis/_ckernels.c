@@ -492,65 +492,108 @@ static PyObject *diversity_rows(PyObject *self, PyObject *args) {
     return PyFloat_FromDouble(LUT[peak]);
 }
 
-/* knn_rows(g, R, M, lo, hi, transposed, sq_rows, sq_cols, kk, diag, out_vals, out_idx)
- *   g: (R, M) float32 block of the Gram matrix x_a . x_b. Output row r in [lo, hi) is g's row r, or with
- *   transposed its column r. Its distances are (sq_rows[r] - 2 g) + sq_cols[c], clamped at 0, in float32
- *   (the operations of knn_same_class, in its order); with diag, entry c == r is +inf (the row itself).
- *   Writes the kk smallest under the order (distance, column) to out_vals / out_idx rows r - lo (fewer
- *   columns than kk: all of them, the rest +inf / -1). */
-static PyObject *knn_rows(PyObject *self, PyObject *args) {
-    Py_buffer g, sr, sc, ov, oi;
-    Py_ssize_t R, M, lo, hi;
-    int transposed, kk, diag;
-    if (!PyArg_ParseTuple(args, "y*nnnniy*y*iiw*w*", &g, &R, &M, &lo, &hi, &transposed, &sr, &sc, &kk, &diag, &ov, &oi))
-        return NULL;
-    Py_ssize_t rows = transposed ? M : R, cols = transposed ? R : M;
-    int ok = R > 0 && M > 0 && kk > 0 && 0 <= lo && lo <= hi && hi <= rows && need(&g, R * M * 4, "g")
-             && need(&sr, rows * 4, "sq_rows") && need(&sc, cols * 4, "sq_cols") && need(&ov, (hi - lo) * kk * 4, "out_vals")
-             && need(&oi, (hi - lo) * kk * 8, "out_idx");
-    if (!ok && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "_ckernels.knn_rows: bad sizes");
-    float *tile = NULL, *neg = NULL, *topv = NULL, *scratch = NULL;
-    int64_t *topi = NULL;
-    if (ok) {
-        tile = malloc(sizeof(float) * 16 * cols);
-        neg = malloc(sizeof(float) * cols);
-        topv = malloc(sizeof(float) * kk);
-        topi = malloc(sizeof(int64_t) * kk);
-        scratch = malloc(sizeof(float) * (cols / 8 + cols + 12));
-        if (!tile || !neg || !topv || !topi || !scratch) { PyErr_NoMemory(); ok = 0; }
+/* ------------------------------------------------------------------ k nearest neighbours */
+
+/* (v, i) comes before (w, j) in the order (distance, row); a slot with row -1 is empty (after everything) */
+static inline int before(float v, int64_t i, float w, int64_t j) {
+    return v < w || (v == w && (j < 0 || i < j));
+}
+
+/* offer (v, i) to a row's sorted list of its kk nearest */
+static inline void offer(float v, int64_t i, int kk, float *bv, int64_t *bi) {
+    if (!before(v, i, bv[kk - 1], bi[kk - 1])) return;
+    int p = kk - 1;
+    while (p > 0 && before(v, i, bv[p - 1], bi[p - 1])) {
+        bv[p] = bv[p - 1];
+        bi[p] = bi[p - 1];
+        p--;
     }
+    bv[p] = v;
+    bi[p] = i;
+}
+
+#define KNN_STRIP 16
+
+/* knn_block(g, R, M, sq, a0, b0, kk, a_lo, a_hi, b_lo, b_hi, best_v, best_i, N)
+ *   g: (R, M) float32 block x_a . x_b of the Gram matrix for rows a = a0 + r and b = b0 + c of the sample
+ *   (sq: the N squared norms). The distance of a to b is (sq_a - 2 g) + sq_b, clamped at 0, in float32 (the
+ *   operations of knn_same_class, in its order). Rows a0 + [a_lo, a_hi) offer each b (not themselves) to
+ *   their lists of the kk nearest (best_v / best_i rows: sorted under (distance, row), empty slots +inf / -1);
+ *   unless the block is on the diagonal (a0 == b0), rows b0 + [b_lo, b_hi) likewise offer each a, at the
+ *   distance (sq_b - 2 g) + sq_a. Threads given disjoint ranges write disjoint rows. Strips of 16 distances
+ *   are computed together and compared with the current kk-th, so only the few that can enter are offered. */
+static PyObject *knn_block(PyObject *self, PyObject *args) {
+    Py_buffer g, sqb, bvb, bib;
+    Py_ssize_t R, M, a0, b0, a_lo, a_hi, b_lo, b_hi, N;
+    int kk;
+    if (!PyArg_ParseTuple(args, "y*nny*nninnnnw*w*n", &g, &R, &M, &sqb, &a0, &b0, &kk, &a_lo, &a_hi, &b_lo, &b_hi, &bvb, &bib, &N))
+        return NULL;
+    int diag = a0 == b0;
+    int ok = R > 0 && M > 0 && kk > 0 && N > 0 && a0 >= 0 && b0 >= 0 && a0 + R <= N && b0 + M <= N
+             && (diag ? R == M : (a0 + R <= b0 || b0 + M <= a0)) && 0 <= a_lo && a_lo <= a_hi && a_hi <= R
+             && 0 <= b_lo && b_lo <= b_hi && b_hi <= M;
+    if (!ok) PyErr_SetString(PyExc_ValueError, "_ckernels.knn_block: bad block bounds");
+    ok = ok && need(&g, R * M * 4, "g") && need(&sqb, N * 4, "sq") && need(&bvb, N * kk * 4, "best_v")
+         && need(&bib, N * kk * 8, "best_i");
+    float *thr = NULL;
+    if (ok && !(thr = malloc(sizeof(float) * (b_hi - b_lo + 1)))) { PyErr_NoMemory(); ok = 0; }
     if (ok) {
         Py_BEGIN_ALLOW_THREADS
-        const float *gb = g.buf, *sqr = sr.buf, *sqc = sc.buf;
-        float *vals = ov.buf;
-        int64_t *idx = oi.buf;
-        for (Py_ssize_t t0 = lo; t0 < hi; t0 += 16) {
-            Py_ssize_t t1 = t0 + 16 < hi ? t0 + 16 : hi;
-            if (transposed) /* columns t0..t1 of g, as rows */
-                for (Py_ssize_t a = 0; a < R; a++)
-                    for (Py_ssize_t r = t0; r < t1; r++) tile[(r - t0) * cols + a] = gb[a * M + r];
-            for (Py_ssize_t r = t0; r < t1; r++) {
-                const float *row = transposed ? tile + (r - t0) * cols : gb + r * M;
-                float base = sqr[r];
-                for (Py_ssize_t c = 0; c < cols; c++) {
-                    float v = row[c] * -2.0f;
-                    v = v + base;
-                    v = v + sqc[c];
-                    v = v < 0.0f ? 0.0f : v;
-                    neg[c] = -v; /* the largest of -distance, lower column first = the nearest, lower column first */
+        const float *gb = g.buf, *sq = sqb.buf, *sa = sq + a0, *sb = sq + b0;
+        float *bv = bvb.buf;
+        int64_t *bi = bib.buf;
+        float v[KNN_STRIP];
+        for (Py_ssize_t r = a_lo; r < a_hi; r++) { /* rows a: along the block's row */
+            const float *row = gb + r * M;
+            float base = sa[r], *rv = bv + (a0 + r) * kk;
+            int64_t *ri = bi + (a0 + r) * kk;
+            for (Py_ssize_t c0 = 0; c0 < M; c0 += KNN_STRIP) {
+                Py_ssize_t m = M - c0 < KNN_STRIP ? M - c0 : KNN_STRIP;
+                float t = rv[kk - 1];
+                int hit = 0;
+                for (Py_ssize_t j = 0; j < m; j++) {
+                    float x = row[c0 + j] * -2.0f;
+                    x = x + base;
+                    x = x + sb[c0 + j];
+                    x = x < 0.0f ? 0.0f : x;
+                    v[j] = x;
+                    hit |= x <= t;
                 }
-                if (diag) neg[r] = -INFINITY;
-                int m = row_topk(neg, cols, kk, topv, topi, scratch);
-                for (int i = 0; i < kk; i++) {
-                    vals[(r - lo) * kk + i] = i < m ? -topv[i] : INFINITY;
-                    idx[(r - lo) * kk + i] = i < m ? topi[i] : -1;
+                if (!hit) continue;
+                for (Py_ssize_t j = 0; j < m; j++)
+                    if (!(diag && c0 + j == r)) offer(v[j], b0 + c0 + j, kk, rv, ri);
+            }
+        }
+        if (!diag && b_hi > b_lo) { /* rows b: down the block's columns, a strip of columns at a time */
+            for (Py_ssize_t c = b_lo; c < b_hi; c++) thr[c - b_lo] = bv[(b0 + c) * kk + kk - 1];
+            for (Py_ssize_t r = 0; r < R; r++) {
+                const float *row = gb + r * M;
+                float base = sa[r];
+                for (Py_ssize_t c0 = b_lo; c0 < b_hi; c0 += KNN_STRIP) {
+                    Py_ssize_t m = b_hi - c0 < KNN_STRIP ? b_hi - c0 : KNN_STRIP;
+                    const float *t = thr + (c0 - b_lo);
+                    int hit = 0;
+                    for (Py_ssize_t j = 0; j < m; j++) {
+                        float x = row[c0 + j] * -2.0f;
+                        x = x + sb[c0 + j];
+                        x = x + base;
+                        x = x < 0.0f ? 0.0f : x;
+                        v[j] = x;
+                        hit |= x <= t[j];
+                    }
+                    if (!hit) continue;
+                    for (Py_ssize_t j = 0; j < m; j++) {
+                        float *cv = bv + (b0 + c0 + j) * kk;
+                        offer(v[j], a0 + r, kk, cv, bi + (b0 + c0 + j) * kk);
+                        thr[c0 - b_lo + j] = cv[kk - 1];
+                    }
                 }
             }
         }
         Py_END_ALLOW_THREADS
     }
-    free(tile); free(neg); free(topv); free(topi); free(scratch);
-    PyBuffer_Release(&g); PyBuffer_Release(&sr); PyBuffer_Release(&sc); PyBuffer_Release(&ov); PyBuffer_Release(&oi);
+    free(thr);
+    PyBuffer_Release(&g); PyBuffer_Release(&sqb); PyBuffer_Release(&bvb); PyBuffer_Release(&bib);
     if (!ok) return NULL;
     Py_RETURN_NONE;
 }
@@ -588,7 +631,7 @@ static PyMethodDef methods[] = {
     {"class_sums", class_sums, METH_VARARGS, "float64 class sums of float16 rows"},
     {"finite_rows", finite_rows, METH_VARARGS, "rows of float16 bits without inf or NaN"},
     {"gather_mean", gather_mean, METH_VARARGS, "each float16 row's mean over its class's features"},
-    {"knn_rows", knn_rows, METH_VARARGS, "the k nearest of each row of a block of distances computed from the Gram matrix"},
+    {"knn_block", knn_block, METH_VARARGS, "rows of a block of the Gram matrix offer each other to their lists of the k nearest"},
     {"diversity_rows", diversity_rows, METH_VARARGS, "float16 rows to float64 in class order, with class sums of rows and unit rows"},
     {NULL, NULL, 0, NULL},
 };

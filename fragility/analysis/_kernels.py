@@ -230,17 +230,11 @@ def diversity_sums(fe16: np.ndarray, labels: np.ndarray, num_classes: int) -> di
     return {"sum_fe": sum_fe, "sum_unit": sum_unit, "n_unit": n_unit, "sum_fefe": sum_fefe}
 
 
-def knn_nearest(g: np.ndarray, sq_rows: np.ndarray, sq_cols: np.ndarray, kk: int, *, transposed: bool = False,
-                diag: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
-    """The ``kk`` nearest of each row of a block of squared distances derived from the Gram block ``g``
-    (see :func:`._maths.knn_same_class`), or ``None`` where torch must compute them."""
-    if not enabled() or g.dtype != np.float32 or g.ndim != 2 or 0 in g.shape:
-        return None
-    g = np.ascontiguousarray(g)
+def knn_block(g: np.ndarray, sq: np.ndarray, a0: int, b0: int, best_v: np.ndarray, best_i: np.ndarray) -> None:
+    """Rows ``a0 + r`` and ``b0 + c`` of the Gram block ``g`` offer each other to their lists of the
+    ``best_v.shape[1]`` nearest (only the rows ``a`` on the diagonal, ``a0 == b0``); see
+    :func:`._maths.knn_same_class`. Threads take disjoint ranges of both sides."""
     R, M = g.shape
-    rows = M if transposed else R
-    vals, idx = np.empty((rows, kk), np.float32), np.empty((rows, kk), np.int64)
-    sr, sc = (np.ascontiguousarray(a, dtype=np.float32) for a in (sq_rows, sq_cols))
-    _parallel(rows, lambda lo, hi: _ckernels.knn_rows(g, R, M, lo, hi, int(transposed), sr, sc, int(kk), int(diag),
-                                                      vals[lo:hi], idx[lo:hi]))
-    return vals, idx
+    N, kk = best_v.shape
+    _parallel(R, lambda lo, hi: _ckernels.knn_block(g, R, M, sq, a0, b0, kk, lo, hi, lo * M // R, hi * M // R,
+                                                    best_v, best_i, N))

@@ -191,8 +191,9 @@ def knn_same_class(x: np.ndarray, labels: np.ndarray, k: int = 5, block: int = 1
 
     The distance of row ``i`` to row ``j`` is ``(sq_i - 2 x_i.x_j) + sq_j`` in float32 (``sq`` the squared
     norms). The Gram matrix is symmetric, so each block of it is computed once and serves the rows on both
-    sides; each block yields every row's ``k`` nearest under the order (distance, row), and merging those
-    gives the ``k`` nearest overall (a total order: the parts' smallest contain the whole's smallest).
+    sides. The compiled kernel keeps each row's running list of its ``k`` nearest under the order (distance,
+    row), which every block updates; the torch path takes each block's ``k`` nearest per row and merges them.
+    Both give the ``k`` nearest overall: the order is total, so the parts' smallest contain the whole's.
     """
     t = _t(x).float()
     n = t.shape[0]
@@ -203,37 +204,38 @@ def knn_same_class(x: np.ndarray, labels: np.ndarray, k: int = 5, block: int = 1
     sq = (t * t).sum(dim=1)
     lab = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     starts = list(range(0, n, block))
-    found: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {s: [] for s in starts}
-    for bi, s in enumerate(starts):
-        e = min(n, s + block)
-        for s2 in starts[bi:]:
-            e2 = min(n, s2 + block)
+    blocks = [(s, s2) for i, s in enumerate(starts) for s2 in starts[i:]]
+    if _kernels.enabled():  # each block's rows offer each other to running lists of their kk nearest (C)
+        best_v, best_i = np.full((n, kk), np.inf, dtype=np.float32), np.full((n, kk), -1, dtype=np.int64)
+        sqn = np.ascontiguousarray(sq.numpy())
+        for s, s2 in blocks:
+            _kernels.knn_block(np.ascontiguousarray((t[s : s + block] @ t[s2 : s2 + block].T).numpy()), sqn, s, s2, best_v, best_i)
+        near = torch.from_numpy(best_i)
+    else:  # each block yields every row's kk nearest (torch), merged under the order (distance, row)
+        found: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {s: [] for s in starts}
+        for s, s2 in blocks:
+            e, e2 = min(n, s + block), min(n, s2 + block)
             g = t[s:e] @ t[s2:e2].T
             found[s].append(_nearest(g, sq[s:e], sq[s2:e2], kk, s2, diag=s2 == s))
             if s2 != s:
-                found[s2].append(_nearest(g, sq[s2:e2], sq[s:e], kk, s, transposed=True))
-    for s in starts:
-        vals = torch.cat([v for v, _ in found[s]], dim=1)
-        idx = torch.cat([i for _, i in found[s]], dim=1)
-        o = torch.argsort(idx, dim=1, stable=True)  # lower row first among equal distances
-        vals, idx = torch.gather(vals, 1, o), torch.gather(idx, 1, o)
-        o = torch.argsort(vals, dim=1, stable=True)[:, :kk]
-        near = torch.gather(idx, 1, o)
-        out[s : s + len(near)] = (lab[near] == lab[s : s + len(near), None]).sum(dim=1).numpy()
-    return out
+                found[s2].append(_nearest(g.T, sq[s2:e2], sq[s:e], kk, s))
+        parts = []
+        for s in starts:
+            vals = torch.cat([v for v, _ in found[s]], dim=1)
+            idx = torch.cat([i for _, i in found[s]], dim=1)
+            o = torch.argsort(idx, dim=1, stable=True)  # lower row first among equal distances
+            vals, idx = torch.gather(vals, 1, o), torch.gather(idx, 1, o)
+            parts.append(torch.gather(idx, 1, torch.argsort(vals, dim=1, stable=True)[:, :kk]))
+        near = torch.cat(parts)
+    return (lab[near] == lab[:, None]).sum(dim=1).numpy()
 
 
-def _nearest(g: torch.Tensor, sq_rows: torch.Tensor, sq_cols: torch.Tensor, kk: int, col0: int, *, diag: bool = False,
-             transposed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """From a block ``g`` of the Gram matrix (its columns, if ``transposed``, are the rows): each row's ``kk``
-    smallest distances ``(sq_row - 2 g) + sq_col`` (clamped at 0; the row itself excluded where ``diag``)
-    under the order (value, column): ``(values, columns + col0)``. The compiled kernel where it is built,
-    else torch: the same float32 operations, so the same result."""
-    fast = _kernels.knn_nearest(g.numpy(), sq_rows.numpy(), sq_cols.numpy(), kk, transposed=transposed, diag=diag)
-    if fast is not None:
-        vals, idx = (torch.from_numpy(a) for a in fast)
-        return vals, torch.where(idx >= 0, idx + col0, idx)
-    dist = ((g.T if transposed else g) * -2).add_(sq_rows[:, None]).add_(sq_cols[None, :]).clamp_(min=0)
+def _nearest(g: torch.Tensor, sq_rows: torch.Tensor, sq_cols: torch.Tensor, kk: int, col0: int, *, diag: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """From a block ``g`` of the Gram matrix: each row's ``kk`` smallest distances ``(sq_row - 2 g) + sq_col``
+    (clamped at 0; the row itself excluded where ``diag``) under the order (value, column):
+    ``(values, columns + col0)``. The float32 operations of the compiled ``knn_block``, in its order."""
+    dist = (g * -2).add_(sq_rows[:, None]).add_(sq_cols[None, :]).clamp_(min=0)
     if diag:
         dist.fill_diagonal_(torch.inf)
     m = dist.shape[1]
