@@ -1,15 +1,15 @@
 """Analysis engine benchmark on generated float16 stores (D = 512), measured side by side in one run.
 
-(a) for each store — 1M rows, 200k rows, and a 200k-row "hard" store whose values are quantised (many
-    ties) — the time of topk, topk + magnitude, and all three analyzers, each as a ratio to a warm plain
-    sequential read (h5py, same chunks) of fe, ce_pred, logits, label, pred, next to its target
-    (issue 9: 3x, 4x, 15x), with the peak memory of each analysis process (target 1,500 MB) and the mean
-    minimal sufficient set size of the data;
+(a) for each store — 1M rows, 200k rows, a 200k-row "hard" store whose values are quantised (many
+    ties), and optionally a store of 30 epochs (60 groups) — the time of topk, topk + magnitude, and all
+    three analyzers, each as a ratio to a warm plain sequential read (h5py, same chunks) of fe, ce_pred,
+    logits, label, pred, next to its target (issue 9: 3x, 4x, 15x), with the peak memory of each analysis
+    process (target 1,500 MB, flat in store size) and the mean minimal sufficient set size of the data;
 (c) against a faithful re-creation of the authors' CSV + pandas pipeline on the same extraction and
     top-K analysis (on a subset, as the pandas pipeline is too slow for 1M rows).
 
-Usage: python benchmarks/bench_analyze.py [--rows 1000000,200000] [--hard-rows 200000] [--dim 512]
-       [--store-dir DIR] [--pandas-rows 20000] [--repeat 1]
+Usage: python benchmarks/bench_analyze.py [--rows 1000000,200000] [--hard-rows 200000] [--epochs-rows 0]
+       [--dim 512] [--store-dir DIR] [--pandas-rows 20000] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ import time
 import numpy as np
 
 
-def generate(path: str, rows: int, dim: int, classes: int = 10, seed: int = 0, quantum: float = 0.0) -> None:
-    """A store of ``rows`` rows split evenly into a train and a test pass (float16), written by StoreWriter.
-    ``quantum > 0`` rounds FE to multiples of it: many equal values, so ties decide top-K and minimal sets."""
+def generate(path: str, rows: int, dim: int, classes: int = 10, seed: int = 0, quantum: float = 0.0, epochs: int = 1) -> None:
+    """A store of ``rows`` rows split evenly into a train and a test pass of each of ``epochs`` epochs
+    (float16), written by StoreWriter. ``quantum > 0`` rounds FE to multiples of it: many equal values, so
+    ties decide top-K and minimal sets."""
     from fragility.store import StoreWriter
 
     rng = np.random.default_rng(seed)
@@ -42,10 +43,10 @@ def generate(path: str, rows: int, dim: int, classes: int = 10, seed: int = 0, q
     own = (np.arange(dim)[None, :] % classes) == np.arange(classes)[:, None]
     weight = (rng.normal(size=(classes, dim)) * 0.1 + 0.5 * own).astype(np.float32)
     bias = rng.normal(size=classes).astype(np.float32)
-    counts = np.round(np.geomspace(1, 0.05, classes) / np.geomspace(1, 0.05, classes).sum() * (rows // 2)).astype(int)
-    for i, split in enumerate(("train", "test")):
+    counts = np.round(np.geomspace(1, 0.05, classes) / np.geomspace(1, 0.05, classes).sum() * (rows // (2 * epochs))).astype(int)
+    for i, (epoch, split) in enumerate((e, s) for e in range(epochs) for s in ("train", "test")):
         name = f"{i:04d}"
-        w.begin_pass(name, {"split": split, "epoch": 0, "mode": "train" if split == "train" else "eval", "rank": 0})
+        w.begin_pass(name, {"split": split, "epoch": epoch, "mode": "train" if split == "train" else "eval", "rank": 0})
         w.write_classifier(name, weight, bias)
         labels = rng.permutation(np.repeat(np.arange(classes), counts))
         for s in range(0, len(labels), 16384):
@@ -167,6 +168,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="1000000,200000", help="comma-separated store sizes")
     ap.add_argument("--hard-rows", type=int, default=200000, help="rows of the store with quantised values (0: none)")
+    ap.add_argument("--epochs-rows", type=int, default=0,
+                    help="rows of a store of 30 epochs (60 groups: peak memory flat in the number of groups; 0: none)")
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--store-dir", default=None, help="reuse/keep generated stores here")
     ap.add_argument("--chunk-rows", type=int, default=16384)
@@ -176,14 +179,16 @@ def main() -> None:
     tmp = tempfile.mkdtemp()
     try:
         where = args.store_dir or tmp
-        stores = [(f"{int(n) // 1000}k rows", int(n), 0.0) for n in args.rows.split(",") if n]
+        stores = [(f"{int(n) // 1000}k rows", int(n), 0.0, 1) for n in args.rows.split(",") if n]
         if args.hard_rows:
-            stores.append((f"{args.hard_rows // 1000}k rows, ties", args.hard_rows, 0.25))
-        for label, rows, quantum in stores:
-            path = os.path.join(where, f"bench-{rows}-{quantum:g}.fragility")
+            stores.append((f"{args.hard_rows // 1000}k rows, ties", args.hard_rows, 0.25, 1))
+        if args.epochs_rows:
+            stores.append((f"{args.epochs_rows // 1000}k rows, 60 groups", args.epochs_rows, 0.0, 30))
+        for label, rows, quantum, epochs in stores:
+            path = os.path.join(where, f"bench-{rows}-{quantum:g}" + (f"-{epochs}e" if epochs > 1 else "") + ".fragility")
             if not os.path.exists(os.path.join(path, "store.h5")):
                 t0 = time.perf_counter()
-                generate(path, rows, args.dim, quantum=quantum)
+                generate(path, rows, args.dim, quantum=quantum, epochs=epochs)
                 print(f"generated {label} x {args.dim} float16 store in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
             bench_store(label, path, args.chunk_rows, args.repeat)
         rng = np.random.default_rng(1)

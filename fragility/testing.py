@@ -167,7 +167,9 @@ def check_analyzer(
     """Run the conformance checks on analyzer ``name`` over a store; return the whole-store result.
 
     1. chunk sizes 1 and 7 give the same result as one chunk holding the whole store;
-    2. rows split across 2 and 3 analyzers whose states are merged give the same result;
+    2. rows split across 2 and 3 analyzers whose states are merged give the same result (computed from the
+       merged state, where :func:`analyze` finishes each group after its last rows: ``finish_group`` must
+       not change a result);
     3. if ``expected(store)`` is given, every key it returns matches ``result.data`` (recursively).
     """
     with Store(store_path) as store:

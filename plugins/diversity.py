@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 import fragility
-from fragility.analysis import Analyzer, Chunk, Result, Table
+from fragility.analysis import Analyzer, Chunk, Result, Table, check_memory
+from fragility.errors import AnalyzerError
 from fragility.analysis._kernels import diversity_sums
 from fragility.analysis._maths import (
     class_sums,
@@ -97,52 +98,80 @@ class Diversity(Analyzer):
         return {"sum_fe": class_sums(y, fe, C), "sum_unit": class_sums(y[nz], unit, C),
                 "n_unit": np.bincount(y[nz], minlength=C), "sum_fefe": sum_fefe}
 
-    def compute(self) -> Result:
+    def __init__(self, spec) -> None:
+        super().__init__(spec)
+        C, D = spec.num_classes, spec.feature_dim
+        check_memory(f"diversity's per-class {D} x {D} float64 moments ({C} classes; a group's state and one chunk's)",
+                     2 * C * D * D * 8, "leave diversity out (-a topk -a magnitude) or analyze on a machine with more memory")
+
+    def reset(self) -> None:
+        super().reset()
+        self.summaries: dict[str, dict] = {}  # finished groups: their results; the large state is dropped
+
+    def merge(self, other: Analyzer) -> Analyzer:
+        if other.summaries or set(other.state) & set(self.summaries):
+            raise AnalyzerError("diversity: a finished group cannot take more rows (merge parts before finish_group)")
+        return super().merge(other)
+
+    def finish_group(self, group: str) -> None:
+        """The group's moments, sample and counts become its results: the state of finished groups is
+        not kept (C x D x D float64 moments and a 10k-row sample per group)."""
+        if group in self.state:
+            self.summaries[group] = self._summary(group)
+            del self.state[group]
+
+    def _summary(self, group: str) -> dict:
         spec = self.spec
         C, D, names, kk = spec.num_classes, spec.feature_dim, spec.class_names, spec.knn_k
+        if group in self.state:
+            st = self.state[group]
+            labels, fe = self.gathered(group, "label"), self.gathered(group, "fe")
+        else:  # a selected group with no usable row (e.g. all unlabelled): every class is empty
+            st = {"n": np.zeros(C, dtype=np.int64), "count": np.zeros((C, D), dtype=np.int64)}
+            labels, fe = np.zeros(0, dtype=np.int64), np.zeros((0, D), dtype=np.float32)
+        n, count = st["n"], st["count"]
+        sampled = len(labels)
+        types = archetype(knn_same_class(fe, labels, kk), kk) if sampled > 1 else None  # one row has no neighbours
+        note = None
+        if sampled < int(n.sum()):
+            note = (f"{group}: k-NN archetypes computed on a deterministic sample of {sampled} of {int(n.sum())} rows "
+                    f"(knn_max_rows={spec.knn_max_rows})")
+        classes, rows = [], []
+        for c in range(C):
+            empty = n[c] == 0
+            unique = int((count[c] > 0).sum())
+            in_c = labels == c
+            shares = {a: (float((types[in_c] == i).mean()) if types is not None and in_c.any() else None)
+                      for i, a in enumerate(ARCHETYPES)}
+            entry = {
+                "class": names[c],
+                "n": int(n[c]),
+                "unique_share": None if empty else unique / D,
+                "entropy": None if empty else normalized_entropy(count[c], D),
+                "participation_ratio": None if empty else participation_ratio(st["sum_fe"][c], st["sum_fefe"][c], int(n[c])),
+                "mean_cosine": None if empty else mean_pairwise_cosine(st["sum_unit"][c], int(st["n_unit"][c])),
+                "knn_rows": int(in_c.sum()),
+                "archetypes": shares,
+            }
+            classes.append(entry)
+            rows.append([names[c], int(n[c]), entry["unique_share"], entry["entropy"], entry["participation_ratio"],
+                         entry["mean_cosine"], *(shares[a] for a in ARCHETYPES)])
+        return {"sampled": sampled, "note": note, "classes": classes, "rows": rows}
+
+    def compute(self) -> Result:
+        spec = self.spec
         result = Result(self.name)
-        data: dict = {"embedding": spec.embedding, "k": spec.k, "knn_k": kk, "groups": {}}
+        data: dict = {"embedding": spec.embedding, "k": spec.k, "knn_k": spec.knn_k, "groups": {}}
         for g in spec.groups:
-            if g.name in self.state:
-                st = self.state[g.name]
-                labels, fe = self.gathered(g.name, "label"), self.gathered(g.name, "fe")
-            else:  # a selected group with no usable row (e.g. all unlabelled): every class is empty
-                st = {"n": np.zeros(C, dtype=np.int64), "count": np.zeros((C, D), dtype=np.int64)}
-                labels, fe = np.zeros(0, dtype=np.int64), np.zeros((0, D), dtype=np.float32)
-            n, count = st["n"], st["count"]
-            sampled = len(labels)
-            types = archetype(knn_same_class(fe, labels, kk), kk) if sampled > 1 else None  # one row has no neighbours
-            if sampled < int(n.sum()):
-                result.notes.append(
-                    f"{g.name}: k-NN archetypes computed on a deterministic sample of {sampled} of {int(n.sum())} rows "
-                    f"(knn_max_rows={spec.knn_max_rows})"
-                )
-            classes, rows = [], []
-            for c in range(C):
-                empty = n[c] == 0
-                unique = int((count[c] > 0).sum())
-                in_c = labels == c
-                shares = {a: (float((types[in_c] == i).mean()) if types is not None and in_c.any() else None)
-                          for i, a in enumerate(ARCHETYPES)}
-                entry = {
-                    "class": names[c],
-                    "n": int(n[c]),
-                    "unique_share": None if empty else unique / D,
-                    "entropy": None if empty else normalized_entropy(count[c], D),
-                    "participation_ratio": None if empty else participation_ratio(st["sum_fe"][c], st["sum_fefe"][c], int(n[c])),
-                    "mean_cosine": None if empty else mean_pairwise_cosine(st["sum_unit"][c], int(st["n_unit"][c])),
-                    "knn_rows": int(in_c.sum()),
-                    "archetypes": shares,
-                }
-                classes.append(entry)
-                rows.append([names[c], int(n[c]), entry["unique_share"], entry["entropy"], entry["participation_ratio"],
-                             entry["mean_cosine"], *(shares[a] for a in ARCHETYPES)])
-            data["groups"][g.name] = {"split": g.split, "epoch": g.epoch, "knn_sampled": sampled, "classes": classes}
+            summary = self.summaries.get(g.name) or self._summary(g.name)
+            if summary["note"]:
+                result.notes.append(summary["note"])
+            data["groups"][g.name] = {"split": g.split, "epoch": g.epoch, "knn_sampled": summary["sampled"], "classes": summary["classes"]}
             result.tables.append(
                 Table(
-                    f"{g.name}: diversity (unique/D and entropy of top-{spec.k} {spec.embedding}; PR, cosine, k={kk} NN of fe)",
+                    f"{g.name}: diversity (unique/D and entropy of top-{spec.k} {spec.embedding}; PR, cosine, k={spec.knn_k} NN of fe)",
                     ["class", "n", "unique/D", "entropy", "participation ratio", "mean cosine", *ARCHETYPES],
-                    rows,
+                    summary["rows"],
                 )
             )
         result.data = data

@@ -491,3 +491,42 @@ def test_diversity_with_a_one_row_knn_sample(random_store):
         assert a["participation_ratio"] == b["participation_ratio"] and a["unique_share"] == b["unique_share"]
         if a["knn_rows"] < 2 and r.data["groups"]["test@1"]["knn_sampled"] < 2:
             assert all(v is None for v in a["archetypes"].values())
+
+
+def test_diversity_keeps_only_the_open_group_in_memory(tmp_path, monkeypatch):
+    """Each group is finished after its last rows: diversity's moments and k-NN sample of finished groups
+    are dropped (memory flat in the number of epochs), with results equal to computing all at the end."""
+    path = make_random_store(tmp_path / "e.fragility", passes=[(s, e) for e in range(4) for s in ("train", "test")])
+    from fragility.analysis._engine import registry
+
+    open_groups = []
+
+    Diversity = registry().analyzers["diversity"]
+    finish = Diversity.finish_group
+
+    def spy(self, group):
+        open_groups.append(sorted(self.state))
+        finish(self, group)
+        assert group not in self.state and group in self.summaries
+
+    monkeypatch.setattr(Diversity, "finish_group", spy)
+    got = analyze(path, ["diversity"], k=K)["diversity"]
+    assert len(open_groups) == 8 and all(len(g) == 1 for g in open_groups)
+    monkeypatch.setattr(Diversity, "finish_group", lambda self, group: None)  # the old way: all at the end
+    assert_results_equal(got, analyze(path, ["diversity"], k=K)["diversity"])
+
+
+def test_state_beyond_half_the_memory_is_refused_before_reading(random_store, monkeypatch):
+    """A store's declared sizes (untrusted) must not make the analyzers allocate without bound: state that
+    would take more than half of the machine's memory is refused in one line naming the fix."""
+    from fragility.analysis import _base
+
+    with Store(random_store) as s:
+        C, D = s.num_classes, s.feature_dim
+    monkeypatch.setattr(_base, "physical_memory", lambda: 2 * (2 * C * D * D * 8) - 2)  # diversity's moments: just too much
+    with pytest.raises(AnalyzerError, match=r"diversity's per-class .* moments .*; leave diversity out \(-a topk -a magnitude\)"):
+        analyze(random_store, ["diversity"], k=K)
+    assert analyze(random_store, ["topk", "magnitude"], k=K)["topk"].data["groups"]  # the others still run
+    monkeypatch.setattr(_base, "physical_memory", lambda: 64 * C * D)
+    with pytest.raises(AnalyzerError, match=f"declares {C} classes x {D} features.*more memory, or check where the store came from"):
+        analyze(random_store, ["topk"], k=K)

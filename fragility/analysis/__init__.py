@@ -1,6 +1,6 @@
 """Analysis: mergeable streaming analyzers (plugins) run by a one-read engine over a store."""
 
-from ._base import AnalysisSpec, Analyzer, Chunk, Group
+from ._base import AnalysisSpec, Analyzer, Chunk, Group, check_memory
 from ._compare import compare, compare_results
 from ._dask import analyze_dask
 from ._engine import AnalyzerRegistrar, Plan, analyze, iter_chunks, make_plan, make_spec, registry
@@ -17,6 +17,7 @@ __all__ = [
     "Table",
     "analyze",
     "analyze_dask",
+    "check_memory",
     "compare",
     "compare_results",
     "iter_chunks",

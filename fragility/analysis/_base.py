@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -13,6 +14,22 @@ from ._maths import as_float32, topk_mask
 from ._results import Result
 
 EMBEDDINGS = {"ce": "ce_pred", "ce_pred": "ce_pred", "ce_target": "ce_target", "fe": "fe"}
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory of this machine, or ``None`` where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(what: str, need: int, fix: str) -> None:
+    """Refuse, in one line naming ``fix``, state that would take more than half of this machine's memory
+    (a store is untrusted input: its declared sizes must not make a reader allocate without bound)."""
+    have = physical_memory()
+    if have and need > have // 2:
+        raise AnalyzerError(f"{what} needs {need / 2**30:.1f} GiB, more than half of this machine's {have / 2**30:.1f} GiB; {fix}")
 
 
 @dataclass
@@ -188,6 +205,11 @@ class Analyzer:
         analyzer can measure the reference rows against what it derived from them — e.g. each training
         row's magnitude at the training top-K. Accumulate into ``self.state`` (merged like any group).
         """
+
+    def finish_group(self, group: str) -> None:
+        """Called once no more rows of ``group`` will come to :meth:`update` (the engine folds the groups
+        one after another): an analyzer whose per-group state is large can reduce it here to what
+        :meth:`compute` needs, so that memory stays flat in the number of groups. Default: keep it all."""
 
     def compute(self) -> Result:
         raise NotImplementedError

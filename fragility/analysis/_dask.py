@@ -14,7 +14,7 @@ from typing import Any
 
 from ..store import Store
 from ._base import Analyzer
-from ._engine import Plan, make_plan, merge_skipped
+from ._engine import Plan, _call, make_plan, merge_skipped
 from ._results import Result
 
 
@@ -75,8 +75,13 @@ def analyze_dask(
     units = plan.units(plan.passes + plan.extra, rows=unit_rows)
     skipped: dict[str, dict[str, int]] = {}
     futures = client.map(_main_task, [plan] * len(units), [refs] * len(units), units, pure=False)
-    for parts, part_skipped in client.gather(futures):
+    ends = plan.group_ends(units)
+    for i, future in enumerate(futures):  # in unit order, one at a time: the driver holds the open groups only
+        parts, part_skipped = future.result()
+        future.release()
         for head, part in zip(heads, parts):
             head.merge(part)
+            for g in ends.get(i, []):
+                _call(head, "finish_group", g)
         merge_skipped(skipped, part_skipped)
     return plan.finish(heads, skipped)

@@ -14,7 +14,7 @@ from .._manager import Hooks
 from ..errors import AnalyzerError, FragilityError, PluginError, SelectionError, StoreError, close_matches
 from ..store import ALL_COLUMNS, PassInfo, Store
 from . import _kernels
-from ._base import EMBEDDINGS, AnalysisSpec, Analyzer, Chunk, Group
+from ._base import EMBEDDINGS, AnalysisSpec, Analyzer, Chunk, Group, check_memory
 from ._results import Result
 
 DEFAULT_ANALYZERS = ("topk", "magnitude", "diversity")
@@ -98,6 +98,9 @@ def make_spec(
     d = store.feature_dim
     if d == 0:
         raise AnalyzerError(f"store {store.path} holds no recorded rows yet (feature_dim unknown)")
+    C = store.num_classes
+    check_memory(f"store {store.path} declares {C} classes x {d} features: the analyzers' per-class state", 64 * C * d,
+                 "analyze it on a machine with more memory, or check where the store came from")  # <= 8 C x D arrays
     if check_k and (not isinstance(k, (int, np.integer)) or k <= 0 or k > d):
         raise AnalyzerError(f"K={k} is out of range; K must be between 1 and the feature dimension D={d}")
     if not 0 <= tau <= 1:
@@ -279,8 +282,19 @@ class Plan:
                     _call(a, "update_reference", chunk)
                 advance(len(chunk))
 
-    def fold_main(self, store: Store, instances: list[Analyzer], units, skipped: dict[str, dict[str, int]], advance=lambda n: None) -> None:
-        """Fold the selected rows into every analyzer, and the reference rows into those that use one.
+    @staticmethod
+    def group_ends(units) -> dict[int, list[str]]:
+        """Unit index -> the groups whose last unit it is (their analyzers' :meth:`Analyzer.finish_group`)."""
+        last = {_group_name(p): i for i, (p, _, _) in enumerate(units)}
+        ends: dict[int, list[str]] = {}
+        for g, i in last.items():
+            ends.setdefault(i, []).append(g)
+        return ends
+
+    def fold_main(self, store: Store, instances: list[Analyzer], units, skipped: dict[str, dict[str, int]], advance=lambda n: None,
+                  *, finish_groups: bool = False) -> None:
+        """Fold the selected rows into every analyzer, and the reference rows into those that use one;
+        with ``finish_groups`` (``units`` are all of them), each group is finished after its last unit.
 
         Reference rows are all rows of the reference passes (never filtered by ``correct``): analyzers
         measure them again against what :meth:`Analyzer.end_reference` derived (e.g. the training
@@ -292,7 +306,8 @@ class Plan:
         users = [a for a in instances if a.uses_reference]
         ref_names = {p.name for p in self.reference} if users else set()
         ref_cols = set().union(*(a.reference_columns() for a in users)) if users else set()
-        for p, start, stop in units:
+        ends = self.group_ends(units) if finish_groups else {}
+        for i, (p, start, stop) in enumerate(units):
             selected, as_ref = p.name in main, p.name in ref_names
             if selected and as_ref and self.correct is not None:
                 self._fold(store, p, (start, stop), ref_cols, [], users, None, None, advance)
@@ -302,6 +317,9 @@ class Plan:
                 instances if selected else [], users if as_ref else [], skipped if selected else None,
                 self.correct if selected else None, advance,
             )
+            for g in ends.get(i, []):
+                for a in instances:
+                    _call(a, "finish_group", g)
 
     def _fold(self, store, p, span, cols, update, reference, skipped, correct, advance) -> None:
         for chunk in iter_chunks(store, [p], cols, self.spec, chunk_rows=self.chunk_rows, skipped=skipped,
@@ -458,7 +476,7 @@ def analyze(
             for a in instances:
                 if a.uses_reference:
                     _call(a, "end_reference")
-            plan.fold_main(st, instances, plan.units(plan.passes + plan.extra), skipped, advance)
+            plan.fold_main(st, instances, plan.units(plan.passes + plan.extra), skipped, advance, finish_groups=True)
         return plan.finish(instances, skipped)
     finally:
         if own:
