@@ -530,3 +530,23 @@ def test_state_beyond_half_the_memory_is_refused_before_reading(random_store, mo
     monkeypatch.setattr(_base, "physical_memory", lambda: 64 * C * D)
     with pytest.raises(AnalyzerError, match=f"declares {C} classes x {D} features.*more memory, or check where the store came from"):
         analyze(random_store, ["topk"], k=K)
+
+
+def test_units_go_group_by_group_also_for_rank_major_stores():
+    """A multi-rank store lists each rank's passes in turn; the engine folds group by group (recording order
+    within a group), so each group can be finished before the next begins."""
+    from fragility.analysis import Plan
+    from fragility.store import PassInfo
+
+    def p(name, split, epoch, rank):
+        return PassInfo(name, split, epoch, "eval", rank, 7, True, "", "", 0, ("fe",))
+
+    passes = [p("r0/0000", "train", 0, 0), p("r0/0001", "test", 0, 0), p("r0/0002", "train", 1, 0),
+              p("r1/0000", "train", 0, 1), p("r1/0001", "test", 0, 1), p("r1/0002", "train", 1, 1)]
+    units = Plan.units(None, passes, rows=4)
+    assert [(u[0].name, u[1], u[2]) for u in units] == [
+        ("r0/0000", 0, 4), ("r0/0000", 4, 7), ("r1/0000", 0, 4), ("r1/0000", 4, 7),
+        ("r0/0001", 0, 4), ("r0/0001", 4, 7), ("r1/0001", 0, 4), ("r1/0001", 4, 7),
+        ("r0/0002", 0, 4), ("r0/0002", 4, 7), ("r1/0002", 0, 4), ("r1/0002", 4, 7),
+    ]
+    assert Plan.group_ends(units) == {3: ["train@0"], 7: ["test@0"], 11: ["train@1"]}

@@ -268,8 +268,15 @@ class Plan:
         return [reg.analyzers[n](self.spec) for n in self.names]
 
     def units(self, passes: Sequence[PassInfo], rows: int | None = None) -> list[tuple[PassInfo, int, int]]:
+        """``(pass, start, stop)`` of at most ``rows`` rows, group by group (each group's passes in recording
+        order), so that a group is complete — and its analyzers can finish it — before the next begins,
+        also where a multi-rank store lists each rank's passes in turn."""
         rows = rows or max(1, max((p.rows for p in passes), default=1))
-        return [(p, s, min(p.rows, s + rows)) for p in passes for s in range(0, p.rows, rows)]
+        first: dict[str, int] = {}
+        for p in passes:
+            first.setdefault(_group_name(p), len(first))
+        ordered = sorted(passes, key=lambda p: first[_group_name(p)])  # stable: recording order within a group
+        return [(p, s, min(p.rows, s + rows)) for p in ordered for s in range(0, p.rows, rows)]
 
     def fold_reference(self, store: Store, instances: list[Analyzer], units, advance=lambda n: None) -> None:
         users = [a for a in instances if a.uses_reference]
