@@ -197,9 +197,8 @@ def knn_same_class(x: np.ndarray, labels: np.ndarray, k: int = 5, block: int = 1
     """
     t = _t(x).float()
     n = t.shape[0]
-    out = np.zeros(n, dtype=np.int64)
     if n < 2:
-        return out
+        return np.zeros(n, dtype=np.int64)
     kk = min(k, n - 1)
     sq = (t * t).sum(dim=1)
     lab = torch.from_numpy(np.asarray(labels, dtype=np.int64))
@@ -209,7 +208,7 @@ def knn_same_class(x: np.ndarray, labels: np.ndarray, k: int = 5, block: int = 1
         best_v, best_i = np.full((n, kk), np.inf, dtype=np.float32), np.full((n, kk), -1, dtype=np.int64)
         sqn = np.ascontiguousarray(sq.numpy())
         for s, s2 in blocks:
-            _kernels.knn_block(np.ascontiguousarray((t[s : s + block] @ t[s2 : s2 + block].T).numpy()), sqn, s, s2, best_v, best_i)
+            _kernels.knn_block((t[s : s + block] @ t[s2 : s2 + block].T).numpy(), sqn, s, s2, best_v, best_i)
         near = torch.from_numpy(best_i)
     else:  # each block yields every row's kk nearest (torch), merged under the order (distance, row)
         found: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {s: [] for s in starts}
