@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -161,12 +162,17 @@ def test_newer_schema_version(recorded):
         Store(recorded)
 
 
-def test_truncated_pass_file(recorded):
+def test_truncated_pass_file_is_quarantined(recorded):
+    before = [p.name for p in Store(recorded).passes]
     path = recorded / "passes" / "0001.h5"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])
-    with pytest.raises(StoreError, match=r"pass file .*0001.h5 is corrupt or truncated"):
-        Store(recorded)
+    s = Store(recorded)
+    assert [d.name for d in s.damaged] == ["0001"]
+    assert re.search(r"pass file .*0001.h5 is corrupt.*`fragility repair` salvages", s.damaged[0].reason)
+    assert [p.name for p in s.passes] == [n for n in before if n != "0001"]
+    with pytest.raises(StoreError, match=r"pass 0001 of .* is damaged: pass file"):
+        s.pass_info("0001")
 
 
 def test_corrupted_superblock(recorded):

@@ -256,6 +256,8 @@ class Plan:
     correct: bool | None
     chunk_rows: int
     notes: list[str] = field(default_factory=list)
+    #: quarantined passes that may belong to the selection or the reference: left out, named in the notes
+    damaged: list[Any] = field(default_factory=list)
 
     @property
     def extra(self) -> list[PassInfo]:
@@ -390,6 +392,7 @@ def make_plan(
         f"pass {old} (incomplete) was recorded again as {new} (training resumed): left out, so no row counts twice"
         for old, new in store.superseded.items() if new in {p.name for p in chosen}
     ]
+    damaged = [] if passes is not None else store.damaged_in(split, epoch)
     class_ids = resolve_classes(store, classes)
     if not passes_sel:
         raise AnalyzerError(f"the selection (split={split!r}, epoch={epoch!r}, passes={passes!r}) of {store.path} holds no rows")
@@ -399,6 +402,7 @@ def make_plan(
         problem = None
         try:
             reference = [p for p in store.select(split=reference_split, epoch=reference_epoch) if p.rows]
+            damaged += [d for d in store.damaged_in(reference_split, reference_epoch) if d not in damaged]
             if not reference:
                 problem = f"the reference selection (split={reference_split!r}) of {store.path} holds no rows"
         except Exception as exc:  # noqa: BLE001 - reworded for the analyzer's point of view
@@ -426,7 +430,8 @@ def make_plan(
                 f"analyzer {n!r} ({reg.owners[n]}) asks for column {c!r}, which stores do not have{close_matches(c, ALL_COLUMNS)}; "
                 f"columns: {', '.join(ALL_COLUMNS)}"
             )
-    return Plan(store.path, names, passes_sel, reference, spec, class_ids, correct, chunk_rows, notes)
+    notes += [f"pass {d.name} ({d.label}) is damaged and was left out: {d.reason}" for d in damaged]
+    return Plan(store.path, names, passes_sel, reference, spec, class_ids, correct, chunk_rows, notes, damaged)
 
 
 def analyze(
@@ -454,8 +459,9 @@ def analyze(
         chunk_rows: rows per read; results do not depend on it.
         knn_k, knn_max_rows: k-NN archetypes (diversity); groups above the cap are sampled.
         progress: show a progress bar on stderr.
-        verify: first check the rows to analyze against the writer's checksums (one more read); corrupt
-            blocks raise :class:`StoreError` naming them.
+        verify: strict: first check the rows to analyze against the writer's checksums (one more read);
+            corrupt blocks, and damaged pass files that may belong to the selection, raise
+            :class:`StoreError` naming them. Without it damaged passes are left out with a note.
 
     Returns:
         ``{name: Result}``.
@@ -468,6 +474,13 @@ def analyze(
     st = Store(store) if own else store
     try:
         plan = make_plan(st, analyzers, plugin_manager=plugin_manager, **options)
+        if verify and plan.damaged:
+            d = plan.damaged[0]
+            more = f" and {len(plan.damaged) - 1} more" if len(plan.damaged) > 1 else ""
+            raise StoreError(
+                f"store {st.path}: pass {d.name} ({d.label}){more} of the selection is damaged, and verify asks for every "
+                f"selected row; run `fragility repair {st.path}`, or analyze without verify to use the intact passes"
+            )
         if verify:
             corrupt = [f for f in st.verify(plan.passes + plan.extra) if f["problem"] == "corrupt"]
             if corrupt:

@@ -242,6 +242,7 @@ def cmd_inspect(args, out: Console, err: Console) -> int:
             "storage_dtype": s.metadata.get("storage_dtype"),
             "classes": [{"name": n, "count": (counts[i] if counts and i < len(counts) else None)} for i, n in enumerate(s.class_names)],
             "passes": [p.to_dict() for p in s.passes],
+            "damaged": [d.to_dict() for d in s.damaged],
             "datasets": s.datasets(),
             "size_bytes": s.size_bytes(),
         }
@@ -265,6 +266,15 @@ def cmd_inspect(args, out: Console, err: Console) -> int:
         t.add_row(m(p["name"]), m(p["split"]), str(p["epoch"]), m(p["mode"]), str(p["rows"]), "yes" if p["complete"] else "[red]no[/]",
                   str(p["nonfinite_rows"]), m(p["started"]))
     out.print(t)
+    if info["damaged"]:
+        t = RichTable(title="damaged passes (left out of every analysis)", title_justify="left")
+        for col in ("pass", "split@epoch", "why"):
+            t.add_column(col, style="red" if col == "pass" else None)
+        for d in info["damaged"]:
+            t.add_row(m(d["name"]), m("?" if d["split"] is None else f"{d['split']}@{'?' if d['epoch'] is None else d['epoch']}"), m(d["reason"]))
+        out.print(t)
+        out.print(f"{len(info['damaged'])} damaged pass file(s): `fragility repair {m(info['path'])}` salvages their checksummed rows "
+                  f"into new pass files (the originals are kept aside)", highlight=False)
     if not args.datasets:
         n = len(info["datasets"])
         out.print(f"{n} datasets in {len(info['passes'])} pass files (--datasets lists them)", highlight=False)
@@ -288,18 +298,22 @@ def cmd_verify(args, out: Console, err: Console) -> int:
         with _progress(True, total, "verifying") as advance:
             found = s.verify(progress=advance)
         rows = sum(p.rows for p in s.passes)
-    corrupt = [f for f in found if f["problem"] == "corrupt"]
+    bad = [f for f in found if f["problem"] in ("corrupt", "damaged")]
     if args.json:
-        _json_out({"path": args.store, "rows": rows, "problems": found, "ok": not corrupt})
+        _json_out({"path": args.store, "rows": rows, "problems": found, "ok": not bad})
     else:
         for f in found:
+            if f["problem"] == "damaged":
+                out.print(f"{markup(f['pass'])} ({markup(f['group'])}): DAMAGED, left out of every analysis: {markup(f['reason'])}", highlight=False)
+                continue
             what = "CORRUPT" if f["problem"] == "corrupt" else "unverified (no checksums: written before schema 2)"
             out.print(f"{markup(f['pass'])} ({markup(f['group'])}) rows {f['start']}:{f['stop']}: {what}", highlight=False)
-        if corrupt:
-            out.print(f"{len(corrupt)} corrupt block(s) in {markup(args.store)}: re-record those passes or restore a copy", highlight=False)
+        if bad:
+            out.print(f"{len(bad)} damaged pass file(s) or corrupt block(s) in {markup(args.store)}: `fragility repair {markup(args.store)}` "
+                      f"salvages every block whose checksum holds into a new pass file (the original is kept aside)", highlight=False)
         else:
             out.print(f"{markup(args.store)}: {rows} committed rows, every checksummed block intact", highlight=False)
-    return 1 if corrupt else 0
+    return 1 if bad else 0
 
 
 def cmd_analyze(args, out: Console, err: Console) -> int:

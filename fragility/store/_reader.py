@@ -15,7 +15,8 @@ import numpy as np
 
 from ..errors import SelectionError, StoreError, StoreVersionError, close_matches
 from ._format import ALL_COLUMNS, PASSES_DIR, ROOT_FILE, SCHEMA_VERSION, STORE_TYPE, block_order
-from ._validate import check_objects, read_attrs, real_directory, regular_file, validate_pass, validate_root
+from ._hdf5 import open_read, stored_end
+from ._validate import FIX as _FIX, check_objects, read_attrs, real_directory, regular_file, validate_pass, validate_root
 
 @dataclass(frozen=True)
 class PassInfo:
@@ -41,6 +42,25 @@ class PassInfo:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+@dataclass(frozen=True)
+class DamagedPass:
+    """A pass file the validation layer refused: quarantined — left out of every selection, listed by
+    ``inspect`` and ``verify``, salvaged by ``fragility repair``. ``split``/``epoch`` are known when the
+    file's attributes could still be read."""
+
+    name: str
+    reason: str
+    split: str | None = None
+    epoch: int | None = None
+
+    @property
+    def label(self) -> str:
+        return "?" if self.split is None else f"{self.split}@{'?' if self.epoch is None else self.epoch}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
 def superseded(passes: Sequence[PassInfo]) -> dict[str, str]:
     """Incomplete passes followed by a later pass of the same split, epoch and rank — a pass killed and then
     recorded again after training resumed from a checkpoint — mapped to the pass that replaces them.
@@ -58,37 +78,59 @@ def superseded(passes: Sequence[PassInfo]) -> dict[str, str]:
 def _open_h5(path: str, what: str) -> h5py.File:
     """Open one HDF5 file of a store read-only (live or killed writers included), after the validation
     layer checked that it is a regular file and before anything else of it is read: every object is checked.
+    Every open is bounded (see :mod:`._hdf5`): a damaged file fails in milliseconds, it never hangs.
     """
     regular_file(path, what)
     if not _is_hdf5(path):
-        raise StoreError(f"{what} {path} is not an HDF5 file, so not part of a fragility store; re-record it or restore a copy")
-    f = None
-    try:
-        f = h5py.File(path, "r", locking=False)
-    except Exception as exc:  # noqa: BLE001 - h5py raises OSError, ValueError, KeyError, RuntimeError … for bad files
-        msg = _first_line(exc)
-    if f is None and ("already open for write" in msg or "SWMR" in msg):
-        # the writer is live or was killed: SWMR read mode accepts such a file. (Only then: on a truncated
-        # file SWMR read retries its checksums for a long time.)
+        raise StoreError(f"{what} {path} is not an HDF5 file, so not part of a fragility store{_fix(what)}")
+    f, swmr, size, msg = None, False, None, ""
+    for _ in range(3):
         try:
-            f = h5py.File(path, "r", swmr=True, locking=False)
-        except Exception as exc:  # noqa: BLE001
+            f = open_read(path, swmr=swmr, size=size)
+            break
+        except Exception as exc:  # noqa: BLE001 - h5py raises OSError, ValueError, KeyError, RuntimeError … for bad files
             msg = _first_line(exc)
+        if not swmr and ("already open for write" in msg or "SWMR" in msg):
+            swmr = True  # the writer is live or was killed (or failed): SWMR read mode accepts such a file
+        elif size is None and stored_end(msg) is not None:
+            size = stored_end(msg)  # its writer failed to extend it (disk full): read up to the recorded end
+        else:
+            break
     if f is None:
-        raise StoreError(f"{what} {path} is corrupt or truncated and cannot be opened ({msg}); re-record it or restore a copy")
+        raise StoreError(f"{what} {path} is corrupt or truncated and cannot be opened ({msg}){_fix(what)}")
     try:
         check_objects(f, what)
     except BaseException as exc:
         f.close()
         if isinstance(exc, StoreError):
             raise
-        raise StoreError(f"{what} {path} is corrupt ({_first_line(exc)}); re-record it or restore a copy") from None
+        raise StoreError(f"{what} {path} is corrupt ({_first_line(exc)}){_fix(what)}") from None
     return f
+
+
+def _fix(what: str) -> str:
+    return _FIX if what == "pass file" else "; re-record it or restore a copy"
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return (text.splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _label_of(f: h5py.File | None) -> tuple[str | None, int | None]:
+    """A damaged pass file's split and epoch, where its attributes can still be read."""
+    split = epoch = None
+    if f is None:
+        return split, epoch
+    try:
+        a = read_attrs(f)
+    except Exception:  # noqa: BLE001 - unreadable: unknown
+        return split, epoch
+    if isinstance(a.get("split"), str) and 0 < len(a["split"]) <= 4096:
+        split = a["split"]
+    if isinstance(a.get("epoch"), int) and not isinstance(a.get("epoch"), bool):
+        epoch = a["epoch"]
+    return split, epoch
 
 
 def _rank_dirs(path: str) -> list[tuple[int, str]]:
@@ -188,39 +230,66 @@ class Store:
         return f
 
     def _read_passes(self) -> list[PassInfo]:
+        """Validate every pass file; one that fails is quarantined in :attr:`damaged`, never fatal to the rest."""
         out = []
+        self.damaged: list[DamagedPass] = []
         folder = os.path.join(self.path, PASSES_DIR)
         real_directory(folder, "passes folder of store")
         names = sorted(n[:-3] for n in os.listdir(folder) if n.endswith(".h5") and not n.startswith("."))
         for name in names:
-            g = self._pass_file(name)
             try:
-                a, status, columns = validate_pass(g, g.filename, self.metadata)
-            except StoreError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - corrupt metadata surfaces as any h5py/numpy error
-                raise StoreError(f"pass file {g.filename} is corrupt ({_first_line(exc)}); delete it or restore a copy") from None
-            finished = ""
-            if status["finished_unix_ms"]:
-                try:
-                    finished = _dt.datetime.fromtimestamp(status["finished_unix_ms"] / 1000, _dt.timezone.utc).isoformat(timespec="milliseconds")
-                except (OverflowError, OSError, ValueError):
-                    finished = "?"
-            out.append(
-                PassInfo(
-                    name=name,
-                    split=a["split"],
-                    epoch=a["epoch"],
-                    mode=a["mode"],
-                    rank=a["rank"],
-                    rows=status["committed"],
-                    complete=bool(status["complete"]),
-                    started=a["started"],
-                    finished=finished,
-                    nonfinite_rows=status["nonfinite_rows"],
-                    columns=columns,
-                )
-            )
+                out.append(self._pass_info(name))
+            except StoreError as exc:
+                f = self._files.pop(name, None)
+                split, epoch = _label_of(f)
+                if f is not None:
+                    f.close()
+                self.damaged.append(DamagedPass(name, str(exc), split, epoch))
+        return out
+
+    def _pass_info(self, name: str) -> PassInfo:
+        g = self._pass_file(name)
+        try:
+            a, status, columns = validate_pass(g, g.filename, self.metadata)
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - corrupt metadata surfaces as any h5py/numpy error
+            raise StoreError(f"pass file {g.filename} is corrupt ({_first_line(exc)}){_FIX}") from None
+        finished = ""
+        if status["finished_unix_ms"]:
+            try:
+                finished = _dt.datetime.fromtimestamp(status["finished_unix_ms"] / 1000, _dt.timezone.utc).isoformat(timespec="milliseconds")
+            except (OverflowError, OSError, ValueError):
+                finished = "?"
+        return PassInfo(
+            name=name,
+            split=a["split"],
+            epoch=a["epoch"],
+            mode=a["mode"],
+            rank=a["rank"],
+            rows=status["committed"],
+            complete=bool(status["complete"]),
+            started=a["started"],
+            finished=finished,
+            nonfinite_rows=status["nonfinite_rows"],
+            columns=columns,
+        )
+
+    def damaged_in(self, split: str | Sequence[str] | None = None, epoch: int | str | Sequence[int] | None = None) -> list[DamagedPass]:
+        """Damaged passes that may belong to a selection (those whose split or epoch cannot be read included)."""
+        splits = None if split is None else ({split} if isinstance(split, str) else set(split))
+        out = []
+        for d in self.damaged:
+            if d.split is not None and splits is not None and d.split not in splits:
+                continue
+            if d.epoch is not None and epoch is not None:
+                if epoch == "last":
+                    last = max((p.epoch for p in self.passes if p.split == d.split), default=None)
+                    if last is not None and d.epoch < last:
+                        continue
+                elif d.epoch not in ({int(epoch)} if isinstance(epoch, (int, str)) else {int(e) for e in epoch}):
+                    continue
+            out.append(d)
         return out
 
     # ------------------------------------------------------------------ metadata
@@ -319,6 +388,9 @@ class Store:
         for p in self.passes:
             if p.name == name:
                 return p
+        for d in self.damaged:
+            if d.name == name:
+                raise StoreError(f"pass {name} of {self.path} is damaged: {d.reason}")
         raise SelectionError(f"pass {name!r} is not in store {self.path}{close_matches(name, [p.name for p in self.passes])}")
 
     # ------------------------------------------------------------------ rows
@@ -410,11 +482,15 @@ class Store:
         """Recompute the writer's per-block CRC-32 checksums of the committed rows.
 
         Returns one entry per problem: ``{"pass", "group", "start", "stop", "problem"}`` with ``problem``
-        ``"corrupt"`` (checksum mismatch or unreadable data) or ``"unverified"`` (rows without checksums:
-        stores written before schema 2). An empty list means every committed row is as written.
-        Memory stays bounded: blocks are read in slices.
+        ``"corrupt"`` (checksum mismatch or unreadable data), ``"unverified"`` (rows without checksums:
+        stores written before schema 2) or, for the whole store (``passes=None``), ``"damaged"`` (a pass
+        file the validation layer quarantined; ``"reason"`` says why). An empty list means every committed
+        row is as written. Memory stays bounded: blocks are read in slices.
         """
-        found = []
+        found: list[dict[str, Any]] = []
+        if passes is None:
+            found.extend({"pass": d.name, "group": d.label, "start": 0, "stop": 0, "problem": "damaged", "reason": d.reason}
+                         for d in self.damaged)
         for p in self.passes if passes is None else passes:
             if not p.rows:
                 continue
@@ -427,6 +503,8 @@ class Store:
                 continue
             covered = 0
             for start, stop, crc in blocks.tolist():
+                if covered == p.rows:
+                    break  # checksum rows past the committed rows: a live, killed or failed writer's next block
                 if stop > p.rows:
                     break  # a block beyond the committed rows (a live or killed writer): not part of the store yet
                 if start != covered or stop <= start:
@@ -465,7 +543,7 @@ class Store:
             except StoreError:
                 raise
             except Exception as exc:  # noqa: BLE001 - corrupt metadata surfaces as any h5py error
-                raise StoreError(f"pass file {p.name} of {self.path} is corrupt ({_first_line(exc)}); delete it or restore a copy") from None
+                raise StoreError(f"pass file {p.name} of {self.path} is corrupt ({_first_line(exc)}); {_FIX}") from None
         return out
 
     def _datasets(self, p: PassInfo) -> list[dict[str, Any]]:
@@ -518,6 +596,7 @@ class RankedStore(Store):
         self.metadata = {**first.metadata, "ranks": [rank for rank, _ in self._ranks]}
         self.metadata["feature_dim"] = max(st.feature_dim for _, st in self._ranks)
         self._route: dict[str, tuple[Store, PassInfo]] = {}
+        self.damaged = [dataclasses.replace(d, name=f"r{rank}/{d.name}") for rank, st in self._ranks for d in st.damaged]
         self.passes = []
         for rank, st in self._ranks:
             for p in st.passes:
@@ -545,7 +624,10 @@ class RankedStore(Store):
         return st.read(q, columns, start, stop)
 
     def verify(self, passes: Sequence[PassInfo] | None = None, progress: Any = None) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
+        if passes is None:
+            out.extend({"pass": d.name, "group": d.label, "start": 0, "stop": 0, "problem": "damaged", "reason": d.reason}
+                       for d in self.damaged)
         for p in self.passes if passes is None else passes:
             st, q = self._route[p.name]
             out.extend({**e, "pass": p.name} for e in st.verify([q], progress))

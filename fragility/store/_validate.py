@@ -40,6 +40,8 @@ MAX_CLASSES = 1 << 20
 MAX_FEATURE_DIM = 1 << 20
 MAX_TEXT = 1 << 20  # characters of one string attribute
 MAX_NAME = 4096  # characters of one class name
+#: the advice on a damaged pass file (never "delete it": it may hold acknowledged rows)
+FIX = "; `fragility repair` salvages its checksummed rows (keeping the file aside)"
 _FILTERS = {h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_FLETCHER32, 32000}  # 32000: lzf
 _LAYOUTS = {h5py.h5d.COMPACT, h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED}
 
@@ -228,30 +230,30 @@ def validate_pass(f: h5py.File, where: str, root: dict[str, Any]) -> tuple[dict[
     """Check one (already object-checked) pass file; return its attributes, status and column names."""
     a = read_attrs(f)
     if a.get("encoding-type") != PASS_TYPE:
-        raise StoreError(f"pass file {where} is not a fragility pass (encoding-type {a.get('encoding-type')!r:.40}); delete it or restore a copy")
+        raise StoreError(f"pass file {where} is not a fragility pass (encoding-type {a.get('encoding-type')!r:.40}){FIX}")
     split = _text(a, "split", f"pass file {where}")
     if not split or len(split) > MAX_NAME:
-        raise StoreError(f"pass file {where}: split must be a non-empty name of at most {MAX_NAME} characters; delete it or restore a copy")
+        raise StoreError(f"pass file {where}: split must be a non-empty name of at most {MAX_NAME} characters{FIX}")
     _integer(a, "epoch", f"pass file {where}", -(1 << 62), 1 << 62)
     _integer(a, "rank", f"pass file {where}", 0, 1 << 30)
     _text(a, "started", f"pass file {where}")
     if a.get("mode") not in ("train", "eval"):
-        raise StoreError(f"pass file {where}: mode {a.get('mode')!r:.40} is not 'train' or 'eval'; delete it or restore a copy")
+        raise StoreError(f"pass file {where}: mode {a.get('mode')!r:.40} is not 'train' or 'eval'{FIX}")
     ds = f.get("status")
     if not isinstance(ds, h5py.Dataset) or ds.shape != (len(STATUS_FIELDS),) or ds.dtype.kind not in "iu":
-        raise StoreError(f"pass file {where}: status must be {len(STATUS_FIELDS)} integers {list(STATUS_FIELDS)}; delete it or restore a copy")
+        raise StoreError(f"pass file {where}: status must be {len(STATUS_FIELDS)} integers {list(STATUS_FIELDS)}{FIX}")
     if f.swmr_mode:
         ds.refresh()
     status = dict(zip(STATUS_FIELDS, (int(v) for v in ds[...])))
     committed = status["committed"]
     if committed < 0 or status["complete"] not in (0, 1) or not 0 <= status["nonfinite_rows"] <= max(committed, 0) or status["finished_unix_ms"] < 0:
-        raise StoreError(f"pass file {where}: status {list(status.values())} is inconsistent; delete it or restore a copy")
+        raise StoreError(f"pass file {where}: status {list(status.values())} is inconsistent{FIX}")
     c, d = int(root["num_classes"]), root.get("feature_dim")
     columns = tuple(col for col in (*FLOAT_COLUMNS, *FIXED_COLUMNS) if col in f)
     for col in columns:
         obj = f[col]
         if not isinstance(obj, h5py.Dataset):
-            raise StoreError(f"pass file {where}: {col} is not a dataset; delete it or restore a copy")
+            raise StoreError(f"pass file {where}: {col} is not a dataset{FIX}")
         if f.swmr_mode:
             obj.refresh()
         if col in FLOAT_COLUMNS:
@@ -262,17 +264,17 @@ def validate_pass(f: h5py.File, where: str, root: dict[str, Any]) -> tuple[dict[
             ok = obj.ndim == 1 and obj.dtype.kind == np.dtype(FIXED_COLUMNS[col]).kind
             want = f"(N,) {np.dtype(FIXED_COLUMNS[col])}"
         if not ok:
-            raise StoreError(f"pass file {where}: {col} has shape {obj.shape} and dtype {obj.dtype}, not {want}; delete it or restore a copy")
+            raise StoreError(f"pass file {where}: {col} has shape {obj.shape} and dtype {obj.dtype}, not {want}{FIX}")
         held = dataset_rows(obj)
         if held < committed:
             raise StoreError(
                 f"pass file {where}: status says {committed} rows are committed but {col} holds {held}; the file is truncated "
-                f"or forged — delete it or restore a copy"
+                f"or forged{FIX}"
             )
     if committed:
         missing = [col for col in ("fe", "ce_pred", "logits", "label", "pred") if col not in columns]
         if missing:
-            raise StoreError(f"pass file {where} has {committed} committed rows but no {', '.join(missing)} column; delete it or restore a copy")
+            raise StoreError(f"pass file {where} has {committed} committed rows but no {', '.join(missing)} column{FIX}")
         if d is None:
             raise StoreError(f"store root lacks feature_dim although pass file {where} holds rows; re-record the store or restore a copy")
     if "classifier" in f:
@@ -281,11 +283,11 @@ def validate_pass(f: h5py.File, where: str, root: dict[str, Any]) -> tuple[dict[
         if not (isinstance(w, h5py.Dataset) and isinstance(b, h5py.Dataset) and w.dtype.kind == "f" and b.dtype.kind == "f"
                 and w.shape == (c, d if d is not None else (w.shape[1] if w.ndim == 2 else -1)) and b.shape == (c,)
                 and dataset_rows(w) == c and dataset_rows(b) == c):
-            raise StoreError(f"pass file {where}: classifier must hold weight (C={c}, D={d}) and bias (C,) floats; delete it or restore a copy")
+            raise StoreError(f"pass file {where}: classifier must hold weight (C={c}, D={d}) and bias (C,) floats{FIX}")
     if "checksums" in f:
         obj = f["checksums"]
         if not (isinstance(obj, h5py.Dataset) and obj.ndim == 2 and obj.shape[1] == len(CHECKSUMS_COLUMNS) and obj.dtype.kind in "iu"):
-            raise StoreError(f"pass file {where}: checksums must be (M, {len(CHECKSUMS_COLUMNS)}) integers; delete it or restore a copy")
+            raise StoreError(f"pass file {where}: checksums must be (M, {len(CHECKSUMS_COLUMNS)}) integers{FIX}")
         if f.swmr_mode:
             obj.refresh()
     return a, status, columns

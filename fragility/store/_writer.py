@@ -33,6 +33,7 @@ import h5py
 import numpy as np
 
 from ..errors import RecorderError, StoreError
+from ._hdf5 import close_safely, create
 from ._format import (
     CHECKSUMS_COLUMNS,
     CHECKSUMS_TYPE,
@@ -52,6 +53,13 @@ from ._format import (
 )
 
 _STOP = object()
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def _now() -> str:
@@ -123,6 +131,31 @@ def _reason(exc: BaseException) -> str:
 
 #: a finished pass whose allocated chunks exceed its rows by more than this factor is compacted
 COMPACT_SLACK = 1.05
+
+#: free space kept beyond a block's own chunks before writing it: HDF5's metadata for the block (chunk
+#: index, checksums chunk, status; measured at most 6 KiB a block), a new pass file's skeleton (~40 KiB)
+#: and closing the files. Below it the writer stops cleanly instead of letting a write fail.
+FREE_SPACE_RESERVE = 256 * 1024
+
+
+def free_bytes(path: str) -> int:
+    """Bytes an unprivileged writer may still use on the filesystem holding ``path``."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+class DiskFullError(StoreError):
+    """The store's filesystem has too little free space for the next block (checked before writing it)."""
+
+
+def _check_space(path: str, need: int, what: str) -> None:
+    free = free_bytes(path)
+    if free < need + FREE_SPACE_RESERVE:
+        raise DiskFullError(
+            f"the disk holding {path} is full: {free // 1024} KiB free, but writing {what} needs {need // 1024} KiB plus a "
+            f"{FREE_SPACE_RESERVE // 1024} KiB reserve; nothing was written past the last flush — free space, then "
+            f"record on with resume=True"
+        )
 
 
 def _copy_tree(src: h5py.Group, dst: h5py.Group, chunks: dict[str, tuple[int, ...]]) -> None:
@@ -250,7 +283,8 @@ class StoreWriter:
             raise StoreError(f"cannot resume store {self.path}: it has schema {old['schema_version']}; record into a new path")
         keep = {k: old[k] for k in ("created", "feature_dim", "head_shared_input", "class_counts") if k in old}
         self._root.update(keep)
-        self.first_pass = max((int(p.name) + 1 for p in store.passes), default=0)
+        # damaged passes keep their numbers too: a new pass never replaces a file that may hold rows
+        self.first_pass = max((int(p.name) + 1 for p in [*store.passes, *store.damaged] if p.name.isdigit()), default=0)
         store.close()
 
     def _prepare_directory(self, overwrite: bool, resume: bool = False) -> Any:
@@ -289,7 +323,7 @@ class StoreWriter:
         """Replace ``store.h5`` atomically: a crash leaves the old or the new file, never half of one."""
         final = os.path.join(self.path, ROOT_FILE)
         tmp = final + ".tmp"
-        with h5py.File(tmp, "w", libver="latest", locking=False) as f:
+        with create(tmp) as f:
             for key, value in self._root.items():
                 f.attrs[key] = _attr(value)
         os.replace(tmp, final)
@@ -362,12 +396,7 @@ class StoreWriter:
             self._queue.put((_STOP,))
             self._thread.join()
         self._closed = True
-        for p in self._passes.values():
-            if p.file is not None:
-                try:
-                    p.file.close()
-                except Exception:  # noqa: BLE001 - the disk may be gone; raise_if_failed says so
-                    pass
+        self._close_files()
         self._release_lock()
         self.raise_if_failed()
 
@@ -415,6 +444,17 @@ class StoreWriter:
             fn(*args)
         except BaseException as exc:  # noqa: BLE001 - reported to the producer by raise_if_failed
             self._error = exc
+            self._close_files()  # at once: a file a failed write left open must not wait for exit (a crash)
+
+    def _close_files(self) -> None:
+        """Close every open pass file: rows up to each one's last commit stay acknowledged, the pass incomplete."""
+        for p in self._passes.values():
+            if p.file is not None:
+                try:
+                    close_safely(p.file)
+                except Exception:  # noqa: BLE001 - the disk may be gone; raise_if_failed says why
+                    pass
+                p.file, p.status, p.checksums, p.columns = None, None, None, {}
 
     def _on_root(self, attrs: dict[str, Any]) -> None:
         self._root.update(attrs)
@@ -427,6 +467,7 @@ class StoreWriter:
             p.chunk_rows = -(-int(rows) // -(-int(rows) // self.chunk_rows))
         self._order.append(name)
         self.flushed_rows[name] = 0
+        _check_space(self.path, 0, f"a new pass file ({name})")
         # a closed placeholder (no columns, complete=0) makes a pass killed before its first rows visible
         self._build_pass_file(p, {}, keep_open=False)
 
@@ -470,8 +511,10 @@ class StoreWriter:
         self._commit_pass(p)
         p.status[...] = np.array([p.rows, 1, p.nonfinite, finished], dtype="<i8")
         p.status.flush()
-        p.file.close()
-        p.file = None
+        f, p.file = p.file, None
+        failed = close_safely(f)
+        if failed is not None:
+            raise failed
         self._compact(p)
 
     def _compact(self, p: _Pass) -> None:
@@ -487,8 +530,10 @@ class StoreWriter:
             return
         chunk = -(-p.rows // blocks)
         final = self._pass_path(p.name)
+        if free_bytes(self.path) < os.path.getsize(final) + FREE_SPACE_RESERVE:
+            return  # no room for the copy: the pass stays as it is, padded but whole
         tmp = os.path.join(os.path.dirname(final), f".{p.name}.h5.tmp")
-        with h5py.File(final, "r", locking=False) as src, h5py.File(tmp, "w", libver="latest", locking=False) as dst:
+        with h5py.File(final, "r", locking=False) as src, create(tmp) as dst:
             _copy_tree(src, dst, {key: (chunk, *src[key].shape[1:]) for key in p.columns}
                        | {"checksums": (max(1, src["checksums"].shape[0]), len(CHECKSUMS_COLUMNS))})
         os.replace(tmp, final)
@@ -497,8 +542,10 @@ class StoreWriter:
         p = self._passes[name]
         self._commit_pass(p)
         if p.file is not None:
-            p.file.close()
-            p.file = None
+            f, p.file = p.file, None
+            failed = close_safely(f)
+            if failed is not None:
+                raise failed
 
     # ---------------------------------------------------------------- pass files
 
@@ -516,6 +563,25 @@ class StoreWriter:
         final = self._pass_path(p.name)
         tmp = os.path.join(os.path.dirname(final), f".{p.name}.h5.tmp")
         f = h5py.File(tmp, "w", libver="latest", locking=False)
+        try:
+            self._fill_pass_file(f, p, arrays, status)
+            if keep_open:
+                f.swmr_mode = True
+                p.status = f["status"]
+        except BaseException:
+            close_safely(f)
+            _remove(tmp)
+            raise
+        if not keep_open:
+            failed = close_safely(f)
+            f = None
+            if failed is not None:
+                _remove(tmp)
+                raise failed
+        os.replace(tmp, final)
+        return f
+
+    def _fill_pass_file(self, f: h5py.File, p: _Pass, arrays: dict[str, np.ndarray], status: np.ndarray | None) -> None:
         encode(f, PASS_TYPE)
         for key, value in p.attrs.items():
             f.attrs[key] = _attr(value)
@@ -546,14 +612,6 @@ class StoreWriter:
         status_ds = f.create_dataset("status", data=np.zeros(4, dtype="<i8") if status is None else status)
         encode(status_ds, STATUS_TYPE)
         f.flush()
-        if keep_open:
-            f.swmr_mode = True
-            p.status = status_ds
-        else:
-            f.close()
-            f = None
-        os.replace(tmp, final)
-        return f
 
     def _write_classifier(self, p: _Pass) -> None:
         if p.file is None or p.weight is None or p.bias is None or "classifier" not in p.file:
@@ -570,11 +628,12 @@ class StoreWriter:
         else:
             arrays = {k: np.concatenate([b[k] for b in p.pending]) for k in p.pending[0]}
         p.pending, p.pending_rows = [], 0
+        n = len(arrays["pred"])
+        _check_space(self.path, self._block_bytes(p, arrays, p.rows, p.rows + n), f"the next {n} rows of pass {p.name}")
         if p.file is None:
             p.file = self._build_pass_file(p, arrays)
         if set(arrays) != set(p.columns):
             raise RecorderError(f"columns changed within pass {p.name}: {sorted(arrays)} vs {sorted(p.columns)}")
-        n = len(arrays["pred"])
         start, stop = p.rows, p.rows + n
         crc = 0
         for key in block_order(p.columns):
@@ -587,6 +646,16 @@ class StoreWriter:
         p.checksums.resize(m + 1, axis=0)
         p.checksums[m] = (start, stop, crc)
         p.rows = stop
+
+    def _block_bytes(self, p: _Pass, arrays: dict[str, np.ndarray], start: int, stop: int) -> int:
+        """Bytes of the chunks that writing rows ``[start, stop)`` allocates (uncompressed: an upper bound)."""
+        per = p.chunk_rows
+        new_chunks = max(0, (stop - 1) // per - -(-start // per) + 1)
+        row = sum(
+            (np.dtype(FIXED_COLUMNS[k]).itemsize if k in FIXED_COLUMNS else self.dtype.itemsize * int(np.prod(a.shape[1:])))
+            for k, a in arrays.items()
+        )
+        return new_chunks * per * row
 
     def _commit_pass(self, p: _Pass) -> None:
         self._write_pending(p)
