@@ -179,6 +179,16 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("store", help="the store folder")
     v.add_argument("--json", action="store_true", help="print JSON on stdout")
 
+    rp = sub.add_parser(
+        "repair", help="salvage the checksummed rows of damaged passes", formatter_class=_Formatter,
+        description="For every pass file that is damaged (see inspect) or holds corrupt blocks (see verify): write every block "
+        "of rows whose checksum still holds into a new pass file, and keep the original in <store>/damaged/. Nothing is "
+        "deleted. Exit 1 if a pass could not be repaired (its attributes are unreadable, or a writer holds the store).",
+        epilog="examples:\n  fragility repair run.fragility\n  fragility repair run.fragility --json",
+    )
+    rp.add_argument("store", help="the store folder")
+    rp.add_argument("--json", action="store_true", help="print JSON on stdout")
+
     w = sub.add_parser(
         "watch", help="a live view of a store while it is being written", formatter_class=_Formatter,
         description="Refreshes a view of a store that a training run is writing: passes, rows per class of the newest pass, "
@@ -314,6 +324,32 @@ def cmd_verify(args, out: Console, err: Console) -> int:
         else:
             out.print(f"{markup(args.store)}: {rows} committed rows, every checksummed block intact", highlight=False)
     return 1 if bad else 0
+
+
+def cmd_repair(args, out: Console, err: Console) -> int:
+    from ..analysis._engine import _progress
+    from ..store import Store, repair
+
+    with Store(args.store) as s:
+        total = sum(p.rows for p in s.passes)
+    with _progress(True, total, "checking") as advance:
+        reports = repair(args.store, progress=advance)
+    failed = [r for r in reports if r["outcome"] != "repaired"]
+    if args.json:
+        _json_out({"path": args.store, "passes": reports, "ok": not failed})
+        return 1 if failed else 0
+    for r in reports:
+        head = f"{markup(r['pass'])} ({markup(r['group'])})"
+        if r["outcome"] == "repaired":
+            lost = sum(b - a for a, b in r["dropped"])
+            drop = "; dropped rows " + ", ".join(f"{a}:{b}" for a, b in r["dropped"][:5]) + (" …" if len(r["dropped"]) > 5 else "") if lost else ""
+            of = f" of {r['committed']} committed" if r["committed"] is not None else ""
+            out.print(f"{head}: kept {r['kept_rows']}{of} rows whose checksums hold{drop}; original kept as {markup(r['aside'])}", highlight=False)
+        else:
+            out.print(f"{head}: left in place: {markup(r['why'])}", highlight=False)
+    if not reports:
+        out.print(f"{markup(args.store)}: no damaged pass and no corrupt block; nothing to repair", highlight=False)
+    return 1 if failed else 0
 
 
 def cmd_analyze(args, out: Console, err: Console) -> int:
@@ -462,7 +498,7 @@ def cmd_watch(args, out: Console, err: Console) -> int:
 
 
 COMMANDS = {"demo": cmd_demo, "reproduce": cmd_reproduce, "inspect": cmd_inspect, "analyze": cmd_analyze, "compare": cmd_compare,
-            "report": cmd_report, "verify": cmd_verify, "watch": cmd_watch, "plugins": cmd_plugins}
+            "report": cmd_report, "verify": cmd_verify, "repair": cmd_repair, "watch": cmd_watch, "plugins": cmd_plugins}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -476,8 +512,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     out, err = _consoles()
     debug = bool(getattr(args, "debug", False))
+    from ._bounds import bounded
+
     try:
-        return COMMANDS[args.command](args, out, err)
+        with bounded():
+            return COMMANDS[args.command](args, out, err)
     except FragilityError as exc:
         _error(err, str(exc), debug)
         return EXIT_ERROR

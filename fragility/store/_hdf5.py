@@ -21,9 +21,11 @@ import ctypes.util
 import io
 import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any
 
 import h5py
 
@@ -180,3 +182,37 @@ def create(path: str) -> Iterator[h5py.File]:
     failed = close_safely(f)
     if failed is not None:
         raise failed
+
+
+# ------------------------------------------------------------------------------------------ watchdog
+#
+# While HDF5's C code runs, h5py holds the GIL: no Python thread of this process can act on a deadline. A
+# watchdog must therefore live outside the process (the command line's runs in a helper process, see
+# fragility/cli/_bounds.py); here the operations it bounds are only marked.
+
+_WATCHDOG: Any = None
+_DEPTH = threading.local()
+
+
+def arm(watchdog: Any) -> None:
+    """Report every guarded operation to ``watchdog`` (``begin(what)`` / ``end()``); ``None`` disarms."""
+    global _WATCHDOG
+    _WATCHDOG = watchdog
+
+
+@contextmanager
+def guard(what: str) -> Iterator[None]:
+    """Mark one operation on a store's files that a damaged file could stall inside HDF5 (``what`` names it
+    in the message should it never end): opening and validating one file, one read of rows, one block."""
+    dog = _WATCHDOG
+    depth = getattr(_DEPTH, "n", 0)
+    if dog is None or depth:  # not armed, or inside an operation already guarded
+        yield
+        return
+    _DEPTH.n = 1
+    dog.begin(what)
+    try:
+        yield
+    finally:
+        _DEPTH.n = 0
+        dog.end()

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import SelectionError, StoreError, StoreVersionError, close_matches
 from ._format import ALL_COLUMNS, PASSES_DIR, ROOT_FILE, SCHEMA_VERSION, STORE_TYPE, block_order
-from ._hdf5 import open_read, stored_end
+from ._hdf5 import guard, open_read, stored_end
 from ._validate import FIX as _FIX, check_objects, read_attrs, real_directory, regular_file, validate_pass, validate_root
 
 @dataclass(frozen=True)
@@ -83,6 +83,20 @@ def _open_h5(path: str, what: str) -> h5py.File:
     regular_file(path, what)
     if not _is_hdf5(path):
         raise StoreError(f"{what} {path} is not an HDF5 file, so not part of a fragility store{_fix(what)}")
+    f = open_raw(path, what)
+    try:
+        check_objects(f, what)
+    except BaseException as exc:
+        f.close()
+        if isinstance(exc, StoreError):
+            raise
+        raise StoreError(f"{what} {path} is corrupt ({_first_line(exc)}){_fix(what)}") from None
+    return f
+
+
+def open_raw(path: str, what: str) -> h5py.File:
+    """Open an HDF5 file read-only as a reader may (the objects unchecked): a live or killed writer's file in
+    SWMR read mode, a file its writer failed to extend read up to its recorded end."""
     f, swmr, size, msg = None, False, None, ""
     for _ in range(3):
         try:
@@ -98,13 +112,6 @@ def _open_h5(path: str, what: str) -> h5py.File:
             break
     if f is None:
         raise StoreError(f"{what} {path} is corrupt or truncated and cannot be opened ({msg}){_fix(what)}")
-    try:
-        check_objects(f, what)
-    except BaseException as exc:
-        f.close()
-        if isinstance(exc, StoreError):
-            raise
-        raise StoreError(f"{what} {path} is corrupt ({_first_line(exc)}){_fix(what)}") from None
     return f
 
 
@@ -196,6 +203,11 @@ class Store:
 
     def _load(self) -> None:
         root_path = os.path.join(self.path, ROOT_FILE)
+        with guard(f"opening {root_path}"):
+            self._load_root(root_path)
+        self.passes = self._read_passes()
+
+    def _load_root(self, root_path: str) -> None:
         f = _open_h5(root_path, "store root")
         try:
             meta = read_attrs(f)
@@ -221,7 +233,6 @@ class Store:
         finally:
             f.close()
         self.metadata = meta
-        self.passes = self._read_passes()
 
     def _pass_file(self, name: str) -> h5py.File:
         f = self._files.get(name)
@@ -238,7 +249,8 @@ class Store:
         names = sorted(n[:-3] for n in os.listdir(folder) if n.endswith(".h5") and not n.startswith("."))
         for name in names:
             try:
-                out.append(self._pass_info(name))
+                with guard(f"opening pass file {os.path.join(folder, name)}.h5"):
+                    out.append(self._pass_info(name))
             except StoreError as exc:
                 f = self._files.pop(name, None)
                 split, epoch = _label_of(f)
@@ -397,6 +409,10 @@ class Store:
 
     def classifier(self, p: PassInfo) -> tuple[np.ndarray, np.ndarray]:
         """The pass's classifier snapshot ``(weight (C, D), bias (C,))``."""
+        with guard(f"reading the classifier of pass {p.name} of {self.path}"):
+            return self._classifier(p)
+
+    def _classifier(self, p: PassInfo) -> tuple[np.ndarray, np.ndarray]:
         g = self._pass_file(p.name)
         if "classifier" not in g:
             raise StoreError(f"pass {p.name} of {self.path} holds no classifier snapshot (interrupted before its first row)")
@@ -407,6 +423,10 @@ class Store:
 
     def read(self, p: PassInfo, columns: Sequence[str], start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
         """Read committed rows ``[start, stop)`` of the given columns of pass ``p``."""
+        with guard(f"reading rows {start}:{stop} of pass {p.name} of {self.path}"):
+            return self._read(p, columns, start, stop)
+
+    def _read(self, p: PassInfo, columns: Sequence[str], start: int, stop: int | None) -> dict[str, np.ndarray]:
         stop = p.rows if stop is None else min(stop, p.rows)
         g = self._pass_file(p.name)
         out = {}
@@ -512,7 +532,8 @@ class Store:
                     covered = p.rows
                     break
                 try:
-                    ok = self._block_crc(g, cols, start, stop) == crc
+                    with guard(f"verifying rows {start}:{stop} of pass {p.name} of {self.path}"):
+                        ok = self._block_crc(g, cols, start, stop) == crc
                 except Exception:  # noqa: BLE001 - unreadable data is corrupt data
                     ok = False
                 if not ok:
@@ -539,7 +560,8 @@ class Store:
         out: list[dict[str, Any]] = []
         for p in self.passes:
             try:
-                out.extend(self._datasets(p))
+                with guard(f"listing the datasets of pass {p.name} of {self.path}"):
+                    out.extend(self._datasets(p))
             except StoreError:
                 raise
             except Exception as exc:  # noqa: BLE001 - corrupt metadata surfaces as any h5py error
