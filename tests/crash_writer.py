@@ -20,7 +20,9 @@ def batch(b):
     return torch.randn(BATCH, D, generator=g), torch.randint(0, C, (BATCH,), generator=g)
 
 
-def main(path):
+def main(path, pause_at=None):
+    """``pause_at="NAME:ROWS"``: once pass NAME has ROWS acknowledged rows, print PAUSED and wait for stdin to
+    close (a test then kills the process at a known moment inside that pass, whatever the machine's load)."""
     model = make_model()
     # 1,920-row passes in 1,500-row chunks: every finished pass is compacted (2 chunks hold 3,000 rows), so kills land in
     # compactions too, while most of the time is still spent inside passes
@@ -37,8 +39,12 @@ def main(path):
                     rec.record(y, index=torch.arange(b * BATCH, (b + 1) * BATCH))
                     b += 1
                     if b % 3 == 0:
-                        print("ACK", name, rec.flush()[name], flush=True)
+                        rows = rec.flush()[name]
+                        print("ACK", name, rows, flush=True)
+                        if pause_at == f"{name}:{rows}":
+                            print("PAUSED", flush=True)
+                            sys.stdin.read()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[3] if len(sys.argv) > 3 and sys.argv[2] == "--pause-at" else None)
