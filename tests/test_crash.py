@@ -49,6 +49,24 @@ def _start(path: Path, *extra: str) -> subprocess.Popen:
     return proc
 
 
+def make_killed_store(path: Path) -> dict[str, int]:
+    """Record into ``path`` until pass 0002 holds 480 acknowledged rows, then SIGKILL the writer while it waits
+    there (so the kill lands inside that pass whatever the load). Returns the acknowledged rows per pass."""
+    proc = _start(path, "--pause-at", "0002:480")
+    acked: dict[str, int] = {}
+    while True:
+        line = proc.stdout.readline()
+        assert line, "the writer ended early"
+        if line.startswith("ACK "):
+            _, name, rows = line.split()
+            acked[name] = max(acked.get(name, 0), int(rows))
+        if line.startswith("PAUSED"):
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    return acked
+
+
 def kill_and_check(path: Path, delay: float | None = None, pause_at: str | None = None) -> Store:
     """Start a recording subprocess, SIGKILL it after ``delay`` s (or once it waits at ``pause_at``), check the
     store; return it (open)."""

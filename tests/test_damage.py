@@ -27,7 +27,7 @@ from fragility.store._format import block_order
 from fragility.testing import assert_close, make_random_store
 
 from . import crash_writer as cw
-from .test_crash import _expected, read_lines
+from .test_crash import _expected, make_killed_store
 
 FRACTIONS = [(1, 3), (1, 2), (2, 3), (3, 4)]
 
@@ -44,22 +44,7 @@ def killed(tmp_path_factory):
     """A store whose writer was SIGKILLed inside its third pass: passes 0000-0001 complete, 0002 not.
     Returns (path, acknowledged rows per pass)."""
     path = tmp_path_factory.mktemp("killed") / "k.fragility"
-    script = Path(cw.__file__)
-    env = {**os.environ, "PYTHONPATH": str(script.parent.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, str(script), str(path), "--pause-at", "0002:480"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env)
-    acked: dict[str, int] = {}
-    while True:
-        line = proc.stdout.readline()
-        assert line, "the writer ended early"
-        if line.startswith("ACK"):
-            _, name, rows = line.split()
-            acked[name] = max(acked.get(name, 0), int(rows))
-        if line.startswith("PAUSED"):
-            break
-    os.kill(proc.pid, signal.SIGKILL)  # the writer waits inside pass 0002: the kill lands there, whatever the load
-    proc.communicate()
-    return path, acked
+    return path, make_killed_store(path)
 
 
 def _truncated(killed, tmp_path, frac) -> Path:

@@ -268,7 +268,18 @@ def m_files(rng, store, ctx):
     return f"files: {what}"
 
 
-MUTATIONS = [m_truncate, m_flip_meta, m_flip_raw, m_attr, m_dataset, m_external, m_huge, m_names, m_files]
+def m_truncate_killed(rng, store, ctx):
+    """A partial copy of a live run: a writer SIGKILLed inside a pass, its pass file cut short."""
+    shutil.rmtree(store)
+    shutil.copytree(ctx["killed"], store)
+    path = os.path.join(store, "passes", "0002.h5")
+    size = os.path.getsize(path)
+    a, b = rng.choice([(1, 3), (1, 2), (2, 3), (3, 4), (rng.randrange(1, 99), 100)])
+    os.truncate(path, size * a // b)
+    return f"truncate killed pass 0002.h5 at {a}/{b} of {size}"
+
+
+MUTATIONS = [m_truncate, m_truncate_killed, m_flip_meta, m_flip_raw, m_attr, m_dataset, m_external, m_huge, m_names, m_files]
 
 
 def _committed(store: str, name: str) -> bytes:
@@ -311,7 +322,16 @@ def _exercise(store: str, ctx: dict) -> tuple[str, list]:
     return outcome, verified
 
 
-def test_fuzzed_stores_give_one_line_or_an_answer(bases, tmp_path):
+@pytest.fixture(scope="module")
+def killed_store(tmp_path_factory):
+    from .test_crash import make_killed_store
+
+    path = tmp_path_factory.mktemp("fuzz-killed") / "k.fragility"
+    make_killed_store(path)
+    return str(path)
+
+
+def test_fuzzed_stores_give_one_line_or_an_answer(bases, killed_store, tmp_path):
     rng = random.Random(SEED)
     outside = tmp_path / "outside.bin"
     outside.write_bytes(SENTINEL)
@@ -325,7 +345,7 @@ def test_fuzzed_stores_give_one_line_or_an_answer(bases, tmp_path):
         base = bases[i % len(bases)]
         case = tmp_path / f"case{i}"
         store = str(shutil.copytree(base, case / "s.fragility", symlinks=True))
-        ctx = {"outside": str(outside), "fifo": str(fifo), "other": str(other)}
+        ctx = {"outside": str(outside), "fifo": str(fifo), "other": str(other), "killed": killed_store}
         mutation = MUTATIONS[i % len(MUTATIONS)] if i < len(MUTATIONS) else rng.choice(MUTATIONS)
         what = mutation(rng, store, ctx)
         before = _hashes(store)
