@@ -34,6 +34,12 @@ def _record(path, **kwargs):
         rec.evaluate([(torch.randn(4, 3, 32, 32), torch.tensor([2, 1, 0, 0]))], split="test")
 
 
+def test_the_spec_states_the_current_schema_version():
+    row = next(r for r in _table("Root attributes") if r[0] == "schema_version")
+    assert re.match(r"\d+", row[3]).group(0) == str(fragility.store.SCHEMA_VERSION), row
+    assert SPEC.startswith(f"# The fragility store format (schema version {fragility.store.SCHEMA_VERSION})")
+
+
 def test_recorded_store_matches_the_spec(store_path):
     _record(store_path)
     spec = {path: (kind, etype, req) for path, kind, etype, req, *_ in _table("Elements")}

@@ -264,11 +264,15 @@ def test_grid_is_killed_resumed_and_reported(tmp_path):
             "--model", "cifar_resnet20", "--batch-size", "256", "--out", out]
     proc = _cli(*args)
     ckpt = out / "checkpoints" / "balanced.pt"
+    passes = out / "stores" / "balanced.fragility" / "passes"
+
+    def into_epoch_1() -> bool:  # train@0 and test@0 recorded, train@1 begun: two epochs before the run ends
+        return ckpt.exists() and passes.is_dir() and len([n for n in os.listdir(passes) if n.endswith(".h5") and not n.startswith(".")]) >= 3
+
     deadline = time.monotonic() + 400
-    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert ckpt.exists(), proc.communicate()[1][-2000:]
-    time.sleep(1.0)  # into epoch 1 of the balanced run
+    while not into_epoch_1() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert into_epoch_1(), proc.communicate()[1][-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (out / "checkpoints" / "ce.done.json").exists() and not (out / "checkpoints" / "balanced.done.json").exists()
