@@ -74,6 +74,7 @@ class Snapshot:
     metrics: dict[str, Any] | None = None
     error: str | None = None
     seen_at: float = field(default_factory=time.time)
+    damaged: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         """One plain line for logs and terminals without a cursor."""
@@ -86,7 +87,8 @@ class Snapshot:
         if self.metrics:
             names = [c["class"] for c in self.metrics["classes"] if c["fragile"]]
             fragile = f"; fragile at {self.metrics['test']}: {', '.join(names) or 'none'}"
-        return f"{self.path}: {len(self.passes)} passes, {rows} rows, {what}; writer {self.writer}{fragile}"
+        damaged = f" ({len(self.damaged)} damaged: {', '.join(self.damaged)})" if self.damaged else ""
+        return f"{self.path}: {len(self.passes)} passes{damaged}, {rows} rows, {what}; writer {self.writer}{fragile}"
 
 
 class Watcher:
@@ -108,7 +110,7 @@ class Watcher:
                     labels = s.read(s.passes[-1], ["label"])["label"]
                     counts = np.bincount(labels[labels >= 0], minlength=s.num_classes).tolist()
                 metrics = self._metrics_for(s)
-                return Snapshot(self.path, writer, passes, s.class_names, counts, metrics)
+                return Snapshot(self.path, writer, passes, s.class_names, counts, metrics, damaged=[d.name for d in s.damaged])
         except FragilityError as exc:  # a store still being created, or broken: say so and keep watching
             return Snapshot(self.path, writer, [], [], None, None, error=str(exc))
 

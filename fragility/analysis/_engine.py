@@ -395,7 +395,8 @@ def make_plan(
     damaged = [] if passes is not None else store.damaged_in(split, epoch)
     class_ids = resolve_classes(store, classes)
     if not passes_sel:
-        raise AnalyzerError(f"the selection (split={split!r}, epoch={epoch!r}, passes={passes!r}) of {store.path} holds no rows")
+        left = f"; damaged and left out: {', '.join(d.name for d in damaged)} (see `fragility inspect`, `fragility repair`)" if damaged else ""
+        raise AnalyzerError(f"the selection (split={split!r}, epoch={epoch!r}, passes={passes!r}) of {store.path} holds no rows{left}")
     users = [n for n in names if reg.analyzers[n].uses_reference]
     reference: list[PassInfo] = []
     if users:

@@ -144,7 +144,11 @@ def bounded() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    helper = _Helper(seconds)
+    try:
+        helper = _Helper(seconds)
+    except OSError:  # no interpreter to start (an embedded Python): the command runs unwatched
+        yield
+        return
     ours = signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
     def on_sigint(signum, frame):  # runs in the main thread once it is back in Python
