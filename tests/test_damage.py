@@ -329,3 +329,19 @@ def test_repair_leaves_what_it_cannot_place_and_refuses_a_live_writer(four, tmp_
     finally:
         _HELD.pop(key, None)
         handle.close()
+
+
+def test_a_damaged_pass_of_one_rank(tmp_path):
+    root = tmp_path / "ddp.fragility"
+    root.mkdir()
+    for r in (0, 1):
+        make_random_store(root / f"rank{r}", counts=(5, 3, 2), d=4, seed=r)
+    _damage_status(root / "rank1", "0001")
+    with Store(root) as s:
+        assert [(d.name, d.label) for d in s.damaged] == [("r1/0001", "test@0")]
+        assert "r1/0001" not in [p.name for p in s.passes] and "r0/0001" in [p.name for p in s.passes]
+    code, out, _ = _cli("verify", root)
+    assert code == 1 and "r1/0001 (test@0): DAMAGED" in out
+    assert [(r["pass"], r["outcome"]) for r in repair(root)] == [("r1/0001", "repaired")]
+    with Store(root) as s:
+        assert not s.damaged and s.verify() == []
