@@ -8,7 +8,7 @@ import numpy as np
 import fragility
 from fragility.analysis import Analyzer, Chunk, Result, Table
 from fragility.analysis._kernels import row_means
-from fragility.analysis._maths import class_sums, class_topk, overlap
+from fragility.analysis._maths import class_sums, class_topk, overlap, wilson
 
 
 def row_magnitudes(v: np.ndarray, labels: np.ndarray, identity: np.ndarray) -> np.ndarray:
@@ -117,19 +117,22 @@ class Magnitude(Analyzer):
                     "ratio_correct": None if mc is None or not train_mean[c] else mc / train_mean[c],
                     "ratio_incorrect": None if mi is None or not train_mean[c] else mi / train_mean[c],
                     "share_below_p5": float(below.sum() / n) if sel.any() else None,
+                    # 95 % Wilson interval; with no drift the share is 0.05 (the training rows' own share)
+                    "share_below_p5_ci": wilson(int(below.sum()), n) if sel.any() else None,
                     "accuracy_below_p5": float(ok[below].mean()) if below.any() else None,
                     "accuracy_above_p5": float(ok[sel & ~below].mean()) if (sel & ~below).any() else None,
                     "reason": None if ref_ok[c] or not n else no_ref,
                 }
                 classes.append(entry)
+                ci = entry["share_below_p5_ci"]
                 rows.append([names[c], n, entry["n_train"], train_mean[c], mc, mi, entry["ratio_correct"], entry["ratio_incorrect"],
-                             entry["share_below_p5"], entry["accuracy_below_p5"]])
+                             entry["share_below_p5"], None if ci is None else f"{ci[0]:.2f}–{ci[1]:.2f}", entry["accuracy_below_p5"]])
             data["groups"][g.name] = {"split": g.split, "epoch": g.epoch, "classes": classes}
             result.tables.append(
                 Table(
                     f"{g.name}: magnitude at training ({ref.name}) top-{k} {spec.embedding} features",
                     ["class", "n", "n train", "train", "correct", "misclassified", "correct/train", "misclassified/train",
-                     "share < train p5", "accuracy < p5"],
+                     "share < train p5", "95% CI", "accuracy < p5"],
                     rows,
                 )
             )

@@ -7,7 +7,7 @@ import numpy as np
 
 import fragility
 from fragility.analysis import Analyzer, Chunk, Result, Table
-from fragility.analysis._maths import class_sums, class_topk, instance_counts, jaccard, minimal_sets, overlap
+from fragility.analysis._maths import class_sums, class_topk, instance_counts, jaccard, minimal_sets, overlap, rarefied_unique, wilson
 
 
 class TopK(Analyzer):
@@ -89,7 +89,12 @@ class TopK(Analyzer):
             freq = count / np.maximum(n, 1)[:, None]
             unique = (count > 0).sum(axis=1)
             unique_tau = (freq > spec.tau).sum(axis=1)
+            m = _rarefy_to(spec.options.get("rarefy_m"), n)
+            rare = rarefied_unique(count, n, m) if m else np.full(C, np.nan)
             has_mscs = "mscs_count" in st
+            if has_mscs:
+                m_sets = _rarefy_to(spec.options.get("rarefy_m"), st["mscs_rows"])
+                rare_sets = rarefied_unique(st["mscs_count"], st["mscs_rows"], m_sets) if m_sets else np.full(C, np.nan)
             rows, classes = [], []
             for c in range(C):
                 empty = n[c] == 0
@@ -99,6 +104,7 @@ class TopK(Analyzer):
                     "class": names[c],
                     "n": int(n[c]),
                     "accuracy": None if empty else float(nc[c] / n[c]),
+                    "accuracy_ci": wilson(int(nc[c]), int(n[c])),
                     # a filter with no rows has no top-K: null, never -1 (a valid index from the end)
                     "topk": {
                         f: {"indices": ident[f][0][c], "values": ident[f][1][c], "share": ident[f][2][c]} if rows_in[f][c]
@@ -107,6 +113,7 @@ class TopK(Analyzer):
                     },
                     "freq": freq[c],
                     "unique": int(unique[c]),
+                    "unique_rarefied": None if np.isnan(rare[c]) else float(rare[c]),
                     "unique_tau": int(unique_tau[c]) if spec.tau > 0 else None,
                     "overlap_correct_incorrect": ov_ci,
                 }
@@ -116,14 +123,16 @@ class TopK(Analyzer):
                     entry["mscs"] = {
                         "freq": mc / max(nr, 1),
                         "unique": int((mc > 0).sum()),
+                        "unique_rarefied": None if np.isnan(rare_sets[c]) else float(rare_sets[c]),
                         "mean_size": None if nr == 0 else float(st["mscs_size"][c] / nr),
                     }
                 classes.append(entry)
                 rows.append(
                     [
-                        names[c], int(n[c]), entry["accuracy"], int(unique[c]),
+                        names[c], int(n[c]), entry["accuracy"], int(unique[c]), entry["unique_rarefied"],
                         *([int(unique_tau[c])] if spec.tau > 0 else []),
                         entry["mscs"]["unique"] if has_mscs else None,
+                        entry["mscs"]["unique_rarefied"] if has_mscs else None,
                         entry["mscs"]["mean_size"] if has_mscs else None,
                         ov_ci,
                         None if empty else [int(i) for i in idx],
@@ -135,11 +144,13 @@ class TopK(Analyzer):
                 for b in range(C):
                     if n[a] and n[b]:
                         between[a, b] = overlap(ident["all"][0][a], ident["all"][0][b], k)
-            data["groups"][g.name] = {"split": g.split, "epoch": g.epoch, "classes": classes, "overlap_between_classes": between}
+            data["groups"][g.name] = {"split": g.split, "epoch": g.epoch, "classes": classes, "overlap_between_classes": between,
+                                      "rarefy_m": m or None, "rarefy_m_mscs": (m_sets or None) if has_mscs else None}
             tau_note = f"; unique > tau counts features with frequency above tau={spec.tau:g}" if spec.tau > 0 else ""
-            title = f"{g.name}: class top-{k} {spec.embedding} (unique = features in any row's top-{k}{tau_note})"
-            cols = ["class", "n", "accuracy", "unique", *(["unique > tau"] if spec.tau > 0 else []), "mscs unique",
-                    "mscs mean size", "overlap correct/incorrect", "top-K features", "top-K sum"]
+            title = (f"{g.name}: class top-{k} {spec.embedding} (unique = features in any row's top-{k}; unique@m = expected unique "
+                     f"in {m or '-'} rows, the size-controlled count to compare classes{tau_note})")
+            cols = ["class", "n", "accuracy", "unique", "unique@m", *(["unique > tau"] if spec.tau > 0 else []), "mscs unique",
+                    "mscs unique@m", "mscs mean size", "overlap correct/incorrect", "top-K features", "top-K sum"]
             result.tables.append(Table(title, cols, rows))
         # between splits at the same epoch (e.g. train vs test), per class
         pairs = []
@@ -171,6 +182,16 @@ class TopK(Analyzer):
                 )
         result.notes.append("minimal sufficient CE sets start from the predicted class's bias b_p (the authors' script used the true class's bias for misclassified rows)")
         return result
+
+
+def _rarefy_to(m: int | None, n: np.ndarray) -> int:
+    """The subsample size: ``m`` if given, else the group's smallest non-empty class (0: no class has rows)."""
+    if m is not None:
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+            raise fragility.AnalyzerError(f"rarefy_m={m!r} must be a positive number of rows (the subsample size of the size-controlled unique counts)")
+        return int(m)
+    sizes = n[n > 0]
+    return int(sizes.min()) if len(sizes) else 0
 
 
 @fragility.hookimpl

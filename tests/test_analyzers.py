@@ -349,9 +349,57 @@ def test_store_without_ce_target_says_how_to_record_it(tmp_path):
         analyze(path, ["topk"], embedding="ce_target")
 
 
+def _row_sets(path):
+    """Each row's top-K set and minimal sufficient set, by true class, from the brute-force references."""
+    s = Store(path)
+    (rows, bias), = _groups(s).values()
+    s.close()
+    top, sets = {}, {}
+    for i, c in enumerate(rows["label"].tolist()):
+        top.setdefault(c, []).append(frozenset(_topk_ref(rows["ce_pred"][i], K)))
+        sets.setdefault(c, []).append(frozenset(_mscs_ref(rows["ce_pred"][i], rows["logits"][i], int(rows["pred"][i]), bias[i])))
+    return top, sets
+
+
+def test_rarefied_unique_counts_equal_the_average_over_every_subset(tmp_path):
+    """unique@m is the mean number of distinct features over all C(n, m) subsets of m rows of the class."""
+    import itertools
+
+    path = make_random_store(tmp_path / "r.fragility", counts=(8, 5, 3), d=9, passes=(("train", 0),), seed=4)
+    res = analyze(path, ["topk"], k=K)["topk"].data["groups"]["train@0"]
+    assert res["rarefy_m"] == 3 and res["rarefy_m_mscs"] == 3
+    top, sets = _row_sets(path)
+    for c, entry in enumerate(res["classes"]):
+        for got, per_row in ((entry["unique_rarefied"], top[c]), (entry["mscs"]["unique_rarefied"], sets[c])):
+            brute = np.mean([len(frozenset().union(*sub)) for sub in itertools.combinations(per_row, 3)])
+            assert got == pytest.approx(brute, rel=1e-12, abs=1e-12), (c, got, brute)
+    smallest = res["classes"][2]
+    assert smallest["unique_rarefied"] == pytest.approx(smallest["unique"], rel=1e-12)  # m = n: the raw count
+    # a subsample larger than a class: that class has no size-controlled count
+    res6 = analyze(path, ["topk"], k=K, options={"rarefy_m": 6})["topk"].data["groups"]["train@0"]
+    assert [c["unique_rarefied"] is None for c in res6["classes"]] == [False, True, True]
+    with pytest.raises(AnalyzerError, match=r"rarefy_m=0 must be a positive number of rows"):
+        analyze(path, ["topk"], k=K, options={"rarefy_m": 0})
+
+
+def test_rarefied_unique_counts_agree_with_monte_carlo_on_larger_classes(tmp_path):
+    """Classes too large to enumerate: a seeded Monte-Carlo mean over 4,000 random subsets agrees within 4
+    standard errors (the formula is exact; the tolerance is the estimate's)."""
+    path = make_random_store(tmp_path / "r.fragility", counts=(70, 40, 25), d=16, passes=(("train", 0),), seed=5)
+    res = analyze(path, ["topk"], k=K)["topk"].data["groups"]["train@0"]
+    top, _ = _row_sets(path)
+    rng = np.random.default_rng(0)
+    for c, entry in enumerate(res["classes"][:2]):
+        draws = [len(frozenset().union(*(top[c][i] for i in rng.choice(len(top[c]), 25, replace=False)))) for _ in range(4000)]
+        se = np.std(draws) / np.sqrt(len(draws))
+        assert abs(np.mean(draws) - entry["unique_rarefied"]) <= 4 * se + 1e-9, (c, np.mean(draws), entry["unique_rarefied"], se)
+        assert entry["unique_rarefied"] < entry["unique"]  # fewer rows see fewer distinct features
+
+
 def test_class_and_correctness_selection(random_store):
-    full = analyze(random_store, ["topk"], k=K)["topk"].data["groups"]
-    sub = analyze(random_store, ["topk"], k=K, classes=["c1", 2])["topk"]
+    # the size-controlled counts rarefy to the smallest *selected* class by default: pin m to compare
+    full = analyze(random_store, ["topk"], k=K, options={"rarefy_m": 2})["topk"].data["groups"]
+    sub = analyze(random_store, ["topk"], k=K, classes=["c1", 2], options={"rarefy_m": 2})["topk"]
     for g, data in sub.data["groups"].items():
         for c, entry in enumerate(data["classes"]):
             if c in (1, 2):
@@ -438,12 +486,12 @@ def test_results_shape_for_programs(random_store, tmp_path):
     r = analyze(random_store, ["topk"], k=K)["topk"]
     # tau = 0: no second, identical "unique" column; the field is null
     t = r.table("test@1")
-    assert t.columns == ["class", "n", "accuracy", "unique", "mscs unique", "mscs mean size", "overlap correct/incorrect",
-                         "top-K features", "top-K sum"]
+    assert t.columns == ["class", "n", "accuracy", "unique", "unique@m", "mscs unique", "mscs unique@m", "mscs mean size",
+                         "overlap correct/incorrect", "top-K features", "top-K sum"]
     assert all(c["unique_tau"] is None for c in r.data["groups"]["test@1"]["classes"])
     # tau > 0: one more column, whose name does not carry the option's value
     r2 = analyze(random_store, ["topk"], k=K, tau=0.25)["topk"]
-    assert r2.table("test@1").columns[4] == "unique > tau"
+    assert r2.table("test@1").columns[5] == "unique > tau"
     # an empty class's top-K is null everywhere (never -1)
     empty = r.data["groups"]["test@0"]["classes"][4]["topk"]
     assert all(empty[f] == {"indices": None, "values": None, "share": None} for f in ("all", "correct", "incorrect"))
@@ -550,3 +598,43 @@ def test_units_go_group_by_group_also_for_rank_major_stores():
         ("r0/0002", 0, 4), ("r0/0002", 4, 7), ("r1/0002", 0, 4), ("r1/0002", 4, 7),
     ]
     assert Plan.group_ends(units) == {3: ["train@0"], 7: ["test@0"], 11: ["train@1"]}
+
+
+def test_wilson_intervals_cover_the_truth():
+    """95 % Wilson intervals over seeded draws of class sizes seen in imbalanced runs (6 … 139 rows) and
+    shares: at least 94 % cover the true share overall, and no (size, share) cell falls below 90 %."""
+    from fragility.analysis._maths import wilson
+
+    rng = np.random.default_rng(0)
+    covered = []
+    for _ in range(20000):
+        n = int(rng.choice([6, 9, 13, 18, 26, 36, 51, 71, 99, 139]))
+        p = rng.uniform(0.02, 0.98)
+        lo, hi = wilson(int(rng.binomial(n, p)), n)
+        covered.append(lo <= p <= hi)
+    assert np.mean(covered) >= 0.94, np.mean(covered)
+    for p in (0.05, 0.5, 0.95):
+        for n in (6, 36, 139):
+            cell = [wilson(int(x), n) for x in rng.binomial(n, p, 4000)]
+            assert np.mean([lo <= p <= hi for lo, hi in cell]) >= 0.90, (p, n)
+    assert wilson(0, 0) is None
+    lo, hi = wilson(0, 6)  # hand-worked: [0, z²/(n + z²)]
+    assert lo == 0 and hi == pytest.approx(1.959963984540054**2 / (6 + 1.959963984540054**2), rel=1e-12)
+
+
+def test_shares_carry_their_wilson_interval(random_store):
+    from fragility.analysis._maths import wilson
+
+    r = analyze(random_store, ["topk", "magnitude"], k=K)
+    for g in r["topk"].data["groups"].values():
+        for c in g["classes"]:
+            want = wilson(round(c["accuracy"] * c["n"]), c["n"]) if c["n"] else None
+            assert c["accuracy_ci"] == (pytest.approx(want, rel=1e-12) if want else None)
+    for g in r["magnitude"].data["groups"].values():
+        for c in g["classes"]:
+            if c["share_below_p5"] is None:
+                assert c["share_below_p5_ci"] is None
+            else:
+                lo, hi = c["share_below_p5_ci"]
+                assert lo <= c["share_below_p5"] <= hi
+                assert (lo, hi) == pytest.approx(wilson(round(c["share_below_p5"] * c["n"]), c["n"]), rel=1e-12)

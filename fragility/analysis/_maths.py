@@ -159,6 +159,45 @@ def minimal_sets(ce_pred: np.ndarray, logits: np.ndarray, pred: np.ndarray, bias
     return out.numpy()
 
 
+def rarefied_unique(counts: np.ndarray, n: np.ndarray, m: int) -> np.ndarray:
+    """Expected number of distinct features in a random subsample of ``m`` of a class's rows (incidence
+    rarefaction, Colwell et al. 2012): ``sum_j 1 - C(n - f_j, m) / C(n, m)`` with ``f_j = counts[c, j]``, the
+    rows of the class whose top-K (or minimal set) holds feature ``j``. Exact, from the counts alone: the
+    average of the unique count over all ``C(n, m)`` subsets of ``m`` rows. ``nan`` for a class with fewer
+    than ``m`` rows (or none).
+
+    Args:
+        counts: ``(C, D)`` integer incidence counts. n: ``(C,)`` rows per class. m: subsample size (≥ 1).
+    """
+    from scipy.special import gammaln
+
+    counts = np.asarray(counts, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    out = np.full(len(n), np.nan)
+    for c in np.flatnonzero((n >= m) & (n > 0)):
+        f = counts[c][counts[c] > 0]
+        rest = n[c] - f  # rows without the feature
+        # C(rest, m) / C(n, m) = Γ(rest+1) Γ(n-m+1) / (Γ(rest-m+1) Γ(n+1)), zero when rest < m
+        absent = np.zeros_like(f)
+        ok = rest >= m
+        absent[ok] = np.exp(gammaln(rest[ok] + 1) + gammaln(n[c] - m + 1) - gammaln(rest[ok] - m + 1) - gammaln(n[c] + 1))
+        out[c] = float((1.0 - absent).sum())
+    return out
+
+
+def wilson(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float] | None:
+    """Wilson's score interval (1927) for a binomial share ``successes / n`` (95 % by default); ``None`` for
+    ``n = 0``. Unlike the normal approximation it stays inside [0, 1] and keeps its coverage on small classes."""
+    if n <= 0:
+        return None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    lo = 0.0 if successes <= 0 else max(0.0, centre - half)  # exact ends: no rounding past the observed share
+    hi = 1.0 if successes >= n else min(1.0, centre + half)
+    return float(lo), float(hi)
+
+
 def normalized_entropy(counts: np.ndarray, d: int) -> float:
     """Entropy of the frequency distribution ``counts / counts.sum()`` divided by ``log(d)`` (0…1)."""
     total = counts.sum()

@@ -137,6 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--correct", action="store_const", const=True, dest="correct", help="only correctly classified rows")
     which.add_argument("--incorrect", action="store_const", const=False, dest="correct", help="only misclassified rows")
     a.add_argument("--tau", type=float, default=0.0, help="frequency floor for unique_c(tau) (default: 0)")
+    a.add_argument("--rarefy-m", type=int, default=None, metavar="M",
+                   help="rows per class of the size-controlled unique counts (unique@m; default: the smallest class)")
     a.add_argument("--reference-split", default="train", help="reference split for magnitude (default: train)")
     a.add_argument("--json", action="store_true", help="print JSON on stdout")
     a.add_argument("--out", default=None, help="write CSV/JSON, plots and index.html into this folder")
@@ -362,6 +364,7 @@ def cmd_analyze(args, out: Console, err: Console) -> int:
         args.store, args.analyzers, split=args.split, epoch=_epoch(args.epoch, None if args.passes else "last"), passes=args.passes, embedding=args.embedding, k=args.k,
         tau=args.tau, reference_split=args.reference_split, classes=args.classes, correct=args.correct,
         progress=not args.json or err.is_terminal, verify=args.verify,
+        options=None if args.rarefy_m is None else {"rarefy_m": args.rarefy_m},
     )
     if args.json:
         _json_out({name: r.to_dict() for name, r in results.items()})
