@@ -97,6 +97,7 @@ def train_and_record(
     n = len(y)
     steps = -(-n // batch_size)
     test = [(data.x_test[i : i + 256], data.y_test[i : i + 256]) for i in range(0, len(data.y_test), 256)]
+    sweep = [(x[i : i + 256], y[i : i + 256], torch.arange(i, min(i + 256, n))) for i in range(0, n, 256)]
     task = progress.add_task(f"train {label}", total=epochs * steps) if progress else None
     g = torch.Generator().manual_seed(seed)
     with Recorder(model, store, class_names=data.classes, overwrite=True) as rec:
@@ -118,6 +119,8 @@ def train_and_record(
                     if progress:
                         progress.advance(task)
             sched.step()
+            # the sound reference for magnitudes: the training images in eval mode, as the authors extract FE
+            rec.evaluate(sweep, split="train_eval", epoch=epoch)
             rec.evaluate(test, split="test", epoch=epoch)
             if progress:
                 progress.update(task, description=f"train {label} epoch {epoch + 1}/{epochs} loss {total_loss / n:.3f} acc {correct / n:.3f}")

@@ -7,6 +7,9 @@ cheap read of the two just-finished passes, not of the store — runs the ``topk
 
 * ``fragility/<split>/accuracy/<class>``
 * ``fragility/train/unique_topk/<class>`` — distinct top-K CE features over the class's training rows
+
+The training rows are those of the newest eval sweep of the training split (split ``train_eval``) when the
+run records one — the sound reference — else of the newest training pass (recorded in train mode).
 * ``fragility/<split>/magnitude_ratio/<class>`` — test (correct rows) / train magnitude at the training top-K
 * ``fragility/<split>/share_below_train_p5/<class>``
 * ``fragility/train/participation_ratio/<class>`` — of the class's training FE covariance
@@ -27,6 +30,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from .analysis._engine import TRAIN_EVAL
 from .hookspecs import hookimpl
 
 __all__ = ["LiveMetrics"]
@@ -71,17 +75,19 @@ class LiveMetrics:
         from .store import Store
 
         with Store(pass_info["store"]) as store:
-            trains = [p for p in store.passes if p.split == "train" and p.complete and p.rows]
+            # the reference: the newest eval sweep of the training split when recorded, else the training pass
+            sweeps = [p for p in store.passes if p.split == TRAIN_EVAL and p.complete and p.rows]
+            trains = sweeps or [p for p in store.passes if p.split == "train" and p.complete and p.rows]
             ends = [p for p in store.passes if p.name == pass_info["name"]]
-            if not trains or not ends:
+            if not trains or not ends or ends[0].split in ("train", TRAIN_EVAL):
                 return
             train, this = trains[-1], ends[0]
-            parts = [p.name for p in trains if p.epoch == train.epoch]  # an epoch split around validation
+            parts = [p.name for p in trains if p.epoch == train.epoch and p.split == train.split]  # an epoch split around validation
             k = min(self.k, store.feature_dim)
             # what is logged needs neither minimal sufficient sets nor k-NN archetypes: skipped (the cost of a
             # k-NN over every row would otherwise dominate)
             res = analyze(store, ["topk", "magnitude", "diversity"], passes=[*parts, this.name], k=k,
-                          reference_epoch=train.epoch, knn_max_rows=1, options={"minimal_sets": False})
+                          reference_split=train.split, reference_epoch=train.epoch, knn_max_rows=1, options={"minimal_sets": False})
             names = store.class_names
         tg, rg = f"{this.split}@{this.epoch}", f"{train.split}@{train.epoch}"
         step = int(this.epoch)

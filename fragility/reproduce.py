@@ -135,6 +135,7 @@ def train_config(
     record = set(recorded_epochs(recipe.epochs, record_every))
     test = [(data.x_test[i : i + 512].to(device), data.y_test[i : i + 512]) for i in range(0, len(data.y_test), 512)]
     n = len(y)
+    sweep = [(x[i : i + 512], y[i : i + 512], ids[i : i + 512]) for i in range(0, n, 512)]  # moved batch by batch
     t0 = time.monotonic()
     with Recorder(model, store, class_names=data.classes, overwrite=not resume, resume=resume) as rec:
         for epoch in range(start, recipe.epochs):
@@ -162,6 +163,8 @@ def train_config(
                     correct += int((logits.argmax(1) == yb).sum())
             if recording:
                 with amp:
+                    # the training images in eval mode, un-augmented: the magnitude reference (the authors' extraction)
+                    rec.evaluate(sweep, split="train_eval", epoch=epoch)
                     rec.evaluate(test, split="test", epoch=epoch)
             _save(ckpt, {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(), "config": cfg})
             spent = time.monotonic() - t0

@@ -19,13 +19,17 @@ import numpy as np
 from ._safe import markup
 from .errors import FragilityError
 from .store import Store
+from .analysis._engine import TRAIN_EVAL
 from .store._format import LOCK_FILE
 
 #: a class "looks fragile" when this share of its test rows falls below the training 5th percentile
-#: (4× the 5% expected of a class whose test rows look like its training rows) ...
+#: (4× the 5% expected of a class whose test rows look like its training rows) and its 95 % Wilson interval
+#: lies above that 5% ...
 FRAGILE_SHARE_BELOW_P5 = 0.2
-#: ... or its test accuracy trails the overall accuracy by this much
+#: ... or its test accuracy trails the overall accuracy by this much, also at the upper end of its interval
 FRAGILE_ACCURACY_GAP = 0.1
+#: the share of a class's test rows below the training p5 when nothing drifted
+EXPECTED_SHARE_BELOW_P5 = 0.05
 
 
 def writer_state(path: str) -> str:
@@ -87,8 +91,19 @@ class Snapshot:
         if self.metrics:
             names = [c["class"] for c in self.metrics["classes"] if c["fragile"]]
             fragile = f"; fragile at {self.metrics['test']}: {', '.join(names) or 'none'}"
+            if self.metrics.get("provisional"):
+                fragile += " (provisional: train-mode reference)"
         damaged = f" ({len(self.damaged)} damaged: {', '.join(self.damaged)})" if self.damaged else ""
         return f"{self.path}: {len(self.passes)} passes{damaged}, {rows} rows, {what}; writer {self.writer}{fragile}"
+
+
+def is_fragile(share: float | None, share_ci: Any, acc: float | None, acc_ci: Any, overall: float | None) -> bool:
+    """A class looks fragile at the 95 % level: many test rows below the training p5 (the share at least
+    FRAGILE_SHARE_BELOW_P5 and its Wilson interval above the 5 % expected without drift), or an accuracy whose
+    whole interval trails the overall accuracy by FRAGILE_ACCURACY_GAP. Small classes need clear effects."""
+    by_share = share is not None and share_ci is not None and share >= FRAGILE_SHARE_BELOW_P5 and share_ci[0] > EXPECTED_SHARE_BELOW_P5
+    by_acc = acc_ci is not None and overall is not None and acc_ci[1] < overall - FRAGILE_ACCURACY_GAP
+    return bool(by_share or by_acc)
 
 
 class Watcher:
@@ -116,8 +131,10 @@ class Watcher:
 
     def _metrics_for(self, s: Store) -> dict[str, Any] | None:
         complete = [p for p in s.passes if p.complete and p.rows]
-        trains = [p for p in complete if p.split == "train"]
-        tests = [p for p in complete if p.split != "train"]
+        # the reference: an eval sweep of the training split when recorded, else the (train-mode) training pass
+        sweeps = [p for p in complete if p.split == TRAIN_EVAL]
+        trains = sweeps or [p for p in complete if p.split == "train"]
+        tests = [p for p in complete if p.split not in ("train", TRAIN_EVAL)]
         if not trains or not tests:
             return None
         train, test = trains[-1], max(tests, key=lambda p: (p.epoch, p.name))
@@ -127,7 +144,9 @@ class Watcher:
         from .analysis import analyze
 
         k = min(self.k, s.feature_dim)
-        res = analyze(s, ["topk", "magnitude"], passes=[train.name, test.name], k=k, reference_epoch=train.epoch)
+        res = analyze(s, ["topk", "magnitude"], passes=[train.name, test.name], k=k, reference_split=train.split,
+                      reference_epoch=train.epoch)
+        provisional = train.mode == "train"
         tg = f"{test.split}@{test.epoch}"
         top = res["topk"].data["groups"]
         mag = res["magnitude"].data["groups"].get(tg, {"classes": []})["classes"]
@@ -137,17 +156,17 @@ class Watcher:
         classes = []
         for c, entry in enumerate(test_classes):
             m = mag[c] if c < len(mag) else {}
-            share = m.get("share_below_p5")
-            acc = entry["accuracy"]
-            fragile = bool((share is not None and share >= FRAGILE_SHARE_BELOW_P5)
-                           or (acc is not None and overall is not None and acc < overall - FRAGILE_ACCURACY_GAP))
+            share, share_ci = m.get("share_below_p5"), m.get("share_below_p5_ci")
+            acc, acc_ci = entry["accuracy"], entry.get("accuracy_ci")
+            fragile = is_fragile(share, share_ci, acc, acc_ci, overall)
             classes.append({
                 "class": entry["class"], "n_train": top[f"{train.split}@{train.epoch}"]["classes"][c]["n"], "n_test": entry["n"],
                 "accuracy": acc, "unique_train": top[f"{train.split}@{train.epoch}"]["classes"][c]["unique"],
                 "ratio_correct": m.get("ratio_correct"), "share_below_p5": share, "fragile": fragile,
             })
         self._metrics_key = key
-        self._metrics = {"train": f"{train.split}@{train.epoch}", "test": tg, "k": k, "accuracy": overall, "classes": classes}
+        self._metrics = {"train": f"{train.split}@{train.epoch}", "test": tg, "k": k, "accuracy": overall, "classes": classes,
+                         "provisional": provisional}
         return self._metrics
 
 
@@ -177,14 +196,17 @@ def render(snap: Snapshot):
             f"{n}={c}" for n, c in zip(snap.class_names, snap.newest_counts))))
     m = snap.metrics
     if m:
-        t = Table(title=f"{m['test']} against training {m['train']} (top-{m['k']} CE); fragile: share below the training p5 ≥ "
-                        f"{FRAGILE_SHARE_BELOW_P5:g} or accuracy {FRAGILE_ACCURACY_GAP:g} below the overall {_fmt(m['accuracy'])}",
+        t = Table(title=f"{m['test']} against training {m['train']} (top-{m['k']} CE); fragile (95 % intervals): share below the "
+                        f"training p5 ≥ {FRAGILE_SHARE_BELOW_P5:g} and above 0.05, or accuracy {FRAGILE_ACCURACY_GAP:g} below the "
+                        f"overall {_fmt(m['accuracy'])}" + ("; PROVISIONAL: the reference is a train-mode pass — record an eval sweep "
+                        "of the training split (split 'train_eval')" if m.get("provisional") else ""),
                   title_justify="left")
-        for col in ("class", "n train", "n test", "accuracy", "unique (train)", "magnitude test/train", "share < train p5", ""):
-            t.add_column(col, justify="left" if col in ("class", "") else "right")
+        for col in ("class", "n train", "n test", "accuracy", "unique (train)", "magnitude test/train", "share < train p5", "fragile"):
+            t.add_column(col, justify="left" if col in ("class", "fragile") else "right")
         for c in m["classes"]:
             t.add_row(markup(c["class"]), str(c["n_train"]), str(c["n_test"]), _fmt(c["accuracy"]), str(c["unique_train"]),
-                      _fmt(c["ratio_correct"]), _fmt(c["share_below_p5"]), "[bold red]fragile[/]" if c["fragile"] else "")
+                      _fmt(c["ratio_correct"]), _fmt(c["share_below_p5"]),
+                      ("[yellow]provisional[/]" if m.get("provisional") else "[bold red]fragile[/]") if c["fragile"] else "")
         parts.append(t)
     else:
         parts.append(Text("per-class metrics appear once a training and a test pass of an epoch are complete", style="dim"))

@@ -90,7 +90,7 @@ def test_demo_end_to_end(tmp_path):
     assert len({c["n_train_balanced"] for c in classes}) > 1 and min(c["n_train_balanced"] for c in classes) > 100
     # the stores are real stores: inspect them
     info = json.loads(run("inspect", out / "stores" / "imbalanced.fragility", "--json").stdout)
-    assert [p["split"] for p in info["passes"]] == ["train", "test", "train", "test"]
+    assert [p["split"] for p in info["passes"]] == ["train", "train_eval", "test", "train", "train_eval", "test"]
 
 
 def test_demo_cifar10_from_local_files(tmp_path):

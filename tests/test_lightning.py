@@ -92,13 +92,16 @@ def test_trainer_records_exact_rows_and_resumes(tmp_path):
     store = fragility.Store(path)
     groups = [(p.split, p.epoch, p.mode, p.rows) for p in store.passes if p.rows]
     # validation ran inside each epoch (after 3 batches and after 6): the training pass was split around it
+    # then the eval sweep of the whole training set (the magnitude reference), then the other sweeps
     assert groups == [
-        ("train", 0, "train", 12), ("val", 0, "eval", 8), ("train", 0, "train", 12), ("val", 0, "eval", 8), ("test", 0, "eval", 8),
-        ("train", 1, "train", 12), ("val", 1, "eval", 8), ("train", 1, "train", 12), ("val", 1, "eval", 8), ("test", 1, "eval", 8),
+        ("train", 0, "train", 12), ("val", 0, "eval", 8), ("train", 0, "train", 12), ("val", 0, "eval", 8),
+        ("train_eval", 0, "eval", 24), ("test", 0, "eval", 8),
+        ("train", 1, "train", 12), ("val", 1, "eval", 8), ("train", 1, "train", 12), ("val", 1, "eval", 8),
+        ("train_eval", 1, "eval", 24), ("test", 1, "eval", 8),
     ]
     assert all(p.complete for p in store.passes)
     _check_rows(store, module.seen, {"train"})  # recorded after each optimizer step, exact all the same
-    _check_rows(store, module.seen, {"val", "test"})
+    _check_rows(store, module.seen, {"val", "train_eval", "test"})
     res = fragility.analyze(path, ["topk"], k=3, split="train")["topk"]
     assert res.data["groups"]["train@1"]["classes"][0]["n"] == 8  # both parts of the epoch, one group
     before = [(p.name, p.split, p.epoch, p.rows) for p in store.passes if p.rows]
@@ -112,7 +115,7 @@ def test_trainer_records_exact_rows_and_resumes(tmp_path):
     store = fragility.Store(path)
     after = [(p.name, p.split, p.epoch, p.rows) for p in store.passes if p.rows]
     assert after[: len(before)] == before  # the earlier passes are kept as they were
-    assert [(s, e) for _, s, e, _ in after[len(before):]] == [("train", 2), ("val", 2), ("train", 2), ("val", 2)]
+    assert [(s, e) for _, s, e, _ in after[len(before):]] == [("train", 2), ("val", 2), ("train", 2), ("val", 2), ("train_eval", 2)]
     assert len({n for n, *_ in after}) == len(after)
     _check_rows_tail(store, module2.seen, len(groups))
 
@@ -155,7 +158,7 @@ def test_ddp_writes_one_exact_store_per_rank(tmp_path):
         with fragility.Store(path / f"rank{rank}") as one:
             assert {q.rank for q in one.passes} == {rank}
             _check_rows(one, seen, {"train"})
-            _check_rows(one, seen, {"val"})
+            _check_rows(one, seen, {"val", "train_eval"})
     with fragility.Store(path) as both:
         for epoch in (0, 1):
             idx = np.concatenate([both.read(q, ["index"])["index"] for q in both.select(split="train", epoch=epoch)])

@@ -266,8 +266,8 @@ def test_grid_is_killed_resumed_and_reported(tmp_path):
     ckpt = out / "checkpoints" / "balanced.pt"
     passes = out / "stores" / "balanced.fragility" / "passes"
 
-    def into_epoch_1() -> bool:  # train@0 and test@0 recorded, train@1 begun: two epochs before the run ends
-        return ckpt.exists() and passes.is_dir() and len([n for n in os.listdir(passes) if n.endswith(".h5") and not n.startswith(".")]) >= 3
+    def into_epoch_1() -> bool:  # train@0, train_eval@0 and test@0 recorded, train@1 begun: two epochs before the end
+        return ckpt.exists() and passes.is_dir() and len([n for n in os.listdir(passes) if n.endswith(".h5") and not n.startswith(".")]) >= 4
 
     deadline = time.monotonic() + 400
     while not into_epoch_1() and proc.poll() is None and time.monotonic() < deadline:
@@ -290,7 +290,8 @@ def test_grid_is_killed_resumed_and_reported(tmp_path):
             for p in s.select():
                 groups.setdefault((p.split, p.epoch), 0)
                 groups[(p.split, p.epoch)] += p.rows
-            assert groups == {**{("train", e): n_train for e in range(3)}, **{("test", e): n_test for e in range(3)}}, cfg
+            assert groups == {**{("train", e): n_train for e in range(3)}, **{("train_eval", e): n_train for e in range(3)},
+                              **{("test", e): n_test for e in range(3)}}, cfg
             assert all(p.complete for p in s.select())
             assert s.metadata["class_counts"] == (exponential_counts(139, 10, 20) if cfg == "ce" else [139] * 10)
     res = fragility.analyze(out / "stores" / "balanced.fragility", ["topk"], split="train", epoch=killed_at + 1, k=3)

@@ -34,7 +34,7 @@ def compare(
     runs = [
         analyze(
             store, ["topk", "magnitude"], split=[train_split, test_split], epoch=epoch, k=k, embedding=embedding,
-            reference_split=train_split, plugin_manager=plugin_manager, progress=progress,
+            reference_split=None if train_split == "train" else train_split, plugin_manager=plugin_manager, progress=progress,
         )
         for store in (store_a, store_b)
     ]

@@ -360,6 +360,10 @@ class Plan:
         return results
 
 
+#: the split name of an eval-mode sweep of the training set: the default reference of ``magnitude`` when present
+TRAIN_EVAL = "train_eval"
+
+
 def make_plan(
     store: Store,
     analyzers: Sequence[str] | None = None,
@@ -372,7 +376,7 @@ def make_plan(
     tau: float = 0.0,
     classes: Sequence[int | str] | None = None,
     correct: bool | None = None,
-    reference_split: str = "train",
+    reference_split: str | None = None,
     reference_epoch: int | str = "last",
     chunk_rows: int = 16384,
     knn_k: int = 5,
@@ -399,6 +403,8 @@ def make_plan(
         raise AnalyzerError(f"the selection (split={split!r}, epoch={epoch!r}, passes={passes!r}) of {store.path} holds no rows{left}")
     users = [n for n in names if reg.analyzers[n].uses_reference]
     reference: list[PassInfo] = []
+    if reference_split is None:  # the sound reference when the store has it: an eval sweep of the training split
+        reference_split = TRAIN_EVAL if any(p.split == TRAIN_EVAL and p.rows for p in store.passes) else "train"
     if users:
         problem = None
         try:
@@ -410,6 +416,13 @@ def make_plan(
             problem = (
                 f"{', '.join(users)} needs reference rows (split={reference_split!r}, epoch={reference_epoch!r}) "
                 f"but: {exc}; pass reference_split/--reference-split"
+            )
+        if reference and all(p.mode == "train" for p in reference):
+            r = reference[-1]
+            notes.append(
+                f"{', '.join(users)}: the reference {r.split}@{r.epoch} was recorded in train mode (dropout, batch statistics, "
+                f"weights moving within the pass), so test/train magnitudes compare two different models; record an eval "
+                f"sweep of the training split (rec.evaluate(train_loader, split={TRAIN_EVAL!r})) and it becomes the reference"
             )
         if problem and analyzers:  # asked for by name: an error
             raise AnalyzerError(problem)
@@ -456,7 +469,9 @@ def analyze(
             the reference — e.g. the training top-K — is taken from all its rows).
         embedding: ``"ce"`` (CE of the predicted class), ``"ce_target"`` or ``"fe"``.
         k: top-K size. tau: frequency floor for ``unique_c(tau)``.
-        reference_split, reference_epoch: the reference pass of analyzers that need one (magnitude).
+        reference_split, reference_epoch: the reference pass of analyzers that need one (magnitude); by
+            default ``"train_eval"`` (an eval sweep of the training split) when the store holds one, else
+            ``"train"`` — with a note when that pass was recorded in train mode.
         chunk_rows: rows per read; results do not depend on it.
         knn_k, knn_max_rows: k-NN archetypes (diversity); groups above the cap are sampled.
         progress: show a progress bar on stderr.

@@ -139,7 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--tau", type=float, default=0.0, help="frequency floor for unique_c(tau) (default: 0)")
     a.add_argument("--rarefy-m", type=int, default=None, metavar="M",
                    help="rows per class of the size-controlled unique counts (unique@m; default: the smallest class)")
-    a.add_argument("--reference-split", default="train", help="reference split for magnitude (default: train)")
+    a.add_argument("--reference-split", default=None, help="reference split for magnitude (default: train_eval, an eval sweep of "
+                   "the training split, when the store holds one; else train, with a note)")
     a.add_argument("--json", action="store_true", help="print JSON on stdout")
     a.add_argument("--out", default=None, help="write CSV/JSON, plots and index.html into this folder")
     a.add_argument("--verify", action="store_true", help="check the selected rows against the writer's checksums first")

@@ -64,6 +64,11 @@ class FragilityCallback(pl.Callback):
             the LightningModule itself if it has timm's ``get_classifier()``, else its ``model`` attribute).
         sweeps: ``{split: dataloader}`` swept in eval mode at the end of every training epoch (e.g. the
             test set), recorded as passes of that split.
+        train_eval: an eval-mode sweep of the training set at the end of every training epoch, before the
+            other sweeps, recorded as split ``train_eval`` — the sound reference of the magnitude analyses (the
+            training pass itself runs in train mode while the weights move). ``True`` (default) sweeps the
+            trainer's training dataloader (with its augmentations); pass an un-augmented loader of the training
+            set for the authors' extraction, or ``False`` for none.
         validation: record the validation batches (split ``val``, or ``val<i>`` for several loaders).
         batch_fn: ``batch -> (labels, index)`` (default :func:`labels_and_index`).
         live_metrics: log per-class fragility metrics (:class:`fragility.live.LiveMetrics`) to the
@@ -78,6 +83,7 @@ class FragilityCallback(pl.Callback):
         *,
         model: nn.Module | str | None = None,
         sweeps: Mapping[str, Any] | None = None,
+        train_eval: Any = True,
         validation: bool = True,
         batch_fn: Callable[[Any], tuple[Any, Any]] = labels_and_index,
         live_metrics: bool = False,
@@ -87,6 +93,7 @@ class FragilityCallback(pl.Callback):
         self.path = os.fspath(path)
         self.model = model
         self.sweeps = dict(sweeps or {})
+        self.train_eval = train_eval
         self.validation = validation
         self.batch_fn = batch_fn
         self.options = options
@@ -95,6 +102,7 @@ class FragilityCallback(pl.Callback):
         self._continue_train: int | None = None  # epoch whose training pass validation interrupted
         self._val_loader: int | None = None
         self._paused: Any = None
+        self._swept: set[tuple[str, int]] = set()  # (split, epoch) sweeps a resumed store holds complete
 
     # ------------------------------------------------------------------ set-up and tear-down
     def _target(self, pl_module: nn.Module) -> nn.Module:
@@ -129,6 +137,11 @@ class FragilityCallback(pl.Callback):
                 pm.register(LiveMetrics(log=log))
                 options["plugin_manager"] = pm
             self.recorder = Recorder(self._target(pl_module), self.path, resume=resuming, **options)
+            if resuming:  # a checkpoint taken before the epoch's end: its sweeps may be in the store already
+                from ..store import Store
+
+                with Store(self.path) as store:
+                    self._swept = {(p.split, p.epoch) for p in store.select(complete_only=True)}
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit" and self.recorder is not None:
@@ -166,8 +179,26 @@ class FragilityCallback(pl.Callback):
         self._continue_train = None
         if rec._pass is not None:
             rec.end_pass()
-        for split, loader in self.sweeps.items():
-            rec.evaluate(loader, split=split, epoch=trainer.current_epoch, device=pl_module.device)
+        epoch = trainer.current_epoch
+        sweeps = {"train_eval": self._train_eval_loader(trainer), **self.sweeps}
+        for split, loader in sweeps.items():
+            if loader is not None and (split, epoch) not in self._swept:  # never the same sweep twice after a resume
+                rec.evaluate(loader, split=split, epoch=epoch, device=pl_module.device)
+
+    def _train_eval_loader(self, trainer: Any) -> Any:
+        if self.train_eval is False or self.train_eval is None:
+            return None
+        if self.train_eval is not True:
+            return self.train_eval
+        from torch.utils.data import DataLoader
+
+        loader = getattr(trainer, "train_dataloader", None)
+        if not isinstance(loader, DataLoader):  # a collection of loaders: which rows form "the training set" is the user's call
+            raise RecorderError(
+                f"FragilityCallback(train_eval=True) sweeps the training dataloader, but the trainer's is a "
+                f"{type(loader).__name__}; pass train_eval=<an un-augmented DataLoader of the training set>, or train_eval=False"
+            )
+        return loader
 
     # ------------------------------------------------------------------ validation
     def _leave_pause(self) -> None:
