@@ -19,5 +19,7 @@ def test_quickstart_runs(tmp_path, monkeypatch, capsys):
     for block in _blocks("quickstart.md"):
         exec(compile(block, "quickstart.md", "exec"), namespace)
     out = capsys.readouterr().out.split("\n")
-    assert out[:4] == ["train 0 train 120 complete", "test 0 eval 120 complete", "train 1 train 120 complete", "test 1 eval 120 complete"]
-    assert out[4] == "[('train', 0, 64), ('test', 0, 120)]"  # the Lightning block: 2 batches of 32, then the sweep
+    assert out[:6] == ["train 0 train 120 complete", "train_eval 0 eval 120 complete", "test 0 eval 120 complete",
+                       "train 1 train 120 complete", "train_eval 1 eval 120 complete", "test 1 eval 120 complete"]
+    # the Lightning block: 2 batches of 32, then the sweeps
+    assert out[6] == "[('train', 0, 64), ('train_eval', 0, 120), ('test', 0, 120)]"
