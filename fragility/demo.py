@@ -16,11 +16,13 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from ._fingerprint import incomparable
 from .analysis import Result, Table, analyze, compare_results, last_group
 from .datasets import ImageData, imbalance, load
 from ._safe import markup
 from .errors import DataError, close_matches, output_dir
 from .recorder import Recorder
+from .store import Store
 
 
 class _PlainProgress:
@@ -145,17 +147,19 @@ def findings(results: dict[str, dict[str, Result]], labels: tuple[str, str]) -> 
         rows.append([
             ta_tr[c]["class"], ta_tr[c]["n"], tb_tr[c]["n"],
             ta_te[c]["accuracy"], tb_te[c]["accuracy"],
-            ta_tr[c]["unique"], tb_tr[c]["unique"],
+            ta_tr[c]["unique"], tb_tr[c]["unique"], ta_tr[c]["unique_rarefied"], tb_tr[c]["unique_rarefied"],
             ma[c]["ratio_correct"], mb[c]["ratio_correct"],
             ma[c]["share_below_p5"], mb[c]["share_below_p5"],
             da[c]["participation_ratio"], db[c]["participation_ratio"],
         ])
     sa, sb = la[:3], lb[:3]
-    cols = ["class", f"n {sa}", f"n {sb}", f"acc {sa}", f"acc {sb}", f"uniq {sa}", f"uniq {sb}",
+    m = last(a["topk"].data, "train")["rarefy_m"]
+    cols = ["class", f"n {sa}", f"n {sb}", f"acc {sa}", f"acc {sb}", f"uniq {sa}", f"uniq {sb}", f"u@m {sa}", f"u@m {sb}",
             f"mag {sa}", f"mag {sb}", f"<p5 {sa}", f"<p5 {sb}", f"PR {sa}", f"PR {sb}"]
     return Table(
         f"per class at the last epoch — {la} ({sa}) vs {lb} ({sb}): n = training rows, acc = test accuracy, "
-        f"uniq = unique top-K CE (train), mag = test/train magnitude at the training top-K (correct rows), "
+        f"uniq = unique top-K CE (train), u@m = the same expected in m={m} rows of the class (size-controlled), "
+        f"mag = test/train magnitude at the training top-K (correct rows; reference: the eval sweep of the training set), "
         f"<p5 = share of test rows below the training 5th percentile, PR = FE participation ratio (train)",
         cols, rows,
     )
@@ -204,10 +208,14 @@ def run_demo(
                 progress=prog, label=label,
             )
     results = {}
+    # one subsample size for both runs' size-controlled unique counts: the smallest class of either
+    m = int(min(torch.bincount(y_imb).min(), torch.bincount(ds.y_train).min()))
     for label in labels:
         stderr.print(f"analyzing {label} …")
-        results[label] = analyze(runs[label]["store"], k=k, progress=True)
-    cmp = compare_results(results[labels[0]], results[labels[1]], labels=labels)  # no second read
+        results[label] = analyze(runs[label]["store"], k=k, progress=True, options={"rarefy_m": max(1, m)})
+    with Store(runs[labels[0]]["store"]) as sa, Store(runs[labels[1]]["store"]) as sb:  # the same seed: the same initial weights
+        why = incomparable(sa.metadata, sb.metadata)
+    cmp = compare_results(results[labels[0]], results[labels[1]], labels=labels, incomparable=why)  # no second read
     table = findings(results, labels)
     stdout.print(table)
     from .report import build_report

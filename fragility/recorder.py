@@ -143,6 +143,7 @@ class Recorder:
         self.rank = rank
         self.dtype = getattr(torch, dtype) if dtype in ("float16", "float32") else None
         from . import __version__
+        from ._fingerprint import fingerprints
 
         self.metadata = {
             "fragility_version": __version__,
@@ -152,6 +153,9 @@ class Recorder:
             "num_classes": self.num_classes,
             "rank": self.rank,
             "plugins": self.hooks.plugin_names(),
+            # the network and its weights now (before training: the initialisation), so that `compare` matches
+            # feature indices only between runs where they mean the same thing
+            **fingerprints(model),
         }
         self._writer = StoreWriter(
             self.path,

@@ -18,6 +18,7 @@ from typing import Any
 import pluggy
 
 from ._manager import Hooks
+from ._fingerprint import incomparable
 from .analysis import Result, Table, analyze, compare_results, jsonable
 from .errors import OutputError, PluginError, output_dir
 from .store import Store
@@ -120,7 +121,8 @@ def build_report(
             if lab not in results:
                 results[lab] = analyze(opened[lab], analyzers, k=k, progress=progress, plugin_manager=plugin_manager)
         if comparison is None and len(labels) == 2 and all({"topk", "magnitude"} <= set(results[lab]) for lab in labels):
-            comparison = compare_results(results[labels[0]], results[labels[1]], labels=(labels[0], labels[1]))
+            comparison = compare_results(results[labels[0]], results[labels[1]], labels=(labels[0], labels[1]),
+                                         incomparable=incomparable(opened[labels[0]].metadata, opened[labels[1]].metadata))
         ctx = ReportContext(labels, opened, results, comparison)
         reg = ReportSectionRegistrar()
         Hooks(plugin_manager).register_report_sections(reg)

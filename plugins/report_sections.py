@@ -323,14 +323,23 @@ def unique(ctx):
     minor = _minorities(ctx)
     names = [c["class"] for c in runs[0][1]["classes"]]
     k = ctx.results[runs[0][0]]["topk"].data["k"]
-    vals = {lab: _per_class(g, "unique") for lab, g in runs}
+    # the size-controlled count (expected distinct features in m rows of each class) when every run has it:
+    # raw counts grow with a class's rows, so comparing them across classes partly restates the class sizes
+    ms = {g.get("rarefy_m") for _, g in runs}
+    sized = len(ms) == 1 and None not in ms and all("unique_rarefied" in c for _, g in runs for c in g["classes"])
+    vals = {lab: _per_class(g, "unique_rarefied" if sized else "unique") for lab, g in runs}
     fig, axes = _figure(1)
     _grouped(axes[0], names, list(vals.items()), minor)
-    axes[0].set_ylabel(f"distinct top-{k} features")
-    axes[0].set_title(f"How many distinct features do a class's training rows have in their top-{k}?", fontsize=10)
+    m = ms.pop() if sized else None
+    axes[0].set_ylabel(f"distinct top-{k} features" + (f" in {m} rows" if sized else ""))
+    axes[0].set_title(f"Distinct top-{k} features expected in {m} training rows of each class (size-controlled)" if sized
+                      else f"How many distinct features do a class's training rows have in their top-{k}?", fontsize=10)
     _class_ticks(axes[0], names, train_counts(ctx), [lab for lab, _ in runs], minor)
     _legend(fig, axes[0])
-    return [(unique_caption(vals, names, minor, k), fig)]
+    what = (f"Size-controlled: the expected number of distinct top-{k} features in a random {m} of each class's training "
+            f"rows (incidence rarefaction; the raw count grows with the class's rows). " if sized else
+            "Raw counts (they grow with a class's rows; no common subsample size was available). ")
+    return [(what + unique_caption(vals, names, minor, k), fig)]
 
 
 def magnitude(ctx):

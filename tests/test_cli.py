@@ -198,3 +198,41 @@ def test_model_typo_gets_suggestions(tmp_path):
     p = run("demo", "--model", "resnt18", "--out", tmp_path / "d", check=False)
     code, err = p.returncode, p.stderr
     assert code == 2 and "--model 'resnt18' is not a timm model (did you mean 'resnet18'" in err and err.count("\n") == 1
+
+
+def test_compare_matches_feature_indices_only_between_comparable_runs(tmp_path):
+    """Same architecture and initial weights: overlaps as before. Another initialisation or architecture: no
+    feature-index overlap is printed (feature j of one network is unrelated to feature j of the other) unless
+    forced, and then it is labelled."""
+    import timm
+    import torch
+
+    import fragility
+
+    def record(path, arch, seed):
+        torch.manual_seed(seed)
+        model = timm.create_model(arch, pretrained=False, num_classes=3)
+        g = torch.Generator().manual_seed(7)
+        x, y = torch.randn(24, 3, 32, 32, generator=g), torch.arange(24) % 3
+        with fragility.Recorder(model, path) as rec:
+            rec.evaluate([(x, y)], split="train", epoch=0)
+            rec.evaluate([(x, y)], split="test", epoch=0)
+        return path
+
+    a = record(tmp_path / "a.fragility", "test_resnet", 0)
+    same = record(tmp_path / "same.fragility", "test_resnet", 0)
+    other_init = record(tmp_path / "init.fragility", "test_resnet", 1)
+    other_arch = record(tmp_path / "arch.fragility", "test_efficientnet", 0)
+    ok = fragility.compare(a, same, k=3)
+    assert ok.data["feature_overlap"] and not ok.notes
+    assert all(c["overlap_train"] == 1.0 for c in ok.data["classes"])  # the same network on the same images
+    assert "top-K overlap train" in ok.tables[0].columns
+    for other, why in ((other_init, "different initial weights"), (other_arch, "different architecture")):
+        r = fragility.compare(a, other, k=3)
+        assert not r.data["feature_overlap"] and all(c["overlap_train"] is None for c in r.data["classes"])
+        assert not any("overlap" in col for col in r.tables[0].columns)
+        assert any(why in n for n in r.notes), r.notes
+        text = run("compare", a, other, "--k", "3").stdout
+        assert "top-K overlap train" not in text and "overlap test" not in text and why in text.replace("\n", " ")
+        forced = json.loads(run("compare", a, other, "--k", "3", "--force-overlap", "--json").stdout)
+        assert forced["data"]["forced"] and any("(forced: not comparable)" in c for c in forced["tables"][0]["columns"])

@@ -72,7 +72,9 @@ def test_duplicate_analyzer_name_names_both_owners(tmp_path, monkeypatch):
 def test_compare_two_stores(tmp_path):
     a = make_random_store(tmp_path / "a.fragility", seed=1)
     b = make_random_store(tmp_path / "b.fragility", seed=2)
-    r = fragility.compare(a, b, k=3, labels=("imb", "bal"))
+    # random stores record no initial weights: their feature indices are matched only when forced, and labelled so
+    r = fragility.compare(a, b, k=3, labels=("imb", "bal"), force_overlap=True)
+    assert r.data["forced"] and "top-K overlap train (forced: not comparable)" in r.tables[0].columns
     ra = analyze(a, ["topk"], k=3)["topk"].data["groups"]
     rb = analyze(b, ["topk"], k=3)["topk"].data["groups"]
     for c in range(4):

@@ -8,6 +8,7 @@ from typing import Any
 import pluggy
 
 from ..errors import AnalyzerError
+from .._fingerprint import incomparable as _incomparable
 from ..store import Store
 from ._maths import overlap
 from ._results import Result, Table, last_group
@@ -26,11 +27,23 @@ def compare(
     labels: tuple[str, str] = ("A", "B"),
     plugin_manager: pluggy.PluginManager | None = None,
     progress: bool = False,
+    force_overlap: bool = False,
 ) -> Result:
     """Per class: top-K identity overlap between the runs, unique counts, magnitudes and accuracy.
 
-    Both stores must have the same classes. The last epoch of each split is used by default.
+    Both stores must have the same classes. The last epoch of each split is used by default. Feature-index
+    overlaps are computed only when both stores record the same architecture and initial weights (else
+    feature ``j`` of one network is unrelated to feature ``j`` of the other): otherwise the result holds
+    index-free quantities and a note says why; ``force_overlap=True`` computes them anyway, labelled so.
     """
+    metas = []
+    for store in (store_a, store_b):
+        if isinstance(store, Store):
+            metas.append(store.metadata)
+        else:
+            with Store(store) as s:
+                metas.append(s.metadata)
+    why = _incomparable(*metas)
     runs = [
         analyze(
             store, ["topk", "magnitude"], split=[train_split, test_split], epoch=epoch, k=k, embedding=embedding,
@@ -38,7 +51,8 @@ def compare(
         )
         for store in (store_a, store_b)
     ]
-    return compare_results(runs[0], runs[1], labels=labels, test_split=test_split, train_split=train_split)
+    return compare_results(runs[0], runs[1], labels=labels, test_split=test_split, train_split=train_split, incomparable=why,
+                           force_overlap=force_overlap)
 
 
 def compare_results(
@@ -48,9 +62,13 @@ def compare_results(
     labels: tuple[str, str] = ("A", "B"),
     test_split: str = "test",
     train_split: str = "train",
+    incomparable: str | None = None,
+    force_overlap: bool = False,
 ) -> Result:
     """The comparison of :func:`compare` from ``analyze`` results already at hand (``topk`` and ``magnitude``
-    of each run), so nothing is read twice."""
+    of each run), so nothing is read twice. ``incomparable``: why the runs' feature indices do not match
+    (:func:`fragility._fingerprint.incomparable`); then no overlap is computed unless ``force_overlap``."""
+    overlaps = incomparable is None or force_overlap
     runs = [results_a, results_b]
     for run in runs:
         missing = {"topk", "magnitude"} - set(run)
@@ -81,8 +99,8 @@ def compare_results(
         def ident(entry):
             return entry["topk"]["all"]["indices"] if entry["n"] else None
 
-        ov_train = overlap(ident(tra[c]), ident(trb[c]), k) if tra[c]["n"] and trb[c]["n"] else None
-        ov_test = overlap(ident(tea[c]), ident(teb[c]), k) if tea[c]["n"] and teb[c]["n"] else None
+        ov_train = overlap(ident(tra[c]), ident(trb[c]), k) if overlaps and tra[c]["n"] and trb[c]["n"] else None
+        ov_test = overlap(ident(tea[c]), ident(teb[c]), k) if overlaps and tea[c]["n"] and teb[c]["n"] else None
         entry = {
             "class": name,
             f"n_train_{la}": tra[c]["n"], f"n_train_{lb}": trb[c]["n"],
@@ -94,13 +112,21 @@ def compare_results(
         }
         classes.append(entry)
         rows.append([name, tra[c]["n"], trb[c]["n"], tea[c]["accuracy"], teb[c]["accuracy"], tra[c]["unique"], trb[c]["unique"],
-                     ov_train, ov_test, entry[f"train_magnitude_{la}"], entry[f"train_magnitude_{lb}"]])
+                     *([ov_train, ov_test] if overlaps else []), entry[f"train_magnitude_{la}"], entry[f"train_magnitude_{lb}"]])
+    forced = " (forced: not comparable)" if incomparable is not None and force_overlap else ""
     cols = ["class", f"n train {la}", f"n train {lb}", f"accuracy {la}", f"accuracy {lb}", f"unique {la}", f"unique {lb}",
-            "top-K overlap train", "top-K overlap test", f"train magnitude {la}", f"train magnitude {lb}"]
+            *([f"top-K overlap train{forced}", f"top-K overlap test{forced}"] if overlaps else []),
+            f"train magnitude {la}", f"train magnitude {lb}"]
+    notes = []
+    if incomparable is not None:
+        notes.append(f"top-K overlaps between the runs {'computed although' if force_overlap else 'not computed:'} {incomparable}"
+                     + ("" if force_overlap else " (force_overlap / --force-overlap computes them anyway, labelled so)"))
     return Result(
         "compare",
         tables=[Table(f"{la} vs {lb}: per class (top-{k} {ta['embedding']}; unique counted on the training split)", cols, rows)],
-        data={"labels": list(labels), "k": k, "classes": classes},
+        data={"labels": list(labels), "k": k, "classes": classes, "feature_overlap": overlaps,
+              "incomparable": incomparable, "forced": bool(forced)},
+        notes=notes,
     )
 
 

@@ -155,6 +155,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("store_b", help="the second store (e.g. the balanced control)")
     _analysis_options(c)
     c.add_argument("--labels", nargs=2, default=None, metavar=("A", "B"), help="names of the two runs")
+    c.add_argument("--force-overlap", action="store_true", help="compute top-K feature overlaps even when the stores do not record "
+                   "the same architecture and initial weights (labelled as such: feature j of one network is then unrelated to "
+                   "feature j of the other)")
     c.add_argument("--json", action="store_true", help="print JSON on stdout")
     c.add_argument("--out", default=None, help="write CSV/JSON into this folder")
 
@@ -392,7 +395,8 @@ def cmd_compare(args, out: Console, err: Console) -> int:
     labels = tuple(args.labels) if args.labels else (run_label(args.store_a), run_label(args.store_b))
     if labels[0] == labels[1]:
         labels = (labels[0] + " (A)", labels[1] + " (B)")
-    r = compare(args.store_a, args.store_b, k=args.k, embedding=args.embedding, labels=labels, progress=not args.json)
+    r = compare(args.store_a, args.store_b, k=args.k, embedding=args.embedding, labels=labels, progress=not args.json,
+                force_overlap=args.force_overlap)
     if args.json:
         _json_out(r.to_dict())
     else:

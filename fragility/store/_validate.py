@@ -200,6 +200,8 @@ def validate_root(meta: dict[str, Any], where: str, schema: int) -> dict[str, An
     c = _integer(meta, "num_classes", where, 1, MAX_CLASSES)
     _integer(meta, "rank", where, 0, 1 << 30)
     _integer(meta, "feature_dim", where, 1, MAX_FEATURE_DIM, required=False)
+    for key in ("architecture_fingerprint", "initial_weights_fingerprint"):
+        _text(meta, key, where, required=False)
     if "head_shared_input" in meta and not isinstance(meta["head_shared_input"], (bool, int)):
         raise StoreError(f"{where}: attribute 'head_shared_input' must be a boolean; re-record the store or restore a copy")
     out = dict(meta)

@@ -281,7 +281,8 @@ class StoreWriter:
         if old["schema_version"] != SCHEMA_VERSION:
             self._release_lock()
             raise StoreError(f"cannot resume store {self.path}: it has schema {old['schema_version']}; record into a new path")
-        keep = {k: old[k] for k in ("created", "feature_dim", "head_shared_input", "class_counts") if k in old}
+        keep = {k: old[k] for k in ("created", "feature_dim", "head_shared_input", "class_counts", "architecture_fingerprint",
+                                    "initial_weights_fingerprint") if k in old}  # the initialisation, not the resumed weights
         self._root.update(keep)
         # damaged passes keep their numbers too: a new pass never replaces a file that may hold rows
         self.first_pass = max((int(p.name) + 1 for p in [*store.passes, *store.damaged] if p.name.isdigit()), default=0)
