@@ -17,6 +17,8 @@ from fragility.analysis._maths import (
     mean_pairwise_cosine,
     normalized_entropy,
     participation_ratio,
+    participation_ratio_rows,
+    size_matched,
 )
 
 ARCHETYPES = ("safe", "border", "rare", "outlier")
@@ -136,11 +138,17 @@ class Diversity(Analyzer):
         if sampled < int(n.sum()):
             note = (f"{group}: k-NN archetypes computed on a deterministic sample of {sampled} of {int(n.sum())} rows "
                     f"(knn_max_rows={spec.knn_max_rows})")
+        # size-matched participation ratio: the PR is bounded by a class's rows, so classes are compared on
+        # seeded subsamples of m rows each (m: the smallest class, or options["rarefy_m"]) from the sample
+        sizes = n[n > 0]
+        m = int(spec.options.get("rarefy_m") or (sizes.min() if len(sizes) else 0))
+        whole = sampled == int(n.sum())
         classes, rows = [], []
         for c in range(C):
             empty = n[c] == 0
             unique = int((count[c] > 0).sum())
             in_c = labels == c
+            matched = size_matched(fe[in_c], m, participation_ratio_rows, seed=c) if (whole or in_c.sum() >= m) else None
             shares = {a: (float((types[in_c] == i).mean()) if types is not None and in_c.any() else None)
                       for i, a in enumerate(ARCHETYPES)}
             entry = {
@@ -149,14 +157,17 @@ class Diversity(Analyzer):
                 "unique_share": None if empty else unique / D,
                 "entropy": None if empty else normalized_entropy(count[c], D),
                 "participation_ratio": None if empty else participation_ratio(st["sum_fe"][c], st["sum_fefe"][c], int(n[c])),
+                "participation_ratio_matched": matched,
                 "mean_cosine": None if empty else mean_pairwise_cosine(st["sum_unit"][c], int(st["n_unit"][c])),
                 "knn_rows": int(in_c.sum()),
                 "archetypes": shares,
             }
             classes.append(entry)
             rows.append([names[c], int(n[c]), entry["unique_share"], entry["entropy"], entry["participation_ratio"],
+                         None if matched is None else matched["mean"],
+                         None if matched is None else f"{matched['interval'][0]:.3g}–{matched['interval'][1]:.3g}",
                          entry["mean_cosine"], *(shares[a] for a in ARCHETYPES)])
-        return {"sampled": sampled, "note": note, "classes": classes, "rows": rows}
+        return {"sampled": sampled, "note": note, "classes": classes, "rows": rows, "m": m}
 
     def compute(self) -> Result:
         spec = self.spec
@@ -166,11 +177,13 @@ class Diversity(Analyzer):
             summary = self.summaries.get(g.name) or self._summary(g.name)
             if summary["note"]:
                 result.notes.append(summary["note"])
-            data["groups"][g.name] = {"split": g.split, "epoch": g.epoch, "knn_sampled": summary["sampled"], "classes": summary["classes"]}
+            data["groups"][g.name] = {"split": g.split, "epoch": g.epoch, "knn_sampled": summary["sampled"], "classes": summary["classes"],
+                                      "matched_m": summary["m"] or None}
             result.tables.append(
                 Table(
-                    f"{g.name}: diversity (unique/D and entropy of top-{spec.k} {spec.embedding}; PR, cosine, k={spec.knn_k} NN of fe)",
-                    ["class", "n", "unique/D", "entropy", "participation ratio", "mean cosine", *ARCHETYPES],
+                    f"{g.name}: diversity (unique/D and entropy of top-{spec.k} {spec.embedding}; PR, cosine, k={spec.knn_k} NN of fe; "
+                    f"PR@m = mean PR of 20 seeded subsamples of m={summary['m']} rows, the size-matched value to compare classes)",
+                    ["class", "n", "unique/D", "entropy", "participation ratio", "PR@m", "PR@m 95%", "mean cosine", *ARCHETYPES],
                     summary["rows"],
                 )
             )

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 import fragility
 from fragility.analysis import last_group
+from fragility.analysis._maths import wilson
 
 
 class _LazyPyplot:
@@ -130,10 +132,44 @@ def _per_class(group, key: str) -> list[float]:
 # captions: sentences from the numbers
 
 
-def fragile_caption(acc: dict[str, list[float]], p5: dict[str, list[float]], names: list[str], minor: set[int]) -> str:
-    """Which classes are fragile: accuracy and the share of test rows below the training 5th percentile."""
+def pooled_share(shares: list[float], n: list[int], classes) -> tuple[int, int]:
+    """``(rows with the property, rows)`` pooled over ``classes`` from per-class shares and class sizes."""
+    k = tot = 0
+    for c in classes:
+        if c < len(shares) and c < len(n) and n[c] and math.isfinite(shares[c]):
+            k += round(shares[c] * n[c])
+            tot += n[c]
+    return k, tot
+
+
+def verdict(a: tuple[int, int], b: tuple[int, int]) -> tuple[str, Any, Any]:
+    """Compare two pooled shares by their 95 % Wilson intervals: ``"higher"`` / ``"lower"`` when the intervals
+    separate (a finding), ``"overlap"`` when they do not (not shown), ``"none"`` without rows."""
+    ca, cb = wilson(*a), wilson(*b)
+    if ca is None or cb is None:
+        return "none", ca, cb
+    if ca[0] > cb[1]:
+        return "higher", ca, cb
+    if ca[1] < cb[0]:
+        return "lower", ca, cb
+    return "overlap", ca, cb
+
+
+def _ci(share: float, ci: Any) -> str:
+    return f"{_fmt(share)} [{_fmt(ci[0])}–{_fmt(ci[1])}]" if ci else _fmt(share)
+
+
+def fragile_caption(acc: dict[str, list[float]], p5: dict[str, list[float]], names: list[str], minor: set[int],
+                    n: dict[str, list[int]] | None = None) -> str:
+    """Which classes are fragile: accuracy and the share of test rows below the training 5th percentile.
+
+    ``n``: test rows per class and run. Marked and other classes are compared on their pooled shares with
+    95 % Wilson intervals: a difference is called a finding only when the intervals separate, and when two
+    runs are shown the second is the control — a control with the same or a stronger effect is said to
+    contradict the finding."""
     bits = []
     labels = list(acc)
+    n = n or {}
     if labels and acc[labels[0]]:
         first = labels[0]
         vals = acc[first]
@@ -147,20 +183,40 @@ def fragile_caption(acc: dict[str, list[float]], p5: dict[str, list[float]], nam
     rest = [c for c in range(len(names)) if c not in minor]
     bits.insert(0, f"Marked: class{'es' if len(minor) > 1 else ''} {', '.join(names[c] for c in sorted(minor))}, the minority "
                    "classes (fewer training rows than the geometric mean of the largest and smallest class); in a balanced "
-                   "run the same classes serve as the control.")
+                   "run the same classes serve as the control. Shares are pooled over the classes, with 95 % Wilson intervals.")
+    effects: dict[str, tuple[str, float]] = {}
     for lab in labels:
+        rows = n.get(lab, [])
         am, ar = _mean(acc[lab], minor), _mean(acc[lab], rest)
-        pm, pr = (_mean(p5[lab], minor), _mean(p5[lab], rest)) if lab in p5 else (float("nan"), float("nan"))
         if math.isfinite(am) and math.isfinite(ar):
-            verdict = "lower" if am < ar else "not lower"
-            bits.append(f"{lab}: the marked classes' test accuracy {_fmt(am)} vs {_fmt(ar)} for the others ({verdict}).")
-        if math.isfinite(pm) and math.isfinite(pr):
-            if pm > pr:
-                bits.append(f"{lab}: {_fmt(pm)} of the marked classes' test rows fall below their class's training 5th percentile "
-                            f"of top-K magnitude, vs {_fmt(pr)} for the others (about 0.05 if test matched train).")
-            else:
-                bits.append(f"{lab}: the data do not show the paper's magnitude finding here — the marked classes' test rows fall "
-                            f"below the training 5th percentile no more often ({_fmt(pm)}) than the others' ({_fmt(pr)}).")
+            v, cm, cr = verdict(pooled_share(acc[lab], rows, minor), pooled_share(acc[lab], rows, rest))
+            word = {"lower": "lower: a finding, the intervals separate", "higher": "not lower", "overlap": "not shown: the intervals overlap",
+                    "none": "lower" if am < ar else "not lower"}[v]
+            bits.append(f"{lab}: the marked classes' test accuracy {_ci(am, cm)} vs {_ci(ar, cr)} for the others ({word}).")
+        if lab not in p5:
+            continue
+        pm, pr = _mean(p5[lab], minor), _mean(p5[lab], rest)
+        if not (math.isfinite(pm) and math.isfinite(pr)):
+            continue
+        v, cm, cr = verdict(pooled_share(p5[lab], rows, minor), pooled_share(p5[lab], rows, rest))
+        if v == "none":
+            v = "higher" if pm > pr else "lower"
+        effects[lab] = (v, pm - pr)
+        if v == "higher":
+            bits.append(f"{lab}: {_ci(pm, cm)} of the marked classes' test rows fall below their class's training 5th percentile "
+                        f"of top-K magnitude, vs {_ci(pr, cr)} for the others (about 0.05 if test matched train) — a finding: the "
+                        f"intervals separate.")
+        elif v == "overlap":
+            bits.append(f"{lab}: not shown — {_ci(pm, cm)} of the marked classes' test rows fall below their class's training 5th "
+                        f"percentile, vs {_ci(pr, cr)} for the others, and the intervals overlap.")
+        else:
+            bits.append(f"{lab}: the data do not show the paper's magnitude finding here — the marked classes' test rows fall "
+                        f"below the training 5th percentile no more often ({_ci(pm, cm)}) than the others' ({_ci(pr, cr)}).")
+    if len(labels) == 2 and labels[0] in effects and labels[1] in effects:
+        (v0, d0), (v1, d1) = effects[labels[0]], effects[labels[1]]
+        if v1 == "higher" and d1 >= d0:
+            bits.append(f"The control {labels[1]} shows the same or a stronger effect (difference {_fmt(d1)} vs {_fmt(d0)}), so the "
+                        f"magnitude difference of {labels[0]} is not evidence of an imbalance effect: the control contradicts it.")
     return " ".join(bits)
 
 
@@ -273,7 +329,8 @@ def fragile(ctx):
         axes[1].set_title("Share of test rows whose top-K magnitude is below the class's training 5th percentile", fontsize=10)
     _class_ticks(axes[-1], names, counts, [lab for lab, _ in runs], minor)
     _legend(fig, axes[-1])
-    return [(fragile_caption(acc, p5, names, minor), fig)]
+    n_test = {lab: [int(c["n"]) for c in last_group(d, "test")["classes"]] for lab, d in runs if last_group(d, "test")}
+    return [(fragile_caption(acc, p5, names, minor, n_test), fig)]
 
 
 def topk_bars(ctx):

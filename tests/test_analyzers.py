@@ -638,3 +638,35 @@ def test_shares_carry_their_wilson_interval(random_store):
                 lo, hi = c["share_below_p5_ci"]
                 assert lo <= c["share_below_p5"] <= hi
                 assert (lo, hi) == pytest.approx(wilson(round(c["share_below_p5"] * c["n"]), c["n"]), rel=1e-12)
+
+
+def test_size_matched_participation_ratio(tmp_path):
+    """PR@m: the mean participation ratio of 20 seeded m-row subsamples of the class (m = smallest class), each
+    from numpy's covariance; the smallest class's is its own PR with no spread."""
+    from fragility.analysis._maths import participation_ratio_rows
+
+    rng = np.random.default_rng(3)
+    for m, d in ((5, 12), (40, 6)):  # the Gram and the covariance branch
+        x = rng.normal(size=(m, d))
+        cov = np.cov(x.T, bias=True)
+        assert participation_ratio_rows(x) == pytest.approx(np.trace(cov) ** 2 / np.trace(cov @ cov), rel=1e-10)
+    path = make_random_store(tmp_path / "d.fragility", counts=(30, 12, 7), d=8, passes=(("train", 0),), seed=6)
+    res = analyze(path, ["diversity"], k=3)["diversity"].data["groups"]["train@0"]
+    assert res["matched_m"] == 7
+    s = Store(path)
+    rows = s.read(s.passes[0], ["fe", "label"])
+    for c, entry in enumerate(res["classes"]):
+        x = rows["fe"][rows["label"] == c].astype(np.float64)
+        got = entry["participation_ratio_matched"]
+        if len(x) == 7:
+            assert got["draws"] == 1 and got["mean"] == pytest.approx(entry["participation_ratio"], rel=1e-9)
+            continue
+        draw = np.random.default_rng(c)
+        vals = []
+        for _ in range(20):
+            sub = x[draw.choice(len(x), 7, replace=False)]
+            cov = np.cov(sub.T, bias=True)
+            vals.append(np.trace(cov) ** 2 / np.trace(cov @ cov))
+        assert got["mean"] == pytest.approx(np.mean(vals), rel=1e-9)
+        assert got["interval"] == pytest.approx([np.percentile(vals, 2.5), np.percentile(vals, 97.5)], rel=1e-9)
+        assert got["mean"] < entry["participation_ratio"]  # fewer rows span fewer directions

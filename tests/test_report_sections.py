@@ -26,18 +26,42 @@ def test_minority_is_below_the_geometric_mean_of_largest_and_smallest():
 
 def test_fragile_caption_reports_the_numbers_and_says_when_the_finding_is_absent():
     names = ["a", "b", "c", "d"]
+    n = {"imb": [100, 100, 40, 40], "bal": [100, 100, 100, 100]}
     acc = {"imb": [1.0, 0.9, 0.5, 0.7], "bal": [1.0, 1.0, 0.9, 0.95]}
     shows = {"imb": [0.0, 0.1, 0.6, 0.4], "bal": [0.05, 0.05, 0.1, 0.0]}
-    cap = rs.fragile_caption(acc, shows, names, {2, 3})
+    cap = rs.fragile_caption(acc, shows, names, {2, 3}, n)
     assert cap.startswith("Marked: classes c, d, the minority classes")
     assert "Least accurate class in imb: c (0.5; 0.9 in bal)" in cap
-    assert "imb: the marked classes' test accuracy 0.6 vs 0.95 for the others (lower)" in cap
-    assert "imb: 0.5 of the marked classes' test rows fall below" in cap and "vs 0.05 for the others" in cap
-    assert "do not show" not in cap.split("bal:")[0]
+    assert "imb: the marked classes' test accuracy 0.6 [" in cap and "vs 0.95 [" in cap and "(lower: a finding, the intervals separate)" in cap
+    assert "imb: 0.5 [" in cap and "of the marked classes' test rows fall below" in cap and "a finding: the intervals separate" in cap
+    assert "do not show" not in cap.split("bal:")[0] and "contradicts" not in cap
     absent = {"imb": [0.5, 0.4, 0.1, 0.0], "bal": shows["bal"]}
-    cap = rs.fragile_caption(acc, absent, names, {2, 3})
-    assert "imb: the data do not show the paper's magnitude finding here" in cap and "(0.05) than the others' (0.45)" in cap
-    assert "No run is imbalanced enough" in rs.fragile_caption(acc, shows, names, set())
+    cap = rs.fragile_caption(acc, absent, names, {2, 3}, n)
+    assert "imb: the data do not show the paper's magnitude finding here" in cap and "(0.05 [" in cap and "than the others' (0.45 [" in cap
+    assert "No run is imbalanced enough" in rs.fragile_caption(acc, shows, names, set(), n)
+
+
+def test_fragile_caption_calls_a_difference_a_finding_only_when_intervals_separate():
+    """Hand-built pooled shares: 'finding' (intervals separate), 'not shown' (they overlap on small classes),
+    and 'control contradicts' (the balanced control shows the same or a stronger effect)."""
+    names = ["a", "b", "c", "d"]
+    acc = {"imb": [1.0, 1.0, 1.0, 1.0], "bal": [1.0, 1.0, 1.0, 1.0]}
+    # the same shares on 6-row minority classes: 2 of 12 rows vs 5 of 100 — the intervals overlap
+    small = rs.fragile_caption(acc, {"imb": [0.05, 0.05, 1 / 6, 1 / 6]}, names, {2, 3}, {"imb": [50, 50, 6, 6]})
+    assert "imb: not shown — 0.167 [" in small and "the intervals overlap" in small and "a finding" not in small.split("accuracy")[-1]
+    lo, hi = rs.wilson(2, 12)
+    assert f"0.167 [{rs._fmt(lo)}–{rs._fmt(hi)}]" in small
+    # the same shares on 120-row classes: the intervals separate
+    big = rs.fragile_caption(acc, {"imb": [0.05, 0.05, 0.3, 0.3]}, names, {2, 3}, {"imb": [200, 200, 120, 120]})
+    assert "a finding: the intervals separate" in big
+    # the control shows a stronger effect than the imbalanced run: it contradicts the finding
+    both = {"imb": [0.05, 0.05, 0.3, 0.3], "bal": [0.02, 0.02, 0.4, 0.4]}
+    n = {"imb": [200, 200, 120, 120], "bal": [200, 200, 200, 200]}
+    cap = rs.fragile_caption(acc, both, names, {2, 3}, n)
+    assert "The control bal shows the same or a stronger effect" in cap and "the control contradicts it" in cap
+    # a control without the effect leaves the finding standing
+    cap = rs.fragile_caption(acc, {"imb": both["imb"], "bal": [0.05, 0.05, 0.05, 0.05]}, names, {2, 3}, n)
+    assert "contradicts" not in cap and "a finding: the intervals separate" in cap
 
 
 def test_magnitude_caption_compares_misclassified_with_correct():
@@ -108,7 +132,8 @@ def test_fragile_figure_marks_minority_classes_and_captions_from_the_results(ctx
     np.testing.assert_allclose([p.get_height() for p in _gids(p5_ax, "run-0")], [np.nan if v is None else v for v in p5])
     # the caption's minority mean is the brute-force mean of the minority classes' shares
     finite = [p5[c] for c in minor if p5[c] is not None]
-    assert f"{float(np.mean(finite)):.3g} of the marked classes' test rows" in caption or "do not show" in caption
+    mean = f"{float(np.mean(finite)):.3g}"
+    assert f"{mean} [" in caption and ("of the marked classes' test rows" in caption or "do not show" in caption)
 
 
 def test_magnitude_panels_share_the_y_axis(ctx):

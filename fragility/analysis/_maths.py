@@ -218,6 +218,35 @@ def participation_ratio(sum_x: np.ndarray, sum_xx: np.ndarray, n: int) -> float:
     return float(tr * tr / tr2) if tr2 > 0 else float("nan")
 
 
+def participation_ratio_rows(x: np.ndarray) -> float:
+    """``(tr Σ)² / tr(Σ²)`` of the population covariance of the rows ``x`` (float64; ``nan`` below 2 rows).
+    Computed on the smaller of the centred Gram matrix (m × m) and the covariance (D × D): their nonzero
+    eigenvalues are the same, so the ratio is too."""
+    x = np.asarray(x, dtype=np.float64)
+    m = len(x)
+    if m < 2:
+        return float("nan")
+    xc = x - x.mean(axis=0)
+    g = xc @ xc.T if m <= x.shape[1] else xc.T @ xc
+    tr, tr2 = float(np.trace(g)), float((g * g).sum())
+    return float(tr * tr / tr2) if tr2 > 0 else float("nan")
+
+
+def size_matched(x: np.ndarray, m: int, stat, draws: int = 20, seed: int = 0) -> dict | None:
+    """A statistic of ``m``-row subsamples of the rows ``x`` (without replacement, ``draws`` seeded draws):
+    ``{"m", "draws", "mean", "interval": [2.5 %, 97.5 %]}``, or None with fewer than ``m`` rows. With exactly
+    ``m`` rows every draw is the whole class: the statistic itself, with no spread."""
+    if m < 2 or len(x) < m:
+        return None
+    if len(x) == m:
+        v = stat(x)
+        return {"m": int(m), "draws": 1, "mean": v, "interval": [v, v]}
+    rng = np.random.default_rng(seed)
+    vals = np.array([stat(x[rng.choice(len(x), m, replace=False)]) for _ in range(draws)])
+    return {"m": int(m), "draws": int(draws), "mean": float(np.mean(vals)),
+            "interval": [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))]}
+
+
 def mean_pairwise_cosine(sum_unit: np.ndarray, n: int) -> float:
     """Mean cosine similarity over ordered pairs ``n != m`` from the sum of unit vectors."""
     if n < 2:
