@@ -31,11 +31,12 @@ NO_STORE_COMMANDS = {"demo", "plugins", "reproduce"}  # they read only stores th
 
 @pytest.fixture
 def forged(tmp_path):
+    """A store whose root file holds a dataset stored outside the store. (A forged *pass* file is quarantined —
+    left out, named, never read — rather than fatal: tests/test_untrusted.py and tests/test_damage.py.)"""
     path = make_random_store(tmp_path / "f.fragility", counts=(5, 4), d=4, passes=(("train", 0), ("test", 0)))
     secret = tmp_path / "secret.bin"
     secret.write_bytes(b"S" * 4096)
-    with h5py.File(os.path.join(path, "passes", "0001.h5"), "r+", locking=False) as f:
-        del f["pred"]
+    with h5py.File(os.path.join(path, "store.h5"), "r+", locking=False) as f:
         f.create_dataset("pred", shape=(9,), dtype="<i8", external=[(str(secret), 0, 72)])
     return path
 
@@ -47,6 +48,7 @@ def CLI_CALLS(store, tmp):
         "compare": ["compare", store, store, "--k", "2"],
         "report": ["report", store, "--k", "2", "--out", str(tmp / "rep")],
         "verify": ["verify", store],
+        "repair": ["repair", store],
         "watch": ["watch", store, "--count", "1"],
     }
 
