@@ -8,7 +8,7 @@ import numpy as np
 import fragility
 from fragility.analysis import Analyzer, Chunk, Result, Table
 from fragility.analysis._kernels import row_means
-from fragility.analysis._maths import class_sums, class_topk, overlap, wilson
+from fragility.analysis._maths import bootstrap_mean_ratio, class_sums, class_topk, overlap, wilson
 
 
 def row_magnitudes(v: np.ndarray, labels: np.ndarray, identity: np.ndarray) -> np.ndarray:
@@ -90,6 +90,7 @@ class Magnitude(Analyzer):
             "groups": {},
         }
         no_ref = f"no training rows of this class in the reference {ref.name}, so it has no training top-{k} to measure"
+        draws = int(spec.options.get("bootstrap", 200))  # replicates of the ratio intervals (options={"bootstrap": n})
         for g in spec.groups:
             if g.name == ref.name:  # the reference against itself says nothing
                 continue
@@ -115,6 +116,8 @@ class Magnitude(Analyzer):
                     "mean_correct": mc,
                     "mean_incorrect": mi,
                     "ratio_correct": None if mc is None or not train_mean[c] else mc / train_mean[c],
+                    # seeded percentile bootstrap over the class's correct rows (the training mean held fixed)
+                    "ratio_correct_ci": bootstrap_mean_ratio(m[sel & ok], train_mean[c], draws=draws, seed=c),
                     "ratio_incorrect": None if mi is None or not train_mean[c] else mi / train_mean[c],
                     "share_below_p5": float(below.sum() / n) if sel.any() else None,
                     # 95 % Wilson interval; with no drift the share is 0.05 (the training rows' own share)

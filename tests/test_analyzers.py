@@ -670,3 +670,24 @@ def test_size_matched_participation_ratio(tmp_path):
         assert got["mean"] == pytest.approx(np.mean(vals), rel=1e-9)
         assert got["interval"] == pytest.approx([np.percentile(vals, 2.5), np.percentile(vals, 97.5)], rel=1e-9)
         assert got["mean"] < entry["participation_ratio"]  # fewer rows span fewer directions
+
+
+def test_magnitude_ratio_carries_a_seeded_bootstrap_interval(random_store):
+    """ratio_correct_ci: 95 % percentile bootstrap of the correct rows' mean magnitude over the training mean,
+    seeded per class (the same numbers every run), recomputed here from the rows."""
+    r = analyze(random_store, ["magnitude"], k=K, split="test", epoch=1, options={"bootstrap": 50})["magnitude"].data
+    again = analyze(random_store, ["magnitude"], k=K, split="test", epoch=1, options={"bootstrap": 50})["magnitude"].data
+    assert json.dumps(r["groups"], default=str) == json.dumps(again["groups"], default=str)  # seeded: the same every run
+    s = Store(random_store)
+    ident = r["identity"]
+    p = s.select(split="test", epoch=1)[0]
+    rows = s.read(p, ["ce_pred", "label", "pred", "fe", "logits"])
+    ok_rows = np.isfinite(rows["fe"]).all(1) & np.isfinite(rows["logits"]).all(1) & (rows["label"] >= 0)
+    for c, entry in enumerate(r["groups"]["test@1"]["classes"]):
+        if entry["ratio_correct_ci"] is None:
+            continue
+        sel = ok_rows & (rows["label"] == c) & (rows["pred"] == c)
+        m = rows["ce_pred"][sel][:, ident[c]].astype(np.float64).mean(axis=1)
+        draw = np.random.default_rng(c)
+        boot = m[draw.integers(0, len(m), size=(50, len(m)))].mean(axis=1) / r["train_mean"][c]
+        assert entry["ratio_correct_ci"] == pytest.approx([np.percentile(boot, 2.5), np.percentile(boot, 97.5)], rel=1e-6)

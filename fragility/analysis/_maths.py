@@ -218,6 +218,17 @@ def participation_ratio(sum_x: np.ndarray, sum_xx: np.ndarray, n: int) -> float:
     return float(tr * tr / tr2) if tr2 > 0 else float("nan")
 
 
+def bootstrap_mean_ratio(x: np.ndarray, scale: float, draws: int = 200, seed: int = 0) -> list[float] | None:
+    """Seeded percentile bootstrap (95 %) of ``mean(x) / scale``: ``draws`` resamples of ``x`` with
+    replacement. None for fewer than 2 values or a zero/non-finite scale."""
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) < 2 or not scale or not np.isfinite(scale) or draws < 1:
+        return None
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(draws, len(x)))].mean(axis=1) / scale
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
 def participation_ratio_rows(x: np.ndarray) -> float:
     """``(tr Σ)² / tr(Σ²)`` of the population covariance of the rows ``x`` (float64; ``nan`` below 2 rows).
     Computed on the smaller of the centred Gram matrix (m × m) and the covariance (D × D): their nonzero
