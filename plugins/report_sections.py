@@ -91,14 +91,26 @@ def _figure(rows: int, width: float = 11.0, height: float = 3.3, sharey: bool = 
     return fig, list(axes[:, 0])
 
 
-def _grouped(ax, names: list[str], series: list[tuple[str, list[float]]], minor: set[int]) -> None:
-    """Bars per class, one per run side by side; minority classes shaded."""
+def _grouped(ax, names: list[str], series: list[tuple[str, list[float]]], minor: set[int],
+             intervals: dict[str, list[Any]] | None = None) -> None:
+    """Bars per class, one per run side by side; minority classes shaded; ``intervals`` (per run, per class
+    ``[lo, hi]`` or None) drawn as error bars (gid ``ci-<run>``)."""
     x = np.arange(len(names))
     w = 0.8 / max(1, len(series))
     for c in sorted(minor):
         ax.axvspan(c - 0.45, c + 0.45, color=MINORITY_SHADE, zorder=0, lw=0, gid=f"minority-{c}")
     for i, (lab, vals) in enumerate(series):
-        ax.bar(x - 0.4 + w * (i + 0.5), vals, w, color=RUN_COLOURS[i % len(RUN_COLOURS)], label=lab, zorder=2, gid=f"run-{i}")
+        pos = x - 0.4 + w * (i + 0.5)
+        ax.bar(pos, vals, w, color=RUN_COLOURS[i % len(RUN_COLOURS)], label=lab, zorder=2, gid=f"run-{i}")
+        cis = (intervals or {}).get(lab)
+        if cis:
+            have = [c for c in range(len(vals)) if c < len(cis) and cis[c] is not None and math.isfinite(vals[c])]
+            if have:
+                lo = [vals[c] - cis[c][0] for c in have]
+                hi = [cis[c][1] - vals[c] for c in have]
+                bars = ax.errorbar(pos[have], [vals[c] for c in have], yerr=[lo, hi], fmt="none", ecolor="#333333", elinewidth=0.8,
+                                   capsize=2, zorder=4)
+                bars[2][0].set_gid(f"ci-{i}")
     ax.grid(axis="y", color="#eeeeee", zorder=1)
 
 
@@ -316,17 +328,22 @@ def fragile(ctx):
     acc = {lab: _per_class(last_group(d, "test"), "accuracy") or [float("nan")] * len(names) for lab, d in runs}
     p5 = {lab: _per_class(last_group(d, "test"), "share_below_p5") for lab, d in _runs(ctx, "magnitude")}
     p5 = {lab: v for lab, v in p5.items() if v}
+    acc_ci = {lab: [c.get("accuracy_ci") for c in last_group(d, "test")["classes"]] for lab, d in runs if last_group(d, "test")}
+    p5_ci = {lab: [c.get("share_below_p5_ci") for c in last_group(d, "test")["classes"]]
+             for lab, d in _runs(ctx, "magnitude") if last_group(d, "test")}
     fig, axes = _figure(2 if p5 else 1, sharey=False)
-    _grouped(axes[0], names, list(acc.items()), minor)
+    _grouped(axes[0], names, list(acc.items()), minor, acc_ci)
     axes[0].set_ylim(0, 1.05)
     axes[0].set_ylabel("test accuracy")
     axes[0].set_title("Which classes are fragile? Test accuracy per class (last epoch)", fontsize=10)
     if p5:
-        _grouped(axes[1], names, list(p5.items()), minor)
+        _grouped(axes[1], names, list(p5.items()), minor, p5_ci)
         axes[1].axhline(0.05, color="#555555", lw=0.8, ls="--", label="0.05 (test like train)", zorder=3)
-        axes[1].set_ylim(0, max(0.1, 1.1 * max((v for vals in p5.values() for v in vals if math.isfinite(v)), default=0.9)))
+        highs = [ci[1] for cis in p5_ci.values() for ci in cis if ci is not None]  # room for the error bars too
+        axes[1].set_ylim(0, min(1.05, max(0.1, 1.1 * max([v for vals in p5.values() for v in vals if math.isfinite(v)] + highs, default=0.9))))
         axes[1].set_ylabel("share below train p5")
-        axes[1].set_title("Share of test rows whose top-K magnitude is below the class's training 5th percentile", fontsize=10)
+        axes[1].set_title("Share of test rows whose top-K magnitude is below the class's training 5th percentile "
+                          "(bars: 95 % Wilson intervals)", fontsize=10)
     _class_ticks(axes[-1], names, counts, [lab for lab, _ in runs], minor)
     _legend(fig, axes[-1])
     n_test = {lab: [int(c["n"]) for c in last_group(d, "test")["classes"]] for lab, d in runs if last_group(d, "test")}

@@ -132,6 +132,14 @@ def test_fragile_figure_marks_minority_classes_and_captions_from_the_results(ctx
     np.testing.assert_allclose([p.get_height() for p in _gids(p5_ax, "run-0")], [np.nan if v is None else v for v in p5])
     # the caption's minority mean is the brute-force mean of the minority classes' shares
     finite = [p5[c] for c in minor if p5[c] is not None]
+    # error bars: each class's 95 % Wilson interval, as the analyzers report it
+    cis = [c["share_below_p5_ci"] for c in last_group(imb["magnitude"].data, "test")["classes"]]
+    (bars,) = [col for col in p5_ax.collections if col.get_gid() == "ci-0"]
+    segs = bars.get_segments()
+    want = [ci for ci in cis if ci is not None]
+    assert len(segs) == len(want)
+    for seg, ci in zip(segs, want):
+        assert sorted(seg[:, 1]) == pytest.approx(ci, abs=1e-9)
     mean = f"{float(np.mean(finite)):.3g}"
     assert f"{mean} [" in caption and ("of the marked classes' test rows" in caption or "do not show" in caption)
 
