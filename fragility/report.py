@@ -188,4 +188,11 @@ def _describe(stores: dict[str, Store], labels: list[str]) -> str:
     for lab in labels:
         s = stores[lab]
         bits.append(f"{lab}: {s.metadata.get('model_name', '?')}, {s.num_classes} classes, {len(s.passes)} passes, D={s.feature_dim}")
-    return " · ".join(bits)
+    text = " · ".join(bits)
+    if len(labels) > 1:
+        first = stores[labels[0]].metadata
+        why = next((w for w in (incomparable(first, stores[lab].metadata) for lab in labels[1:]) if w), None)
+        text += (". All runs start from the same initial weights (their architecture and initialisation fingerprints "
+                 "agree), so feature indices are compared across runs." if why is None else
+                 f". Feature indices are not compared across runs: {why}.")
+    return text

@@ -18,6 +18,7 @@ import torch
 from rich.console import Console
 
 from ._safe import markup
+from ._fingerprint import incomparable
 from .analysis import Result, Table, analyze, compare_results, last_group
 from .datasets import DATASETS, ImageData, imbalance, load
 from .errors import DataError, close_matches, output_dir
@@ -204,14 +205,14 @@ def _passes_after(store: str, epoch: int) -> list[str]:
         return ["unreadable store"]
 
 
-def grid_table(results: dict[str, dict[str, Result]], configs: list[str], k: int) -> Table:
+def grid_table(results: dict[str, dict[str, Result]], configs: list[str], k: int, why: dict[str, str | None] | None = None) -> Table:
     """Per class and per configuration: the paper's quantities, with the balanced run as the reference."""
     rows = []
     ref = results.get(BALANCED)
     overlaps = {}
     for cfg in configs:
         if ref is not None and cfg != BALANCED:
-            cmp = compare_results(results[cfg], ref, labels=(cfg, BALANCED))
+            cmp = compare_results(results[cfg], ref, labels=(cfg, BALANCED), incomparable=(why or {}).get(cfg))
             overlaps[cfg] = [c["overlap_train"] for c in cmp.data["classes"]]
     first = results[configs[0]]
     names = [c["class"] for c in last_group(first["topk"].data, "train")["classes"]]
@@ -301,7 +302,15 @@ def run_reproduce(
     for cfg in configs:
         stderr.print(f"analyzing {markup(cfg)} …", highlight=False)
         results[cfg] = analyze(grid.store(cfg), k=k, progress=True)
-    table = grid_table(results, list(configs), k)
+    from .store import Store
+
+    metas = {}
+    for cfg in configs:
+        with Store(grid.store(cfg)) as s:
+            metas[cfg] = s.metadata
+    # one seed gives every configuration the same initial weights; the fingerprints confirm it (else no overlaps)
+    why = {cfg: incomparable(metas[cfg], metas[BALANCED]) if BALANCED in metas else None for cfg in configs}
+    table = grid_table(results, list(configs), k, why)
     stdout.print(table)
     from .report import build_report
 

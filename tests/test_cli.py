@@ -236,3 +236,10 @@ def test_compare_matches_feature_indices_only_between_comparable_runs(tmp_path):
         assert "top-K overlap train" not in text and "overlap test" not in text and why in text.replace("\n", " ")
         forced = json.loads(run("compare", a, other, "--k", "3", "--force-overlap", "--json").stdout)
         assert forced["data"]["forced"] and any("(forced: not comparable)" in c for c in forced["tables"][0]["columns"])
+    # the report says whether the runs share their initial weights
+    from fragility.report import build_report
+
+    html = open(build_report([a, same], tmp_path / "r1", k=3)).read()
+    assert "All runs start from the same initial weights" in html and "overlap train" in html
+    html = open(build_report([a, other_init], tmp_path / "r2", k=3)).read()
+    assert "Feature indices are not compared across runs: the runs have different initial weights" in html
