@@ -462,7 +462,27 @@ def diversity(ctx):
     ax.set_ylabel("FE participation ratio")
     ax.set_title("Is a class's latent space narrower when it has fewer rows?", fontsize=10)
     ax.legend(fontsize=8, loc="best")
-    return [(diversity_caption(pr, minor), fig)]
+    # the size-matched value (mean PR of m-row subsamples) compares classes at equal size, where every run has it
+    matched = {lab: [(c.get("participation_ratio_matched") or {}).get("mean") for c in g["classes"]] for lab, g in runs}
+    ms = {(c.get("participation_ratio_matched") or {}).get("m") for _, g in runs for c in g["classes"] if c.get("participation_ratio_matched")}
+    sized = ""
+    if minor and len(ms) == 1:
+        m = ms.pop()
+        rest = [i for i in range(len(names_of(runs))) if i not in minor]
+        bits = []
+        for lab, vals in matched.items():
+            v = [float("nan") if x is None else x for x in vals]
+            pm, pr_ = _mean(v, minor), _mean(v, rest)
+            if math.isfinite(pm) and math.isfinite(pr_):
+                bits.append(f"{lab}: {_fmt(pm)} vs {_fmt(pr_)}")
+        if bits:
+            sized = (f" At equal size — the mean ratio of {m}-row subsamples, since a class of n rows spans at most n − 1 "
+                     f"directions — the marked classes' participation ratio vs the others': {'; '.join(bits)}.")
+    return [(diversity_caption(pr, minor) + sized, fig)]
+
+
+def names_of(runs) -> list[str]:
+    return [c["class"] for c in runs[0][1]["classes"]] if runs else []
 
 
 def trajectory(ctx):

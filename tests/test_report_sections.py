@@ -178,3 +178,24 @@ def test_every_section_renders_on_the_pair(ctx):
             assert caption and "DESIGN" not in caption
             fig.canvas.draw()
             rs.plt.close(fig)
+
+
+def test_diversity_caption_compares_classes_at_equal_size(tmp_path):
+    """With one subsample size for both runs (as the demo analyses them) the caption adds the size-matched
+    participation ratios of the marked and the other classes: the brute-force means of the analyzers' values."""
+    paths = {
+        "imbalanced": make_random_store(tmp_path / "imb.fragility", counts=(60, 30, 12, 5), d=16, seed=3),
+        "balanced": make_random_store(tmp_path / "bal.fragility", counts=(30, 30, 30, 30), d=16, seed=4),
+    }
+    results = {lab: analyze(p, ["topk", "diversity"], k=4, options={"rarefy_m": 5}) for lab, p in paths.items()}
+    stores = {lab: Store(p) for lab, p in paths.items()}
+    try:
+        (caption, _), = rs.diversity(ReportContext(list(paths), stores, results))
+    finally:
+        for s in stores.values():
+            s.close()
+    assert "At equal size — the mean ratio of 5-row subsamples" in caption
+    g = last_group(results["imbalanced"]["diversity"].data, "train")["classes"]
+    marked = np.mean([g[c]["participation_ratio_matched"]["mean"] for c in (2, 3)])
+    others = np.mean([g[c]["participation_ratio_matched"]["mean"] for c in (0, 1)])
+    assert f"imbalanced: {rs._fmt(marked)} vs {rs._fmt(others)}" in caption
