@@ -19,6 +19,7 @@ from fragility.analysis._maths import (
     participation_ratio,
     participation_ratio_rows,
     size_matched,
+    wilson,
 )
 
 ARCHETYPES = ("safe", "border", "rare", "outlier")
@@ -151,6 +152,8 @@ class Diversity(Analyzer):
             matched = size_matched(fe[in_c], m, participation_ratio_rows, seed=c) if (whole or in_c.sum() >= m) else None
             shares = {a: (float((types[in_c] == i).mean()) if types is not None and in_c.any() else None)
                       for i, a in enumerate(ARCHETYPES)}
+            shares_ci = {a: (wilson(int((types[in_c] == i).sum()), int(in_c.sum())) if types is not None and in_c.any() else None)
+                         for i, a in enumerate(ARCHETYPES)}
             entry = {
                 "class": names[c],
                 "n": int(n[c]),
@@ -161,6 +164,7 @@ class Diversity(Analyzer):
                 "mean_cosine": None if empty else mean_pairwise_cosine(st["sum_unit"][c], int(st["n_unit"][c])),
                 "knn_rows": int(in_c.sum()),
                 "archetypes": shares,
+                "archetypes_ci": shares_ci,
             }
             classes.append(entry)
             rows.append([names[c], int(n[c]), entry["unique_share"], entry["entropy"], entry["participation_ratio"],

@@ -118,12 +118,15 @@ class Magnitude(Analyzer):
                     "ratio_correct": None if mc is None or not train_mean[c] else mc / train_mean[c],
                     # seeded percentile bootstrap over the class's correct rows (the training mean held fixed)
                     "ratio_correct_ci": bootstrap_mean_ratio(m[sel & ok], train_mean[c], draws=draws, seed=c),
+                    "ratio_incorrect_ci": bootstrap_mean_ratio(m[sel & ~ok], train_mean[c], draws=draws, seed=c),
                     "ratio_incorrect": None if mi is None or not train_mean[c] else mi / train_mean[c],
                     "share_below_p5": float(below.sum() / n) if sel.any() else None,
                     # 95 % Wilson interval; with no drift the share is 0.05 (the training rows' own share)
                     "share_below_p5_ci": wilson(int(below.sum()), n) if sel.any() else None,
                     "accuracy_below_p5": float(ok[below].mean()) if below.any() else None,
+                    "accuracy_below_p5_ci": wilson(int(ok[below].sum()), int(below.sum())) if below.any() else None,
                     "accuracy_above_p5": float(ok[sel & ~below].mean()) if (sel & ~below).any() else None,
+                    "accuracy_above_p5_ci": wilson(int(ok[sel & ~below].sum()), int((sel & ~below).sum())) if (sel & ~below).any() else None,
                     "reason": None if ref_ok[c] or not n else no_ref,
                 }
                 classes.append(entry)

@@ -107,3 +107,19 @@ def test_entry_point_plugin_is_listed_used_by_analyze_and_report(tmp_path, monke
     assert main(["report", path, "-a", "classcount", "-a", "topk", "--k", "3", "--out", str(out)]) == 0
     page = (out / "index.html").read_text()
     assert "small · classcount · test@1: errors" in page and "small · topk · test@1:" in page
+
+
+def test_compare_rarefies_both_runs_to_one_size(tmp_path):
+    """unique@m of both runs at the smallest training class of either, equal to the topk analyzer's own
+    rarefied count when that analyzer is told the same m."""
+    a = make_random_store(tmp_path / "a.fragility", counts=(40, 20, 10, 3, 0), seed=1)
+    b = make_random_store(tmp_path / "b.fragility", counts=(30, 30, 30, 30, 30), seed=2)
+    r = fragility.compare(a, b, k=3, labels=("imb", "bal"), force_overlap=True)
+    assert r.data["rarefy_m"] == 3
+    for path, lab in ((a, "imb"), (b, "bal")):
+        own = analyze(path, ["topk"], k=3, options={"rarefy_m": 3})["topk"].data["groups"]["train@1"]["classes"]
+        for c, entry in enumerate(r.data["classes"]):
+            want = own[c]["unique_rarefied"]
+            assert (entry[f"unique_rarefied_{lab}"] is None) == (want is None)
+            if want is not None:
+                assert entry[f"unique_rarefied_{lab}"] == pytest.approx(want, rel=1e-12)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import pluggy
 
-from ..errors import AnalyzerError
 from .._fingerprint import incomparable as _incomparable
+from ..errors import AnalyzerError
 from ..store import Store
-from ._maths import overlap
+from ._maths import overlap, rarefied_unique
 from ._results import Result, Table, last_group
 from ._engine import analyze
 
@@ -92,6 +93,18 @@ def compare_results(
     rows = []
     classes = []
     tra, trb = group(ta, train_split)["classes"], group(tb, train_split)["classes"]
+    # size-controlled unique counts at one m for both runs: the smallest training class of either, from the
+    # instance top-K frequencies each result keeps (count = freq * n)
+    sizes = [c["n"] for c in (*tra, *trb) if c["n"]]
+    m = min(sizes) if sizes else 0
+
+    def rarefied(entries) -> list[float | None]:
+        n = np.array([e["n"] for e in entries])
+        counts = np.array([np.rint(np.asarray(e["freq"], dtype=np.float64) * e["n"]) for e in entries])
+        vals = rarefied_unique(counts, n, m) if m else np.full(len(entries), np.nan)
+        return [None if np.isnan(v) else float(v) for v in vals]
+
+    ra, rb = rarefied(tra), rarefied(trb)
     tea, teb = group(ta, test_split)["classes"], group(tb, test_split)["classes"]
     mga = group(ma, test_split)["classes"]
     mgb = group(mb, test_split)["classes"]
@@ -106,16 +119,17 @@ def compare_results(
             f"n_train_{la}": tra[c]["n"], f"n_train_{lb}": trb[c]["n"],
             "overlap_train": ov_train, "overlap_test": ov_test,
             f"unique_{la}": tra[c]["unique"], f"unique_{lb}": trb[c]["unique"],
+            f"unique_rarefied_{la}": ra[c], f"unique_rarefied_{lb}": rb[c],
             f"accuracy_{la}": tea[c]["accuracy"], f"accuracy_{lb}": teb[c]["accuracy"],
             f"train_magnitude_{la}": _f(ma["train_mean"][c]), f"train_magnitude_{lb}": _f(mb["train_mean"][c]),
             f"test_ratio_{la}": mga[c]["ratio_correct"], f"test_ratio_{lb}": mgb[c]["ratio_correct"],
         }
         classes.append(entry)
         rows.append([name, tra[c]["n"], trb[c]["n"], tea[c]["accuracy"], teb[c]["accuracy"], tra[c]["unique"], trb[c]["unique"],
-                     *([ov_train, ov_test] if overlaps else []), entry[f"train_magnitude_{la}"], entry[f"train_magnitude_{lb}"]])
+                     ra[c], rb[c], *([ov_train, ov_test] if overlaps else []), entry[f"train_magnitude_{la}"], entry[f"train_magnitude_{lb}"]])
     forced = " (forced: not comparable)" if incomparable is not None and force_overlap else ""
     cols = ["class", f"n train {la}", f"n train {lb}", f"accuracy {la}", f"accuracy {lb}", f"unique {la}", f"unique {lb}",
-            *([f"top-K overlap train{forced}", f"top-K overlap test{forced}"] if overlaps else []),
+            f"unique@m {la}", f"unique@m {lb}", *([f"top-K overlap train{forced}", f"top-K overlap test{forced}"] if overlaps else []),
             f"train magnitude {la}", f"train magnitude {lb}"]
     notes = []
     if incomparable is not None:
@@ -123,8 +137,9 @@ def compare_results(
                      + ("" if force_overlap else " (force_overlap / --force-overlap computes them anyway, labelled so)"))
     return Result(
         "compare",
-        tables=[Table(f"{la} vs {lb}: per class (top-{k} {ta['embedding']}; unique counted on the training split)", cols, rows)],
-        data={"labels": list(labels), "k": k, "classes": classes, "feature_overlap": overlaps,
+        tables=[Table(f"{la} vs {lb}: per class (top-{k} {ta['embedding']}; unique counted on the training split; unique@m = "
+                      f"expected in m={m} rows, the size-controlled count)", cols, rows)],
+        data={"labels": list(labels), "k": k, "rarefy_m": m or None, "classes": classes, "feature_overlap": overlaps,
               "incomparable": incomparable, "forced": bool(forced)},
         notes=notes,
     )
