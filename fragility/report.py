@@ -117,9 +117,12 @@ def build_report(
     opened = {lab: Store(s) for lab, s in zip(labels, stores)}
     try:
         results = dict(results or {})
+        # one subsample size for every run's size-controlled counts: the smallest training class of any run
+        sizes = [n for st in opened.values() for n in (st.metadata.get("class_counts") or []) if n]
+        options = {"rarefy_m": min(sizes)} if sizes else None
         for lab in labels:
             if lab not in results:
-                results[lab] = analyze(opened[lab], analyzers, k=k, progress=progress, plugin_manager=plugin_manager)
+                results[lab] = analyze(opened[lab], analyzers, k=k, progress=progress, plugin_manager=plugin_manager, options=options)
         if comparison is None and len(labels) == 2 and all({"topk", "magnitude"} <= set(results[lab]) for lab in labels):
             comparison = compare_results(results[labels[0]], results[labels[1]], labels=(labels[0], labels[1]),
                                          incomparable=incomparable(opened[labels[0]].metadata, opened[labels[1]].metadata))

@@ -281,7 +281,9 @@ def unique_caption(unique: dict[str, list[float]], names: list[str], minor: set[
     return " ".join(bits)
 
 
-def magnitude_caption(ratios: dict[str, tuple[list[float], list[float]]]) -> str:
+def magnitude_caption(ratios: dict[str, tuple[list[float], list[float]]], cis: dict[str, tuple[list, list]] | None = None) -> str:
+    """Correct vs misclassified test rows' magnitude ratios; with ``cis`` (per run, per class bootstrap intervals
+    of both ratios) it counts the classes where the two intervals separate — only those are a finding."""
     bits = []
     for lab, (corr, wrong) in ratios.items():
         rc = float(np.nanmedian(corr)) if any(math.isfinite(v) for v in corr) else float("nan")
@@ -293,6 +295,14 @@ def magnitude_caption(ratios: dict[str, tuple[list[float], list[float]]]) -> str
         else:
             bits.append(f"{lab}: the data do not show the paper's finding — misclassified test rows reach {_fmt(rw)} of the "
                         f"training magnitude, no less than correct ones ({_fmt(rc)}).")
+        if cis and lab in cis and math.isfinite(rw):
+            cc, cw = cis[lab]
+            both = [c for c in range(min(len(cc), len(cw))) if cc[c] is not None and cw[c] is not None]
+            below = [c for c in both if cw[c][1] < cc[c][0]]
+            if both:
+                bits.append(f"{lab}: the 95 % bootstrap intervals separate (misclassified below correct) in {len(below)} of "
+                            f"{len(both)} classes with both kinds of rows" + (" — a finding there only." if below else
+                            " — so no class shows it beyond the noise."))
     return "Test/train mean CE at each class's training top-K features (1 = as in training). " + " ".join(bits)
 
 
@@ -434,7 +444,9 @@ def magnitude(ctx):
         ax.set_title(f"Top-K magnitude of {what} test rows relative to training", fontsize=10)
     _class_ticks(axes[-1], names, train_counts(ctx), [lab for lab, _, _ in runs], minor)
     _legend(fig, axes[-1])
-    return [(magnitude_caption(ratios), fig)]
+    cis = {lab: ([c.get("ratio_correct_ci") for c in g["classes"]], [c.get("ratio_incorrect_ci") for c in g["classes"]])
+           for lab, _, g in runs}
+    return [(magnitude_caption(ratios, cis), fig)]
 
 
 def diversity(ctx):
