@@ -130,15 +130,16 @@ class Magnitude(Analyzer):
                     "reason": None if ref_ok[c] or not n else no_ref,
                 }
                 classes.append(entry)
-                ci = entry["share_below_p5_ci"]
-                rows.append([names[c], n, entry["n_train"], train_mean[c], mc, mi, entry["ratio_correct"], entry["ratio_incorrect"],
+                ci, rci = entry["share_below_p5_ci"], entry["ratio_correct_ci"]
+                rows.append([names[c], n, entry["n_train"], train_mean[c], mc, mi, entry["ratio_correct"],
+                             None if rci is None else f"{rci[0]:.2f}–{rci[1]:.2f}", entry["ratio_incorrect"],
                              entry["share_below_p5"], None if ci is None else f"{ci[0]:.2f}–{ci[1]:.2f}", entry["accuracy_below_p5"]])
             data["groups"][g.name] = {"split": g.split, "epoch": g.epoch, "classes": classes}
             result.tables.append(
                 Table(
                     f"{g.name}: magnitude at training ({ref.name}) top-{k} {spec.embedding} features",
-                    ["class", "n", "n train", "train", "correct", "misclassified", "correct/train", "misclassified/train",
-                     "share < train p5", "95% CI", "accuracy < p5"],
+                    ["class", "n", "n train", "train", "correct", "misclassified", "correct/train", "95% CI (bootstrap)",
+                     "misclassified/train", "share < train p5", "95% CI", "accuracy < p5"],
                     rows,
                 )
             )

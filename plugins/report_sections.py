@@ -436,17 +436,17 @@ def magnitude(ctx):
     names = [c["class"] for c in runs[0][2]["classes"]]
     fig, axes = _figure(2)
     ratios = {lab: (_per_class(g, "ratio_correct"), _per_class(g, "ratio_incorrect")) for lab, _, g in runs}
-    _grouped(axes[0], names, [(lab, r[0]) for lab, r in ratios.items()], minor)
-    _grouped(axes[1], names, [(lab, r[1]) for lab, r in ratios.items()], minor)
+    boot = {lab: ([c.get("ratio_correct_ci") for c in g["classes"]], [c.get("ratio_incorrect_ci") for c in g["classes"]])
+            for lab, _, g in runs}
+    _grouped(axes[0], names, [(lab, r[0]) for lab, r in ratios.items()], minor, {lab: b[0] for lab, b in boot.items()})
+    _grouped(axes[1], names, [(lab, r[1]) for lab, r in ratios.items()], minor, {lab: b[1] for lab, b in boot.items()})
     for ax, what in zip(axes, ("correctly classified", "misclassified")):
         ax.axhline(1.0, color="#555555", lw=0.8, ls="--", zorder=3)
         ax.set_ylabel("test / train")
         ax.set_title(f"Top-K magnitude of {what} test rows relative to training", fontsize=10)
     _class_ticks(axes[-1], names, train_counts(ctx), [lab for lab, _, _ in runs], minor)
     _legend(fig, axes[-1])
-    cis = {lab: ([c.get("ratio_correct_ci") for c in g["classes"]], [c.get("ratio_incorrect_ci") for c in g["classes"]])
-           for lab, _, g in runs}
-    return [(magnitude_caption(ratios, cis), fig)]
+    return [(magnitude_caption(ratios, boot), fig)]
 
 
 def diversity(ctx):
