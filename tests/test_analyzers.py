@@ -691,3 +691,16 @@ def test_magnitude_ratio_carries_a_seeded_bootstrap_interval(random_store):
         draw = np.random.default_rng(c)
         boot = m[draw.integers(0, len(m), size=(50, len(m)))].mean(axis=1) / r["train_mean"][c]
         assert entry["ratio_correct_ci"] == pytest.approx([np.percentile(boot, 2.5), np.percentile(boot, 97.5)], rel=1e-6)
+
+
+def test_bootstrap_interval_of_a_large_class_is_the_normal_approximation():
+    from fragility.analysis._maths import BOOTSTRAP_MAX_ROWS, bootstrap_mean_ratio
+
+    x = np.random.default_rng(0).gamma(2.0, size=BOOTSTRAP_MAX_ROWS + 1)
+    half = 1.959963984540054 * x.std(ddof=1) / np.sqrt(len(x))
+    assert bootstrap_mean_ratio(x, 2.0) == pytest.approx([(x.mean() - half) / 2, (x.mean() + half) / 2], rel=1e-12)
+    small = x[:500]  # below the cap: the bootstrap agrees with the normal interval to a few percent of its width
+    lo, hi = bootstrap_mean_ratio(small, 1.0, draws=400)
+    h = 1.959963984540054 * small.std(ddof=1) / np.sqrt(len(small))
+    assert abs(lo - (small.mean() - h)) < 0.15 * h and abs(hi - (small.mean() + h)) < 0.15 * h
+    assert bootstrap_mean_ratio(x[:1], 1.0) is None and bootstrap_mean_ratio(x, 0.0) is None
