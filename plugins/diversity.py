@@ -23,6 +23,8 @@ from fragility.analysis._maths import (
 )
 
 ARCHETYPES = ("safe", "border", "rare", "outlier")
+#: work budget of a group's size-matched participation ratios (floating-point operations)
+MATCHED_FLOPS = 4e9
 
 
 def archetype(same: np.ndarray, k: int = 5) -> np.ndarray:
@@ -144,12 +146,26 @@ class Diversity(Analyzer):
         sizes = n[n > 0]
         m = int(spec.options.get("rarefy_m") or (sizes.min() if len(sizes) else 0))
         whole = sampled == int(n.sum())
+        # 20 draws per class, fewer when they would cost more than ~4 GFLOP for the group (large m and D), none
+        # below 5 (then a note says so): the size-matched value matters where classes differ in size
+        per_draw = max(1, m * D * min(m, D) * int((n > m).sum()))  # a class of exactly m rows is its own PR: no draws
+        draws = min(20, int(MATCHED_FLOPS // per_draw))
+        if m >= 2 and draws < 5:
+            note = ((note + "; ") if note else "") + (f"{group}: size-matched participation ratios skipped: {m}-row subsamples "
+                                                       f"of {D} features would cost too much (pass options rarefy_m to choose m)")
+            m = 0
         classes, rows = [], []
         for c in range(C):
             empty = n[c] == 0
             unique = int((count[c] > 0).sum())
             in_c = labels == c
-            matched = size_matched(fe[in_c], m, participation_ratio_rows, seed=c) if (whole or in_c.sum() >= m) else None
+            pr = None if empty else participation_ratio(st["sum_fe"][c], st["sum_fefe"][c], int(n[c]))
+            if m >= 2 and n[c] == m and pr is not None:  # the class is the subsample: its own PR, no draws
+                matched = {"m": m, "draws": 1, "mean": pr, "interval": [pr, pr]}
+            elif m and (whole or in_c.sum() >= m):
+                matched = size_matched(fe[in_c], m, participation_ratio_rows, draws=draws, seed=c)
+            else:
+                matched = None
             shares = {a: (float((types[in_c] == i).mean()) if types is not None and in_c.any() else None)
                       for i, a in enumerate(ARCHETYPES)}
             shares_ci = {a: (wilson(int((types[in_c] == i).sum()), int(in_c.sum())) if types is not None and in_c.any() else None)
@@ -159,7 +175,7 @@ class Diversity(Analyzer):
                 "n": int(n[c]),
                 "unique_share": None if empty else unique / D,
                 "entropy": None if empty else normalized_entropy(count[c], D),
-                "participation_ratio": None if empty else participation_ratio(st["sum_fe"][c], st["sum_fefe"][c], int(n[c])),
+                "participation_ratio": pr,
                 "participation_ratio_matched": matched,
                 "mean_cosine": None if empty else mean_pairwise_cosine(st["sum_unit"][c], int(st["n_unit"][c])),
                 "knn_rows": int(in_c.sum()),
@@ -186,7 +202,7 @@ class Diversity(Analyzer):
             result.tables.append(
                 Table(
                     f"{g.name}: diversity (unique/D and entropy of top-{spec.k} {spec.embedding}; PR, cosine, k={spec.knn_k} NN of fe; "
-                    f"PR@m = mean PR of 20 seeded subsamples of m={summary['m']} rows, the size-matched value to compare classes)",
+                    f"PR@m = mean PR of up to 20 seeded subsamples of m={summary['m']} rows, the size-matched value to compare classes)",
                     ["class", "n", "unique/D", "entropy", "participation ratio", "PR@m", "PR@m 95%", "mean cosine", *ARCHETYPES],
                     summary["rows"],
                 )
