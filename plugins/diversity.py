@@ -17,6 +17,7 @@ from fragility.analysis._maths import (
     mean_pairwise_cosine,
     normalized_entropy,
     participation_ratio,
+    bootstrap_mean_cosine,
     participation_ratio_rows,
     size_matched,
     wilson,
@@ -178,6 +179,8 @@ class Diversity(Analyzer):
                 "participation_ratio": pr,
                 "participation_ratio_matched": matched,
                 "mean_cosine": None if empty else mean_pairwise_cosine(st["sum_unit"][c], int(st["n_unit"][c])),
+                # over the class's rows in the k-NN sample (all its rows in groups within knn_max_rows)
+                "mean_cosine_ci": None if empty else bootstrap_mean_cosine(fe[in_c], draws=int(spec.options.get("bootstrap", 200)), seed=c),
                 "knn_rows": int(in_c.sum()),
                 "archetypes": shares,
                 "archetypes_ci": shares_ci,

@@ -704,3 +704,22 @@ def test_bootstrap_interval_of_a_large_class_is_the_normal_approximation():
     h = 1.959963984540054 * small.std(ddof=1) / np.sqrt(len(small))
     assert abs(lo - (small.mean() - h)) < 0.15 * h and abs(hi - (small.mean() + h)) < 0.15 * h
     assert bootstrap_mean_ratio(x[:1], 1.0) is None and bootstrap_mean_ratio(x, 0.0) is None
+
+
+def test_mean_cosine_carries_a_seeded_bootstrap_interval(tmp_path):
+    path = make_random_store(tmp_path / "c.fragility", counts=(30, 12, 7), d=8, passes=(("train", 0),), seed=6)
+    res = analyze(path, ["diversity"], k=3, options={"bootstrap": 64})["diversity"].data["groups"]["train@0"]
+    s = Store(path)
+    rows = s.read(s.passes[0], ["fe", "label"])
+    for c, entry in enumerate(res["classes"]):
+        x = rows["fe"][rows["label"] == c].astype(np.float64)
+        u = x[np.linalg.norm(x, axis=1) > 0]
+        u = u / np.linalg.norm(u, axis=1, keepdims=True)
+        n = len(u)
+        draw = np.random.default_rng(c)
+        vals = []
+        for size in (16, 16, 16, 16):
+            for idx in draw.integers(0, n, size=(size, n)):
+                t = u[idx].sum(axis=0)
+                vals.append((t @ t - n) / (n * (n - 1)))
+        assert entry["mean_cosine_ci"] == pytest.approx([np.percentile(vals, 2.5), np.percentile(vals, 97.5)], rel=1e-9)

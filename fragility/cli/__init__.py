@@ -520,10 +520,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     out, err = _consoles()
     debug = bool(getattr(args, "debug", False))
-    from ._bounds import bounded
+    from ._bounds import GRACE_S, TRAINING_GRACE_S, bounded
 
     try:
-        with bounded():
+        with bounded(TRAINING_GRACE_S if args.command in ("demo", "reproduce") else GRACE_S):
             return COMMANDS[args.command](args, out, err)
     except FragilityError as exc:
         _error(err, str(exc), debug)

@@ -31,8 +31,10 @@ from ..store import _hdf5
 
 #: seconds one operation on a store's files may take before the command is ended (FRAGILITY_IO_TIMEOUT)
 DEFAULT_IO_TIMEOUT = 60.0
-#: how long the main thread has to act on Ctrl-C before it counts as stuck in C code
+#: how long the main thread has to act on Ctrl-C before it counts as stuck in C code (commands that train
+#: get longer: one CPU training step can take seconds, and a clean KeyboardInterrupt beats a kill)
 GRACE_S = 1.0
+TRAINING_GRACE_S = 10.0
 
 _HELPER = r"""
 import os, select, signal, sys, time
@@ -100,11 +102,11 @@ def _printable(text: str) -> str:
 class _Helper:
     """The command's side of the helper process: ``begin``/``end`` of guarded operations, Ctrl-C seen."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, grace: float = GRACE_S) -> None:
         sig_r, self.sig_w = os.pipe()
         os.set_blocking(self.sig_w, False)  # the C-level handler must never block
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _HELPER, str(os.getpid()), str(GRACE_S), repr(seconds), str(sig_r)],
+            [sys.executable, "-I", "-S", "-c", _HELPER, str(os.getpid()), repr(grace), repr(seconds), str(sig_r)],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, pass_fds=(sig_r,),
         )
         os.close(sig_r)
@@ -137,15 +139,16 @@ class _Helper:
 
 
 @contextmanager
-def bounded() -> Iterator[None]:
+def bounded(grace: float = GRACE_S) -> Iterator[None]:
     """Run a command with the helper watching. Only in a process's main thread; Ctrl-C only where SIGINT is
-    Python's default (a host that handles or ignores it itself keeps doing so)."""
+    Python's default (a host that handles or ignores it itself keeps doing so). ``grace``: seconds the main
+    thread has to act on Ctrl-C before the helper ends the command."""
     seconds = io_timeout()
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     try:
-        helper = _Helper(seconds)
+        helper = _Helper(seconds, grace)
     except OSError:  # no interpreter to start (an embedded Python): the command runs unwatched
         yield
         return
