@@ -210,3 +210,16 @@ def test_diversity_caption_compares_classes_at_equal_size(tmp_path):
     marked = np.mean([g[c]["participation_ratio_matched"]["mean"] for c in (2, 3)])
     others = np.mean([g[c]["participation_ratio_matched"]["mean"] for c in (0, 1)])
     assert f"imbalanced: {rs._fmt(marked)} vs {rs._fmt(others)}" in caption
+
+
+def test_log_axis_labels_are_plain_numbers_with_maths_text_off(ctx):
+    """Reports turn maths text off (store names print literally); the diversity figure's log axis must then
+    label its ticks 10, 100 — not matplotlib's "$\\mathdefault{10^{1}}$" source."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False}):
+        (_, fig), = rs.diversity(ctx)
+        fig.canvas.draw()
+        labels = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
+    assert labels and all("$" not in t and "mathdefault" not in t for t in labels), labels
+    assert "10" in labels
