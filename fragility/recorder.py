@@ -122,10 +122,10 @@ class Recorder:
         head = self.hooks.resolve_head(model=model, classifier=classifier)
         if head is None:
             linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-            hint = f", e.g. Recorder(model, path, classifier=model.{linears[-1]})" if linears else ""
+            hint = f", e.g. Recorder(model, path, classifier={_python_path('model', linears[-1])})" if linears else ""
             raise HeadError(
                 f"model {model_name(model)} has no get_classifier() and no plugin knows its head; "
-                f"pass classifier=<the final nn.Linear>{hint}"
+                f"pass classifier=<the final nn.Linear or 1x1 nn.Conv2d>{hint}"
             )
         self.head: Head = head
         self.num_classes = head.num_classes
@@ -570,6 +570,14 @@ def _sweep_rows(loader: Iterable) -> int | None:
     except Exception:  # noqa: BLE001 - an unsized or odd loader: the pass is compacted at its end instead
         return None
     return None
+
+
+def _python_path(root: str, dotted: str) -> str:
+    """A module's ``named_modules`` name as Python: ``"head.fc"`` -> ``model.head.fc``, ``"3"`` -> ``model[3]``."""
+    out = root
+    for part in dotted.split("."):
+        out += f"[{part}]" if part.isdigit() else f".{part}"
+    return out
 
 
 def _unpack(batch: Any) -> tuple[torch.Tensor, Any, Any]:

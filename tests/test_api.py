@@ -16,3 +16,18 @@ def test_errors_share_one_base():
         obj = getattr(fragility, name)
         if isinstance(obj, type) and issubclass(obj, Exception):
             assert issubclass(obj, fragility.FragilityError)
+
+
+def test_short_reprs_for_notebooks(tmp_path):
+    """repr() of a Store and a Result is one short line (a topk result's data used to repr to 775k characters),
+    with names from the store escaped."""
+    from fragility.testing import make_random_store
+
+    path = make_random_store(tmp_path / "r.fragility", seed=1)
+    with fragility.Store(path) as s:
+        assert repr(s) == f"<Store {str(path)!r}: 4 passes, 5 classes, D=12>"
+    r = fragility.analyze(path, ["topk"], k=3)["topk"]
+    assert repr(r) == "<Result 'topk': 5 tables, groups ['train@0', 'test@0', 'train@1', 'test@1'], 1 notes>"
+    r.data["groups"] = {f"\x1b[2Jg{i}": {} for i in range(9)}
+    text = repr(r)
+    assert "\x1b" not in text and "… (9 groups)" in text and len(text) < 200

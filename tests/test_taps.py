@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import re
 
 import pytest
 import timm
@@ -81,6 +82,16 @@ def test_explicit_classifier_for_non_timm_model(pm):
 def test_non_timm_model_without_classifier_is_refused_with_fix(store_path):
     with pytest.raises(HeadError, match=r"CifarResNet has no get_classifier\(\).*classifier=model.linear"):
         fragility.Recorder(CifarResNet(), store_path)
+
+
+def test_the_suggested_classifier_is_valid_python(store_path):
+    """A Sequential's head is ``model[3]`` (not ``model.3``); the suggestion must run as written."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(HeadError) as info:
+        fragility.Recorder(model, store_path)
+    suggestion = re.search(r"classifier=(model\S*)\)", str(info.value)).group(1)
+    assert suggestion == "model[3]" and eval(suggestion, {"model": model}) is model[3]
+    assert "the final nn.Linear or 1x1 nn.Conv2d" in str(info.value)
 
 
 def test_num_classes_zero_is_refused(store_path):

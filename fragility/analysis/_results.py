@@ -84,6 +84,11 @@ class Result:
     data: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
+    def __repr__(self) -> str:  # short: the data can be megabytes (print(result) renders the tables)
+        groups = list((self.data or {}).get("groups", {}))
+        shown = ", ".join(repr(g) for g in groups[:4]) + (f", … ({len(groups)} groups)" if len(groups) > 4 else "")
+        return f"<Result {self.analyzer!r}: {len(self.tables)} tables, groups [{shown}], {len(self.notes)} notes>"
+
     def to_dict(self) -> dict[str, Any]:
         return jsonable(
             {"analyzer": self.analyzer, "notes": self.notes, "tables": [t.to_dict() for t in self.tables], "data": self.data}

@@ -334,6 +334,11 @@ class Store:
                 pass
         self._files.clear()
 
+    def __repr__(self) -> str:
+        damaged = f", {len(self.damaged)} damaged" if getattr(self, "damaged", None) else ""
+        return (f"<{type(self).__name__} {self.path!r}: {len(getattr(self, 'passes', []))} passes{damaged}, "
+                f"{self.num_classes} classes, D={self.feature_dim}>")
+
     def __enter__(self) -> Store:
         return self
 
