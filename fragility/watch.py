@@ -33,7 +33,8 @@ EXPECTED_SHARE_BELOW_P5 = 0.05
 
 
 def writer_state(path: str) -> str:
-    """``"writing"`` (a live process holds the store), ``"gone"`` (it ended or died) or ``"none"``."""
+    """``"writing"`` (a live process holds the store), ``"gone"`` (it ended or died) or ``"none"``.
+    (:class:`Watcher` tells a ``"finished"`` writer from one killed inside a pass by the passes' state.)"""
     lock = os.path.join(path, LOCK_FILE)
     try:
         with open(lock) as fh:
@@ -125,6 +126,8 @@ class Watcher:
                     labels = s.read(s.passes[-1], ["label"])["label"]
                     counts = np.bincount(labels[labels >= 0], minlength=s.num_classes).tolist()
                 metrics = self._metrics_for(s)
+                if writer == "gone":  # ended: cleanly (every pass complete) or killed inside a pass
+                    writer = "finished" if all(p.complete for p in s.passes) else "gone (killed inside a pass)"
                 return Snapshot(self.path, writer, passes, s.class_names, counts, metrics, damaged=[d.name for d in s.damaged])
         except FragilityError as exc:  # a store still being created, or broken: say so and keep watching
             return Snapshot(self.path, writer, [], [], None, None, error=str(exc))
@@ -188,7 +191,7 @@ def render(snap: Snapshot):
         t.add_column(col, justify="right" if col in ("epoch", "rows") else "left")
     for p in snap.passes[-8:]:
         t.add_row(markup(p["name"]), markup(p["split"]), str(p["epoch"]), markup(p["mode"]), str(p["rows"]),
-                  "yes" if p["complete"] else ("[red]no (crashed)[/]" if snap.writer == "gone" else "[yellow]writing[/]"))
+                  "yes" if p["complete"] else ("[red]no (crashed)[/]" if snap.writer.startswith("gone") else "[yellow]writing[/]"))
     parts.append(t)
     if snap.newest_counts is not None and snap.passes:
         p = snap.passes[-1]

@@ -361,3 +361,30 @@ def test_a_killed_pass_recorded_again_is_superseded(tmp_path):
     res = fragility.analyze(path, ["topk"], epoch=1, k=2)
     assert sum(c["n"] for c in res["topk"].data["groups"]["train@1"]["classes"]) == 30  # not 50
     assert any(f"pass {old} (incomplete) was recorded again as {new}" in n for n in res["topk"].notes)
+
+
+def test_inspect_names_the_pass_that_supersedes_an_interrupted_one(tmp_path):
+    from torch import nn
+
+    from fragility.cli import main
+
+    path = tmp_path / "r.fragility"
+    subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(path)], check=True, timeout=120)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 3)).eval()
+    with fragility.Recorder(model, path, classifier=model[1], dtype="float32", resume=True) as rec, torch.no_grad():
+        with rec.capture("train", epoch=1, mode="eval"):
+            model(torch.randn(10, 8))
+            rec.record(torch.arange(10) % 3)
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["inspect", str(path)]) == 0
+    assert "no (superseded by 0002)" in out.getvalue()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["inspect", str(path), "--json"]) == 0
+    info = json.loads(out.getvalue())
+    assert [p["superseded_by"] for p in info["passes"]] == [None, "0002", None] and info["writer"] in ("none", "gone")

@@ -75,7 +75,7 @@ def test_watch_follows_a_live_writer_and_survives_its_kill(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         code, lines, err = _watch(path, "--interval", "0.2", "--until-idle")
-        assert code == 0 and len(lines) == 1 and "writer gone" in lines[0], lines
+        assert code == 0 and len(lines) == 1 and "writer gone (killed inside a pass)" in lines[0], lines
         with fragility.Store(path) as s:
             assert not all(p.complete for p in s.passes)  # the interrupted pass reads incomplete
     finally:
@@ -88,3 +88,16 @@ def test_watch_waits_for_a_store_and_says_why_it_gives_up(tmp_path):
     code, lines, err = _watch(tmp_path / "not-yet.fragility", "--interval", "0.1", "--count", "2")
     assert code == 2 and "does not exist" in err and err.count("\n") == 1
     assert len(lines) == 2 and all("does not exist" in line for line in lines)
+
+
+def test_watch_tells_a_finished_writer_from_a_killed_one(tmp_path):
+    import timm
+    import torch
+
+    path = tmp_path / "done.fragility"
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=3)
+    with fragility.Recorder(model, path) as rec:
+        rec.evaluate([(torch.randn(6, 3, 32, 32), torch.arange(6) % 3)], split="test")
+    code, lines, err = _watch(path, "--interval", "0.1", "--until-idle")
+    assert code == 0 and len(lines) == 1 and "writer finished" in lines[0], lines

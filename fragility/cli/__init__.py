@@ -257,8 +257,9 @@ def cmd_inspect(args, out: Console, err: Console) -> int:
             "feature_dim": s.feature_dim,
             "storage_dtype": s.metadata.get("storage_dtype"),
             "classes": [{"name": n, "count": (counts[i] if counts and i < len(counts) else None)} for i, n in enumerate(s.class_names)],
-            "passes": [p.to_dict() for p in s.passes],
+            "passes": [{**p.to_dict(), "superseded_by": s.superseded.get(p.name)} for p in s.passes],
             "damaged": [d.to_dict() for d in s.damaged],
+            "writer": _writer(s.path),
             "datasets": s.datasets(),
             "size_bytes": s.size_bytes(),
         }
@@ -269,6 +270,8 @@ def cmd_inspect(args, out: Console, err: Console) -> int:
     out.print(f"[bold]{m(info['path'])}[/]  schema v{info['schema_version']} (fragility {m(info['fragility_version'])}), "
               f"{info['size_bytes'] / 2**20:.1f} MiB on disk")
     out.print(f"model {m(info['model'])}, head {m(info['head'])}, D={info['feature_dim']}, stored as {m(info['storage_dtype'])}")
+    if info["writer"] == "writing":
+        out.print("a writer is recording into this store now (passes may still grow)", highlight=False)
     t = RichTable(title="classes", title_justify="left")
     t.add_column("class")
     t.add_column("training rows", justify="right")
@@ -279,7 +282,9 @@ def cmd_inspect(args, out: Console, err: Console) -> int:
     for col in ("pass", "split", "epoch", "mode", "rows", "complete", "non-finite", "started"):
         t.add_column(col, justify="right" if col in ("epoch", "rows", "non-finite") else "left")
     for p in info["passes"]:
-        t.add_row(m(p["name"]), m(p["split"]), str(p["epoch"]), m(p["mode"]), str(p["rows"]), "yes" if p["complete"] else "[red]no[/]",
+        done = ("yes" if p["complete"] else f"no (superseded by {m(p['superseded_by'])})" if p["superseded_by"]
+                else "[yellow]no (being written)[/]" if info["writer"] == "writing" else "[red]no[/]")
+        t.add_row(m(p["name"]), m(p["split"]), str(p["epoch"]), m(p["mode"]), str(p["rows"]), done,
                   str(p["nonfinite_rows"]), m(p["started"]))
     out.print(t)
     if info["damaged"]:
@@ -303,6 +308,13 @@ def cmd_inspect(args, out: Console, err: Console) -> int:
                   m(d["compression"] or "–"))
     out.print(t)
     return 0
+
+
+def _writer(path: str) -> str:
+    """``writing`` while a live process holds the store, else ``none`` / ``gone`` (see fragility.watch)."""
+    from ..watch import writer_state
+
+    return writer_state(path)
 
 
 def cmd_verify(args, out: Console, err: Console) -> int:
