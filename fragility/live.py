@@ -30,7 +30,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from .analysis._engine import TRAIN_EVAL
+from .analysis._engine import TRAIN_EVAL, sound_reference_split
 from .hookspecs import hookimpl
 
 __all__ = ["LiveMetrics"]
@@ -76,8 +76,9 @@ class LiveMetrics:
 
         with Store(pass_info["store"]) as store:
             # the reference: the newest eval sweep of the training split when recorded, else the training pass
-            sweeps = [p for p in store.passes if p.split == TRAIN_EVAL and p.complete and p.rows]
-            trains = sweeps or [p for p in store.passes if p.split == "train" and p.complete and p.rows]
+            complete = [p for p in store.passes if p.complete and p.rows]
+            ref = sound_reference_split(complete)
+            trains = [p for p in complete if p.split == ref]
             ends = [p for p in store.passes if p.name == pass_info["name"]]
             if not trains or not ends or ends[0].split in ("train", TRAIN_EVAL):
                 return

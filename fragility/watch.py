@@ -19,7 +19,7 @@ import numpy as np
 from ._safe import markup
 from .errors import FragilityError
 from .store import Store
-from .analysis._engine import TRAIN_EVAL
+from .analysis._engine import TRAIN_EVAL, sound_reference_split
 from .store._format import LOCK_FILE
 
 #: a class "looks fragile" when this share of its test rows falls below the training 5th percentile
@@ -135,8 +135,8 @@ class Watcher:
     def _metrics_for(self, s: Store) -> dict[str, Any] | None:
         complete = [p for p in s.passes if p.complete and p.rows]
         # the reference: an eval sweep of the training split when recorded, else the (train-mode) training pass
-        sweeps = [p for p in complete if p.split == TRAIN_EVAL]
-        trains = sweeps or [p for p in complete if p.split == "train"]
+        ref = sound_reference_split(complete)
+        trains = [p for p in complete if p.split == ref]
         tests = [p for p in complete if p.split not in ("train", TRAIN_EVAL)]
         if not trains or not tests:
             return None

@@ -19,6 +19,7 @@ from fragility.analysis._maths import (
     participation_ratio,
     bootstrap_mean_cosine,
     participation_ratio_rows,
+    rarefy_size,
     size_matched,
     wilson,
 )
@@ -144,8 +145,7 @@ class Diversity(Analyzer):
                     f"(knn_max_rows={spec.knn_max_rows})")
         # size-matched participation ratio: the PR is bounded by a class's rows, so classes are compared on
         # seeded subsamples of m rows each (m: the smallest class, or options["rarefy_m"]) from the sample
-        sizes = n[n > 0]
-        m = int(spec.options.get("rarefy_m") or (sizes.min() if len(sizes) else 0))
+        m = rarefy_size(spec.options.get("rarefy_m"), n)
         whole = sampled == int(n.sum())
         # 20 draws per class, fewer when they would cost more than ~4 GFLOP for the group (large m and D), none
         # below 5 (then a note says so): the size-matched value matters where classes differ in size

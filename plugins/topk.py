@@ -7,7 +7,7 @@ import numpy as np
 
 import fragility
 from fragility.analysis import Analyzer, Chunk, Result, Table
-from fragility.analysis._maths import class_sums, class_topk, instance_counts, jaccard, minimal_sets, overlap, rarefied_unique, wilson
+from fragility.analysis._maths import class_sums, class_topk, instance_counts, jaccard, minimal_sets, overlap, rarefied_unique, rarefy_size, wilson
 
 
 class TopK(Analyzer):
@@ -89,11 +89,11 @@ class TopK(Analyzer):
             freq = count / np.maximum(n, 1)[:, None]
             unique = (count > 0).sum(axis=1)
             unique_tau = (freq > spec.tau).sum(axis=1)
-            m = _rarefy_to(spec.options.get("rarefy_m"), n)
+            m = rarefy_size(spec.options.get("rarefy_m"), n)
             rare = rarefied_unique(count, n, m) if m else np.full(C, np.nan)
             has_mscs = "mscs_count" in st
             if has_mscs:
-                m_sets = _rarefy_to(spec.options.get("rarefy_m"), st["mscs_rows"])
+                m_sets = rarefy_size(spec.options.get("rarefy_m"), st["mscs_rows"])
                 rare_sets = rarefied_unique(st["mscs_count"], st["mscs_rows"], m_sets) if m_sets else np.full(C, np.nan)
             rows, classes = [], []
             for c in range(C):
@@ -182,16 +182,6 @@ class TopK(Analyzer):
                 )
         result.notes.append("minimal sufficient CE sets start from the predicted class's bias b_p (the authors' script used the true class's bias for misclassified rows)")
         return result
-
-
-def _rarefy_to(m: int | None, n: np.ndarray) -> int:
-    """The subsample size: ``m`` if given, else the group's smallest non-empty class (0: no class has rows)."""
-    if m is not None:
-        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
-            raise fragility.AnalyzerError(f"rarefy_m={m!r} must be a positive number of rows (the subsample size of the size-controlled unique counts)")
-        return int(m)
-    sizes = n[n > 0]
-    return int(sizes.min()) if len(sizes) else 0
 
 
 @fragility.hookimpl

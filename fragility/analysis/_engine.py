@@ -364,6 +364,12 @@ class Plan:
 TRAIN_EVAL = "train_eval"
 
 
+def sound_reference_split(passes: Sequence[PassInfo]) -> str:
+    """The sound reference among ``passes``: ``train_eval`` (an eval sweep of the training set) when one holds
+    rows, else ``train`` (the training pass, recorded in train mode)."""
+    return TRAIN_EVAL if any(p.split == TRAIN_EVAL and p.rows for p in passes) else "train"
+
+
 def make_plan(
     store: Store,
     analyzers: Sequence[str] | None = None,
@@ -404,7 +410,7 @@ def make_plan(
     users = [n for n in names if reg.analyzers[n].uses_reference]
     reference: list[PassInfo] = []
     if reference_split is None:  # the sound reference when the store has it: an eval sweep of the training split
-        reference_split = TRAIN_EVAL if any(p.split == TRAIN_EVAL and p.rows for p in store.passes) else "train"
+        reference_split = sound_reference_split(store.passes)
     if users:
         problem = None
         try:

@@ -159,6 +159,19 @@ def minimal_sets(ce_pred: np.ndarray, logits: np.ndarray, pred: np.ndarray, bias
     return out.numpy()
 
 
+def rarefy_size(m: object, n: np.ndarray) -> int:
+    """The subsample size of size-controlled quantities: ``m`` if given (a positive integer, else an
+    AnalyzerError), else the smallest non-empty class of ``n`` (0 when no class has rows)."""
+    if m is not None:
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+            from ..errors import AnalyzerError
+
+            raise AnalyzerError(f"rarefy_m={m!r} must be a positive number of rows (the subsample size of the size-controlled unique counts)")
+        return int(m)
+    sizes = np.asarray(n)[np.asarray(n) > 0]
+    return int(sizes.min()) if len(sizes) else 0
+
+
 def rarefied_unique(counts: np.ndarray, n: np.ndarray, m: int) -> np.ndarray:
     """Expected number of distinct features in a random subsample of ``m`` of a class's rows (incidence
     rarefaction, Colwell et al. 2012): ``sum_j 1 - C(n - f_j, m) / C(n, m)`` with ``f_j = counts[c, j]``, the

@@ -61,6 +61,11 @@ class DamagedPass:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+def _damaged_problems(damaged: Sequence[DamagedPass]) -> list[dict[str, Any]]:
+    """``verify``'s entries for quarantined pass files."""
+    return [{"pass": d.name, "group": d.label, "start": 0, "stop": 0, "problem": "damaged", "reason": d.reason} for d in damaged]
+
+
 def superseded(passes: Sequence[PassInfo]) -> dict[str, str]:
     """Incomplete passes followed by a later pass of the same split, epoch and rank — a pass killed and then
     recorded again after training resumed from a checkpoint — mapped to the pass that replaces them.
@@ -512,10 +517,7 @@ class Store:
         file the validation layer quarantined; ``"reason"`` says why). An empty list means every committed
         row is as written. Memory stays bounded: blocks are read in slices.
         """
-        found: list[dict[str, Any]] = []
-        if passes is None:
-            found.extend({"pass": d.name, "group": d.label, "start": 0, "stop": 0, "problem": "damaged", "reason": d.reason}
-                         for d in self.damaged)
+        found: list[dict[str, Any]] = [] if passes is not None else _damaged_problems(self.damaged)
         for p in self.passes if passes is None else passes:
             if not p.rows:
                 continue
@@ -651,10 +653,7 @@ class RankedStore(Store):
         return st.read(q, columns, start, stop)
 
     def verify(self, passes: Sequence[PassInfo] | None = None, progress: Any = None) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        if passes is None:
-            out.extend({"pass": d.name, "group": d.label, "start": 0, "stop": 0, "problem": "damaged", "reason": d.reason}
-                       for d in self.damaged)
+        out: list[dict[str, Any]] = [] if passes is not None else _damaged_problems(self.damaged)
         for p in self.passes if passes is None else passes:
             st, q = self._route[p.name]
             out.extend({**e, "pass": p.name} for e in st.verify([q], progress))

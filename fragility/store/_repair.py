@@ -40,6 +40,7 @@ from ._format import (
 from ._hdf5 import create, guard
 from ._reader import RankedStore, Store, _first_line, _rank_dirs, open_raw
 from ._validate import _check_dataset, dataset_rows, read_attrs, regular_file
+from ._writer import _HELD, _acquire_writer_lock, _remove
 
 #: where originals go (readers look only in passes/)
 DAMAGED_DIR = "damaged"
@@ -61,8 +62,6 @@ def repair(path: str | os.PathLike, progress: Any = None) -> list[dict[str, Any]
     ranks = _rank_dirs(path)
     if ranks:
         return [{**r, "pass": f"r{rank}/{r['pass']}"} for rank, sub in ranks for r in repair(sub, progress)]
-    from ._writer import _acquire_writer_lock, _HELD
-
     Store(path).close()  # a store at all (the root validates), before taking its lock
     handle, key = _acquire_writer_lock(path)  # no writer may append while a pass is replaced
     try:
@@ -174,13 +173,6 @@ def _gaps(kept: list[tuple[int, int]], committed: int) -> list[list[int]]:
     if pos < committed:
         out.append([pos, committed])
     return out
-
-
-def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
 
 
 def _keep_aside(store: str, name: str, src: str) -> str:
