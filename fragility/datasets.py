@@ -1,6 +1,7 @@
 """Datasets: scikit-learn's bundled digits (no download), and local copies of CIFAR-10, CIFAR-100, SVHN and
 CelebA in torchvision's on-disk formats (read directly; nothing is ever downloaded), with the imbalance
-profiles of the long-tailed literature (exponential and step, LDAM-DRW's class counts)."""
+profiles of the long-tailed literature and the exact images LDAM-DRW's ``IMBALANCECIFAR10/100`` keeps
+(kaidic/LDAM-DRW ``imbalance_cifar.py``, which the paper's authors train on)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,31 @@ import torch
 
 from .errors import DataError
 
-__all__ = ["DATASETS", "PROFILES", "ImageData", "exponential_counts", "imbalance", "imbalance_counts", "load", "step_counts"]
+__all__ = [
+    "DATASETS", "HALF", "PEERS_CIFAR", "PROFILES", "ImageData", "exponential_counts", "imbalance", "imbalance_counts",
+    "imbalanced_indices", "load", "normalize", "step_counts",
+]
+
+#: per-channel (mean, std) of the CIFAR transforms of the paper's code base (kaidic/LDAM-DRW and
+#: dd1github/EOS ``cifar_train.py``: ``transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))``)
+PEERS_CIFAR = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+#: (x - 0.5) / 0.5: the digits demo, SVHN and CelebA (the peers' code has no reader for the latter two)
+HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def normalize(x: np.ndarray | torch.Tensor, stats: tuple[Sequence[float], Sequence[float]]) -> torch.Tensor:
+    """uint8 images ``(N, C, H, W)`` as the model's input: torchvision's ``ToTensor()`` then
+    ``Normalize(mean, std)``, operation for operation (``/255`` in float32, then ``- mean``, ``/ std`` per
+    channel), so the tensors are bit-identical to the peers' pipeline (tested)."""
+    t = torch.as_tensor(x).to(torch.float32).div_(255)
+    mean, std = (torch.as_tensor(v, dtype=torch.float32).view(-1, 1, 1) for v in stats)
+    return t.sub_(mean).div_(std)
 
 
 @dataclass
 class ImageData:
-    """Images ``(N, 3, H, W)`` float32 in [0, 1]-ish, labels ``(N,)`` int64, class names."""
+    """Normalised images ``(N, 3, H, W)`` float32, labels ``(N,)`` int64, class names, and the normalisation
+    ``stats`` = ``(mean, std)`` per channel that produced them."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -27,6 +47,13 @@ class ImageData:
     y_test: torch.Tensor
     classes: list[str]
     name: str
+    stats: tuple[tuple[float, ...], tuple[float, ...]] = HALF
+
+    @property
+    def black(self) -> torch.Tensor:
+        """``(3, 1, 1)``: a black (0) pixel after normalisation — what the augmentation's padding adds,
+        as torchvision's ``RandomCrop(32, padding=4)`` pads the image with 0 before ``Normalize``."""
+        return normalize(torch.zeros((1, 3, 1, 1), dtype=torch.uint8), self.stats)[0]
 
 
 def _check_ratio(ratio: float) -> None:
@@ -35,20 +62,23 @@ def _check_ratio(ratio: float) -> None:
 
 
 def exponential_counts(n_max: int, num_classes: int, ratio: float) -> list[int]:
-    """Exponential profile (Cui et al., LDAM-DRW): ``n_c = int(n_max * ratio ** (-c / (C - 1)))``, at least 1.
+    """Exponential profile (Cui et al., LDAM-DRW): ``n_c = int(n_max * imb_factor ** (c / (C - 1.0)))`` with
+    ``imb_factor = 1 / ratio``, at least 1 — LDAM-DRW's ``get_img_num_per_cls`` expression for expression.
 
     ``int()`` truncates as LDAM-DRW's code does, so CIFAR-10 at 100:1 gives its published
     5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50.
     """
     _check_ratio(ratio)
-    return [max(1, int(n_max * ratio ** (-c / max(1, num_classes - 1)))) for c in range(num_classes)]
+    imb_factor = 1 / ratio  # correctly rounded: 1/100, 1/50, 1/10 are the literals 0.01, 0.02, 0.1
+    return [max(1, int(n_max * (imb_factor ** (c / max(1.0, num_classes - 1.0))))) for c in range(num_classes)]
 
 
 def step_counts(n_max: int, num_classes: int, ratio: float, minority_share: float = 0.5) -> list[int]:
-    """Step profile (Buda et al.): the last ``minority_share`` of the classes keep ``int(n_max / ratio)``."""
+    """Step profile (Buda et al.; LDAM-DRW's ``step``): the last ``minority_share`` of the classes keep
+    ``int(n_max * (1 / ratio))``."""
     _check_ratio(ratio)
     n_minor = int(num_classes * minority_share)
-    return [n_max if c < num_classes - n_minor else max(1, int(n_max / ratio)) for c in range(num_classes)]
+    return [n_max if c < num_classes - n_minor else max(1, int(n_max * (1 / ratio))) for c in range(num_classes)]
 
 
 PROFILES = {"exp": exponential_counts, "step": step_counts}
@@ -61,23 +91,35 @@ def imbalance_counts(have: Sequence[int], ratio: float, profile: str = "exp") ->
     return PROFILES[profile](int(min(have)), len(have), ratio)
 
 
+def imbalanced_indices(y: np.ndarray | torch.Tensor, ratio: float, seed: int = 0, profile: str = "exp") -> np.ndarray:
+    """The rows LDAM-DRW's ``IMBALANCECIFAR10/100(imb_type=profile, imb_factor=1/ratio, rand_number=seed)``
+    keeps, in its order: ``np.random.seed(seed)``, then per class in class order ``np.random.shuffle`` of the
+    class's row indices and the first ``n_c``. Indices into ``y`` (the full training set)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise DataError(f"seed {seed!r} must be an integer in 0..2**32-1 (numpy's RandomState seed, LDAM-DRW's rand_number)")
+    y = np.asarray(y, dtype=np.int64)
+    C = int(y.max()) + 1
+    counts = imbalance_counts(np.bincount(y, minlength=C).tolist(), ratio, profile)
+    rng = np.random.RandomState(int(seed))  # the global generator np.random.seed(seed) seeds, without touching it
+    keep = []
+    for c in np.unique(y):
+        idx = np.where(y == c)[0]
+        rng.shuffle(idx)
+        keep.append(idx[: counts[c]])
+    return np.concatenate(keep)
+
+
 def imbalance(
     x: torch.Tensor, y: torch.Tensor, ratio: float, seed: int = 0, profile: str = "exp", return_index: bool = False
 ) -> tuple[torch.Tensor, ...]:
-    """Keep an imbalanced subset of ``(x, y)``: class 0 keeps most, the last classes least.
+    """Keep an imbalanced subset of ``(x, y)``: class 0 keeps most, the last classes least — exactly the
+    images (and order) of LDAM-DRW's ``IMBALANCECIFAR10/100`` with ``rand_number=seed`` (:func:`imbalanced_indices`).
 
-    Rows are drawn with a fixed ``seed``; ``return_index=True`` also returns the kept rows' indices into
-    ``(x, y)`` (sample ids for provenance: record them with ``rec.record(y, index=ids)``).
+    ``return_index=True`` also returns the kept rows' indices into ``(x, y)`` (sample ids for provenance:
+    record them with ``rec.record(y, index=ids)``).
     """
-    C = int(y.max()) + 1
-    counts = imbalance_counts(torch.bincount(y, minlength=C).tolist(), ratio, profile)
-    g = torch.Generator().manual_seed(seed)
-    keep = []
-    for c in range(C):
-        idx = torch.nonzero(y == c).flatten()
-        keep.append(idx[torch.randperm(len(idx), generator=g)[: counts[c]]])
-    keep_t = torch.cat(keep).sort().values
-    return (x[keep_t], y[keep_t], keep_t) if return_index else (x[keep_t], y[keep_t])
+    keep = torch.from_numpy(imbalanced_indices(y, ratio, seed, profile))
+    return (x[keep], y[keep], keep) if return_index else (x[keep], y[keep])
 
 
 def _digits(seed: int) -> ImageData:
@@ -102,11 +144,6 @@ def _digits(seed: int) -> ImageData:
 
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def _normalize(x: np.ndarray) -> torch.Tensor:
-    t = torch.from_numpy(x.astype(np.float32) / 255.0)
-    return (t - 0.5) / 0.5
 
 
 def _folder(root: str, sub: str, what: str) -> str:
@@ -134,8 +171,8 @@ def _cifar_part(base: str, name: str, keys: Sequence[bytes], what: str, holds: s
     return d
 
 
-def _cifar_xy(d: dict, label_key: bytes, path: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The images and labels of one loaded CIFAR batch file (``path`` names it in errors)."""
+def _cifar_xy(d: dict, label_key: bytes, path: str) -> tuple[np.ndarray, torch.Tensor]:
+    """The uint8 images and the labels of one loaded CIFAR batch file (``path`` names it in errors)."""
     try:
         x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         y = np.asarray(d[label_key], dtype=np.int64).reshape(-1)
@@ -143,7 +180,7 @@ def _cifar_xy(d: dict, label_key: bytes, path: str) -> tuple[torch.Tensor, torch
             raise ValueError(f"{len(x)} images but {len(y)} labels")
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"file {path} does not hold 32x32 RGB images with one label each ({exc})") from None
-    return _normalize(x), torch.from_numpy(y)
+    return x, torch.from_numpy(y)
 
 
 def _cifar10(root: str) -> ImageData:
@@ -157,7 +194,8 @@ def _cifar10(root: str) -> ImageData:
         meta = _cifar_part(base, "batches.meta", (b"label_names",), "CIFAR-10", holds)
         classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"label_names"]]
     (xte, yte), train = parts[-1], parts[:-1]
-    return ImageData(torch.cat([p[0] for p in train]), torch.cat([p[1] for p in train]), xte, yte, classes, "cifar10")
+    return ImageData(normalize(np.concatenate([p[0] for p in train]), PEERS_CIFAR), torch.cat([p[1] for p in train]),
+                     normalize(xte, PEERS_CIFAR), yte, classes, "cifar10", PEERS_CIFAR)
 
 
 def _svhn(root: str) -> ImageData:
@@ -173,7 +211,7 @@ def _svhn(root: str) -> ImageData:
             y = m["y"].astype(np.int64).reshape(-1) % 10  # SVHN stores digit 0 as label 10
         except Exception as exc:  # noqa: BLE001
             raise DataError(f"SVHN file {path} is not an SVHN .mat file ({type(exc).__name__}: {exc})") from None
-        return _normalize(x), torch.from_numpy(y)
+        return normalize(x, HALF), torch.from_numpy(y)
 
     xtr, ytr = split("train")
     xte, yte = split("test")
@@ -186,8 +224,8 @@ def _cifar100(root: str) -> ImageData:
     tr, te = (_cifar_part(base, n, (b"data", b"fine_labels"), "CIFAR-100", holds) for n in ("train", "test"))
     meta = _cifar_part(base, "meta", (b"fine_label_names",), "CIFAR-100", holds)
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"fine_label_names"]]
-    return ImageData(*_cifar_xy(tr, b"fine_labels", os.path.join(base, "train")),
-                     *_cifar_xy(te, b"fine_labels", os.path.join(base, "test")), names, "cifar100")
+    (xtr, ytr), (xte, yte) = _cifar_xy(tr, b"fine_labels", os.path.join(base, "train")), _cifar_xy(te, b"fine_labels", os.path.join(base, "test"))
+    return ImageData(normalize(xtr, PEERS_CIFAR), ytr, normalize(xte, PEERS_CIFAR), yte, names, "cifar100", PEERS_CIFAR)
 
 
 #: CelebA's hair-colour task: rows with exactly one of these attributes, the attribute is the class
@@ -240,7 +278,7 @@ def _celeba(root: str) -> ImageData:
         raise DataError(f"CelebA in {base} has no training or no test image with exactly one of {', '.join(CELEBA_CLASSES)}")
 
     def xy(part: tuple[list, list]) -> tuple[torch.Tensor, torch.Tensor]:
-        return _normalize(np.stack(part[0])), torch.tensor(part[1], dtype=torch.int64)
+        return normalize(np.stack(part[0]), HALF), torch.tensor(part[1], dtype=torch.int64)
 
     return ImageData(*xy(data[0]), *xy(data[2]), list(CELEBA_CLASSES), "celeba")
 

@@ -32,15 +32,18 @@ QUICK = {"data": "digits", "imbalance": 20.0, "epochs": 20, "record_every": 5, "
 FULL = {"data": "cifar10", "imbalance": 100.0, "epochs": 200, "record_every": 20, "model": "cifar_resnet32", "batch_size": 128}
 
 
-def augment(x: torch.Tensor, g: torch.Generator, flip: bool) -> torch.Tensor:
-    """The CIFAR augmentation: a random 32×32 crop of the image padded by 4 (with the black value -1), and a
-    random horizontal flip when ``flip``."""
-    n, _, h, w = x.shape
-    pad = torch.nn.functional.pad(x, (4, 4, 4, 4), value=-1.0)
+def augment(x: torch.Tensor, g: torch.Generator, flip: bool, black: torch.Tensor | float = -1.0) -> torch.Tensor:
+    """The peers' training transform on normalised images: ``RandomCrop(32, padding=4)`` — a random 32×32
+    crop of the image padded by 4 black pixels (``black``: their normalised value per channel, ``(C, 1, 1)``)
+    — then ``RandomHorizontalFlip()`` when ``flip``. Cropping and flipping commute with the per-pixel
+    normalisation, so the result equals torchvision's pipeline pixel for pixel (tested)."""
+    n, ch, h, w = x.shape
+    pad = torch.as_tensor(black, dtype=x.dtype).expand(n, ch, h + 8, w + 8).clone()
+    pad[:, :, 4 : 4 + h, 4 : 4 + w] = x
     dy, dx = torch.randint(0, 9, (n,), generator=g), torch.randint(0, 9, (n,), generator=g)
-    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, x.shape[1], h, w + 8)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, ch, h, w + 8)
     out = pad.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, ch, h, w)
     out = out.gather(3, cols)
     if flip:
         mask = torch.rand(n, generator=g) < 0.5
@@ -151,7 +154,7 @@ def train_config(
             with rec.capture("train", epoch=epoch) if recording else rec.paused():
                 for s in range(0, n, recipe.batch_size):
                     idx = perm[s : s + recipe.batch_size]
-                    xb, yb = augment(x[idx], g, flip).to(device), y[idx].to(device)
+                    xb, yb = augment(x[idx], g, flip, data.black).to(device), y[idx].to(device)
                     with amp:
                         logits = model(xb)
                     if recording:
