@@ -53,7 +53,7 @@ class LDAMLoss(nn.Module):
 #: loss name -> (what it is, whether the model uses LDAM's normalised head)
 LOSSES = {
     "ce": ("cross-entropy", False),
-    "focal": ("focal loss, gamma 1", False),
+    "focal": ("focal loss (gamma: --focal-gamma, default 2 as in the authors' code)", False),
     "cb": ("class-balanced cross-entropy (beta 0.9999) from the start", False),
     "ldam": ("LDAM (max margin 0.5, s 30), normalised head", True),
     "ldam-drw": ("LDAM with deferred re-weighting: class-balanced weights from the DRW epoch", True),
@@ -61,8 +61,9 @@ LOSSES = {
 }
 
 
-def make_loss(name: str, counts: Sequence[int], epoch: int, drw_epoch: int) -> nn.Module:
-    """The loss ``name`` for ``epoch`` (DRW switches the class-balanced weights on at ``drw_epoch``)."""
+def make_loss(name: str, counts: Sequence[int], epoch: int, drw_epoch: int, focal_gamma: float = 1.0) -> nn.Module:
+    """The loss ``name`` for ``epoch`` (DRW switches the class-balanced weights on at ``drw_epoch``; the focal
+    loss uses ``focal_gamma``)."""
     if name not in LOSSES:
         from .errors import close_matches
 
@@ -75,22 +76,33 @@ def make_loss(name: str, counts: Sequence[int], epoch: int, drw_epoch: int) -> n
     if name == "cb":
         return nn.CrossEntropyLoss(weight=class_balanced_weights(counts))
     if name == "focal":
-        return FocalLoss(1.0)
+        return FocalLoss(focal_gamma)
     return LDAMLoss(counts, weight=drw if name == "ldam-drw" else None)
 
 
 class Recipe:
     """The CIFAR schedule of LDAM-DRW, scaled to ``epochs``: SGD (momentum 0.9, weight decay 2e-4), linear
     warm-up over the first ``warmup`` epochs, lr × 0.01 after 80 % and × 0.0001 after 90 % of the epochs;
-    DRW from 80 %. With 200 epochs: steps after epochs 160 and 180, DRW from epoch 160 (0-based)."""
+    DRW from ``drw_epoch`` (default 80 %). With 200 epochs: steps after epochs 160 and 180, DRW from epoch 160
+    (0-based), as the peers' ``cifar_train.py`` hard-codes (``idx = epoch // 160``). ``focal_gamma``: the
+    focal loss's gamma (LDAM-DRW: 1; the paper's authors' code, dd1github/EOS ``cifar_train.py``: 2)."""
 
     def __init__(self, epochs: int, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 2e-4, warmup: int = 5,
-                 batch_size: int = 128) -> None:
+                 batch_size: int = 128, drw_epoch: int | None = None, focal_gamma: float = 1.0) -> None:
         if epochs < 1:
             raise DataError(f"--epochs {epochs} must be >= 1")
+        if drw_epoch is not None and drw_epoch < 0:
+            raise DataError(f"--drw-epoch {drw_epoch} must be >= 0 (0-based; --epochs or more: never)")
+        if not focal_gamma >= 0:
+            raise DataError(f"--focal-gamma {focal_gamma} must be >= 0 (0: cross-entropy)")
         self.epochs, self.lr, self.momentum, self.weight_decay = epochs, lr, momentum, weight_decay
         self.warmup, self.batch_size = min(warmup, max(0, epochs - 1)), batch_size
-        self.drw_epoch = int(0.8 * epochs)
+        self.drw_epoch = int(0.8 * epochs) if drw_epoch is None else int(drw_epoch)
+        self.focal_gamma = float(focal_gamma)
+
+    def loss(self, name: str, counts: Sequence[int], epoch: int) -> nn.Module:
+        """The loss ``name`` at ``epoch`` under this recipe (its DRW epoch and focal gamma)."""
+        return make_loss(name, counts, epoch, self.drw_epoch, self.focal_gamma)
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)

@@ -91,7 +91,7 @@ def build_report(
     labels: Sequence[str] | None = None,
     results: dict[str, dict[str, Result]] | None = None,
     comparison: Result | None = None,
-    headline: Table | None = None,
+    headline: Table | Sequence[Table] | None = None,
     k: int = 10,
     analyzers: Sequence[str] | None = None,
     plugin_manager: pluggy.PluginManager | None = None,
@@ -104,6 +104,7 @@ def build_report(
         labels: a name per store (default: the stores' folder names).
         results: precomputed ``analyze`` results per label (computed here when missing).
         comparison: a :func:`fragility.compare` result to show (derived from ``results`` for two runs).
+        headline: a table, or tables, shown first (e.g. ``fragility reproduce``'s grid, checkpoint and recipe).
         analyzers: the analyzers to run where ``results`` are missing (default: the built-in set); every
             analyzer's tables appear in the report's generic "Tables" section, from the same analysis.
 
@@ -136,8 +137,8 @@ def build_report(
         if comparison is not None:
             comparison.save(os.path.join(out, "results"))
         parts = [f"<h1>fragility report</h1><p class='meta'>{html.escape(_describe(opened, labels))}</p>"]
-        if headline is not None:
-            parts.append(_table_html(headline))
+        for t in [headline] if isinstance(headline, Table) else headline or []:
+            parts.append(_table_html(t))
         import matplotlib
 
         # names from stores reach plot text: never parsed as mathtext (a "$" in a class name would raise)

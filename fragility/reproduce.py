@@ -22,12 +22,19 @@ from ._fingerprint import incomparable
 from .analysis import Result, Table, analyze, compare_results, last_group
 from .datasets import DATASETS, ImageData, imbalance, load
 from .errors import DataError, close_matches, output_dir
-from .losses import LOSSES, Recipe, make_loss
+from .losses import LOSSES, Recipe
 from .recorder import Recorder
 
 BALANCED = "balanced"
 #: per data set: whether a horizontal flip is a valid augmentation (digits and house numbers: no)
 FLIP = {"digits": False, "svhn": False, "cifar10": True, "cifar100": True, "celeba": True}
+#: checkpoint selection -> (score on the recorded test sweeps, its source in the peers' code)
+SELECT = {
+    "last": (None, "the last epoch (fragility's own choice: no test-set selection)"),
+    "best-acc": ("accuracy", "best test top-1 accuracy, first epoch on ties (kaidic/LDAM-DRW cifar_train.py: is_best = acc1 > best_acc1)"),
+    "best-f1": ("macro_f1", "best test macro-F1, first epoch on ties (dd1github/EOS cifar_train.py validate(): sklearn "
+                "f1_score(average='macro', zero_division=1), saved when fm > best_acc)"),
+}
 QUICK = {"data": "digits", "imbalance": 20.0, "epochs": 20, "record_every": 5, "model": "cifar_resnet32", "batch_size": 64}
 FULL = {"data": "cifar10", "imbalance": 100.0, "epochs": 200, "record_every": 20, "model": "cifar_resnet32", "batch_size": 128}
 
@@ -54,6 +61,56 @@ def augment(x: torch.Tensor, g: torch.Generator, flip: bool, black: torch.Tensor
 def recorded_epochs(epochs: int, every: int) -> list[int]:
     """0-based epochs that get a train pass and a test sweep: every ``every``-th, and always the last."""
     return sorted({e for e in range(epochs) if (e + 1) % every == 0} | {epochs - 1})
+
+
+def select_epoch(store: str, how: str) -> tuple[int, list[dict[str, float]]]:
+    """The recorded epoch ``how`` keeps, and per recorded epoch its test ``accuracy`` and ``macro_f1`` —
+    computed from the stored test sweep (labels and predictions of the forward that was recorded), with
+    scikit-learn's ``f1_score(average="macro", zero_division=1)`` as the peers call it."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from .store import Store
+
+    scores = []
+    with Store(store) as s:
+        tests = [p for p in s.select(complete_only=True) if p.split == "test"]
+        for e in sorted({p.epoch for p in tests}):
+            rows = [s.read(p, ["label", "pred"]) for p in tests if p.epoch == e]
+            y, pred = (np.concatenate([r[c] for r in rows]) for c in ("label", "pred"))
+            scores.append({"epoch": e, "accuracy": float((y == pred).mean()),
+                           "macro_f1": float(f1_score(y, pred, average="macro", zero_division=1))})
+    if not scores:
+        raise DataError(f"store {store} holds no complete test sweep to select a checkpoint from; delete it to train again")
+    key = SELECT[how][0]
+    best = scores[-1] if key is None else max(scores, key=lambda r: r[key])  # max keeps the first of equal scores
+    return best["epoch"], scores
+
+
+def recipe_table(recipe: Recipe, data: str, model: str, select: str, stats: tuple, seed: int, profile: str, ratio: float) -> Table:
+    """Every setting of the run with its value and where the default comes from (the paper's code base)."""
+    cifar = data in ("cifar10", "cifar100")
+    rows = [
+        ["imbalanced images", f"{profile}, imbalance {ratio:g} (imb_factor {1 / ratio:g}), rand_number {seed}",
+         "kaidic/LDAM-DRW imbalance_cifar.py IMBALANCECIFAR10/100: np.random.seed(rand_number), per class in class order "
+         "np.random.shuffle, the first int(img_max * imb_factor ** (c / (C - 1.0)))"],
+        ["normalisation", f"mean {stats[0]}, std {stats[1]}",
+         "LDAM-DRW and dd1github/EOS cifar_train.py transforms.Normalize" if cifar
+         else "(x - 0.5) / 0.5: the peers' code has no reader for this data set"],
+        ["augmentation", f"RandomCrop(32, padding=4){' + RandomHorizontalFlip' if FLIP[data] else ''}",
+         "cifar_train.py transform_train" + ("" if FLIP[data] else " (no flip: digits and house numbers are not mirror-symmetric)")],
+        ["model", model, "LDAM-DRW models/resnet_cifar.py resnet32 (published checkpoints load strictly)"],
+        ["optimiser", f"SGD lr {recipe.lr:g}, momentum {recipe.momentum:g}, weight decay {recipe.weight_decay:g}, batch {recipe.batch_size}",
+         "cifar_train.py defaults"],
+        ["schedule", f"{recipe.epochs} epochs, {recipe.warmup} warm-up, lr x0.01 after epoch {int(0.8 * recipe.epochs)}, "
+         f"x0.0001 after {int(0.9 * recipe.epochs)}", "cifar_train.py adjust_learning_rate (160 and 180 of 200), scaled to --epochs"],
+        ["DRW epoch", str(recipe.drw_epoch), "cifar_train.py DRW: idx = epoch // 160 (160 of 200), scaled to 80 % of --epochs; --drw-epoch"],
+        ["focal gamma", f"{recipe.focal_gamma:g}", "dd1github/EOS cifar_train.py FocalLoss(gamma=2), the authors' code "
+         "(LDAM-DRW uses 1); --focal-gamma"],
+        ["checkpoint", select, SELECT[select][1] + ("; among the recorded epochs, on the test set (a test-set selection, as "
+                                                     "in the peers' code)" if SELECT[select][0] else "") + "; --select"],
+    ]
+    return Table("recipe: each setting, its value in this run, and its source", ["setting", "value", "source"], rows)
 
 
 def _device(name: str) -> torch.device:
@@ -86,7 +143,8 @@ class Grid:
                     old = json.load(fh)
             except (OSError, ValueError) as exc:
                 raise DataError(f"{path} cannot be read ({exc}); delete it or choose another --out") from None
-            diff = [f"{k} {old.get(k)!r} vs {v!r}" for k, v in options.items() if old.get(k) != v and k != "losses"]
+            # the losses may grow and the selection only changes the analysis
+            diff = [f"{k} {old.get(k)!r} vs {v!r}" for k, v in options.items() if old.get(k) != v and k not in ("losses", "select")]
             if diff:
                 raise DataError(f"{out} holds a run with other options ({'; '.join(diff)}); use the same options to resume, "
                                 f"or choose another --out")
@@ -145,7 +203,7 @@ def train_config(
         for epoch in range(start, recipe.epochs):
             for group in opt.param_groups:
                 group["lr"] = recipe.lr_at(epoch)
-            loss_fn = make_loss(loss_name, counts, epoch, recipe.drw_epoch).to(device)
+            loss_fn = recipe.loss(loss_name, counts, epoch).to(device)
             g = torch.Generator().manual_seed(seed * 100003 + epoch)  # the same batches after a resume
             perm = torch.randperm(n, generator=g)
             model.train()
@@ -230,7 +288,7 @@ def grid_table(results: dict[str, dict[str, Result]], configs: list[str], k: int
     cols = ["class", "run", "n train", "test acc", f"unique top-{k}", "overlap w/ balanced", "mag correct", "mag misclassified",
             "<p5", "PR"]
     return Table(
-        f"per class and run at the last epoch: n train = training rows; unique top-{k} = distinct top-{k} CE features over "
+        f"per class and run at the kept checkpoint's epoch (below): n train = training rows; unique top-{k} = distinct top-{k} CE features over "
         f"the class's training rows; overlap = share of the class top-{k} (train) also in the balanced run's; mag = test/train "
         f"top-{k} magnitude of correct and misclassified test rows; <p5 = share of test rows below the training 5th "
         f"percentile; PR = FE participation ratio (train)",
@@ -251,6 +309,9 @@ def run_reproduce(
     record_every: int = 20,
     batch_size: int = 128,
     lr: float = 0.1,
+    focal_gamma: float = 2.0,
+    drw_epoch: int | None = None,
+    select: str = "best-f1",
     seed: int = 0,
     device: str = "auto",
     k: int = 10,
@@ -268,17 +329,20 @@ def run_reproduce(
         raise DataError(f"--data {data!r} is unknown{close_matches(data, list(DATASETS))}; use {', '.join(DATASETS)}")
     if record_every < 1:
         raise DataError(f"--record-every {record_every} must be >= 1")
+    if select not in SELECT:
+        raise DataError(f"--select {select!r} is unknown{close_matches(select, list(SELECT))}; use {', '.join(SELECT)}")
     import timm
 
     from . import models  # noqa: F401 - registers the CIFAR ResNets
 
     if not timm.is_model(model):
         raise DataError(f"--model {model!r} is not a timm model{close_matches(model, timm.list_models())}")
-    recipe = Recipe(epochs, lr=lr, batch_size=batch_size)
+    recipe = Recipe(epochs, lr=lr, batch_size=batch_size, drw_epoch=drw_epoch, focal_gamma=focal_gamma)
     dev = _device(device)
     grid = Grid(out, {"data": data, "root": os.path.abspath(root) if root else None, "imbalance": imbalance_ratio,
                       "profile": profile, "epochs": epochs, "model": model, "record_every": record_every, "batch_size": batch_size,
-                      "lr": lr, "seed": seed, "losses": losses})
+                      "lr": lr, "focal_gamma": recipe.focal_gamma, "drw_epoch": recipe.drw_epoch, "seed": seed, "losses": losses,
+                      "select": select})
     t0 = time.perf_counter()
     ds = load(data, root, seed=seed)
     x_imb, y_imb, ids_imb = imbalance(ds.x_train, ds.y_train, imbalance_ratio, seed=seed, profile=profile, return_index=True)
@@ -301,10 +365,14 @@ def run_reproduce(
             continue
         summaries[cfg] = train_config(cfg, loss_name, ds, x, y, ids, grid, model_name=model, recipe=recipe,
                                       record_every=record_every, seed=seed, device=dev, flip=FLIP[data], log=stderr)
-    results = {}
+    results, chosen = {}, {}
     for cfg in configs:
-        stderr.print(f"analyzing {markup(cfg)} …", highlight=False)
-        results[cfg] = analyze(grid.store(cfg), k=k, progress=True)
+        epoch, scores = select_epoch(grid.store(cfg), select)
+        chosen[cfg] = {**next(r for r in scores if r["epoch"] == epoch), "among": len(scores)}
+        stderr.print(f"analyzing {markup(cfg)} at epoch {epoch} ({select}) …", highlight=False)
+        # the kept checkpoint ends the run: epochs up to it, magnitudes against its own eval sweep of the training set
+        results[cfg] = analyze(grid.store(cfg), k=k, epoch=[r["epoch"] for r in scores if r["epoch"] <= epoch],
+                               reference_epoch=epoch, progress=True)
     from .store import Store
 
     metas = {}
@@ -315,12 +383,19 @@ def run_reproduce(
     why = {cfg: incomparable(metas[cfg], metas[BALANCED]) if BALANCED in metas else None for cfg in configs}
     table = grid_table(results, list(configs), k, why)
     stdout.print(table)
+    kept = Table(
+        f"checkpoint per run ({select}: {SELECT[select][1]}){'; selected on the test set, so these test numbers are optimistic' if SELECT[select][0] else ''}",
+        ["run", "epoch", "test acc", "test macro-F1", "among recorded epochs"],
+        [[cfg, r["epoch"], r["accuracy"], r["macro_f1"], r["among"]] for cfg, r in chosen.items()],
+    )
+    recipe_t = recipe_table(recipe, data, model, select, ds.stats, seed, profile, imbalance_ratio)
     from .report import build_report
 
     stderr.print("writing report …")
     index = build_report([grid.store(c) for c in configs], os.path.join(out, "report"), labels=list(configs), results=results,
-                         headline=table, k=k, progress=True)
+                         headline=[table, kept, recipe_t], k=k, progress=True)
     elapsed = time.perf_counter() - t0
-    accs = ", ".join(f"{c} {summaries[c]['test_accuracy']:.3f}" for c in configs)
+    accs = ", ".join(f"{c} {chosen[c]['accuracy']:.3f} (epoch {chosen[c]['epoch']})" for c in configs)
     stdout.print(f"test accuracy: {accs}; device {dev}; report: {markup(index)} ({elapsed:.0f} s)", highlight=False)
-    return {"summaries": summaries, "results": results, "table": table, "report": index, "seconds": elapsed, "device": str(dev)}
+    return {"summaries": summaries, "results": results, "table": table, "selected": chosen, "recipe": recipe_t, "report": index,
+            "seconds": elapsed, "device": str(dev)}

@@ -256,6 +256,33 @@ def _cli(*args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
+def test_checkpoint_selection_against_brute_force(tmp_path):
+    """--select picks the recorded epoch with the best test accuracy / macro-F1 (first on ties) or the last,
+    scored from the stored test sweeps; macro-F1 by hand: mean over the labels present of 2tp / (2tp + fp + fn)."""
+    from fragility.reproduce import select_epoch
+    from fragility.testing import make_random_store
+
+    path = make_random_store(tmp_path / "s.fragility", counts=(30, 20, 10, 5), passes=[("test", e) for e in (0, 2, 4, 6, 8)] + [("train", 8)])
+    acc, f1 = {}, {}
+    with Store(path) as s:
+        for p in s.select(split="test"):
+            r = s.read(p, ["label", "pred"])
+            y, pred = r["label"], r["pred"]
+            acc[p.epoch] = float(np.mean(y == pred))
+            present = sorted(set(y) | set(pred))
+            f1[p.epoch] = float(np.mean([2 * np.sum((y == c) & (pred == c)) / (np.sum(y == c) + np.sum(pred == c)) for c in present]))
+    for how, score in (("best-acc", acc), ("best-f1", f1)):
+        best = max(score.values())
+        epoch, scores = select_epoch(path, how)
+        assert epoch == min(e for e, v in score.items() if v == best), how
+        assert [r["epoch"] for r in scores] == [0, 2, 4, 6, 8]
+        assert all(r["accuracy"] == pytest.approx(acc[r["epoch"]]) and r["macro_f1"] == pytest.approx(f1[r["epoch"]]) for r in scores)
+    assert select_epoch(path, "last")[0] == 8
+    empty = make_random_store(tmp_path / "t.fragility", passes=[("train", 0)])
+    with pytest.raises(DataError, match="holds no complete test sweep"):
+        select_epoch(empty, "best-f1")
+
+
 @pytest.mark.slow
 def test_grid_is_killed_resumed_and_reported(tmp_path):
     """Two configurations (ce and the balanced control) on digits: SIGKILL while the second trains, run again:
@@ -299,7 +326,11 @@ def test_grid_is_killed_resumed_and_reported(tmp_path):
     assert sum(c["n"] for c in res["topk"].data["groups"][f"train@{killed_at + 1}"]["classes"]) == 1390
     _check_report(out / "report", min_images=4)
     html = (out / "report" / "index.html").read_text()
-    assert "per class and run at the last epoch" in html and "overlap w/ balanced" in html
+    assert "per class and run at the kept checkpoint&#x27;s epoch" in html and "overlap w/ balanced" in html
+    # the recipe's sources and the checkpoint selection are stated (the default: best test macro-F1, a test-set selection)
+    assert "recipe: each setting" in html and "imbalance_cifar.py IMBALANCECIFAR10/100" in html
+    assert "dd1github/EOS cifar_train.py FocalLoss(gamma=2)" in html and "checkpoint per run (best-f1" in html
+    assert "selected on the test set" in html
     summary = json.loads((out / "checkpoints" / "ce.done.json").read_text())
     assert summary["train_counts"] == exponential_counts(139, 10, 20)
     # an incomplete pass the kill left behind is superseded, and analyze says so
@@ -317,7 +348,7 @@ def test_grid_is_killed_resumed_and_reported(tmp_path):
     # the same folder with other options is refused in one line, before any training
     other = _cli(*[a if a != "3" else "4" for a in args])
     _, err = other.communicate(timeout=120)
-    assert other.returncode != 0 and "holds a run with other options (epochs 3 vs 4)" in err.strip().splitlines()[-1]
+    assert other.returncode != 0 and "holds a run with other options (epochs 3 vs 4;" in err.strip().splitlines()[-1]
 
 
 _KILLED_WRITER = """

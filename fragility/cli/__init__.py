@@ -102,7 +102,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--model", default=None, help="timm model (default: cifar_resnet32)")
     r.add_argument("--batch-size", type=int, default=None, help="training batch size (default: 128; 64 with --quick)")
     r.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate (default: 0.1; momentum 0.9, weight decay 2e-4, "
-                   "5 warm-up epochs, x0.01 after 80%% and x0.0001 after 90%% of the epochs, DRW from 80%%)")
+                   "5 warm-up epochs, x0.01 after 80%% and x0.0001 after 90%% of the epochs: LDAM-DRW's cifar_train.py)")
+    r.add_argument("--focal-gamma", type=float, default=2.0,
+                   help="gamma of the focal loss (default: 2, the paper's authors' code dd1github/EOS cifar_train.py; LDAM-DRW uses 1)")
+    r.add_argument("--drw-epoch", type=int, default=None,
+                   help="0-based epoch from which DRW weights the loss (default: 80%% of --epochs = 160 of 200, cifar_train.py's "
+                   "idx = epoch // 160)")
+    r.add_argument("--select", choices=["best-f1", "best-acc", "last"], default="best-f1",
+                   help="which recorded epoch is the run's checkpoint for the analysis: best-f1 = best test macro-F1 (default; "
+                   "dd1github/EOS cifar_train.py), best-acc = best test top-1 (LDAM-DRW cifar_train.py), last; best-* select on "
+                   "the test set, as the peers do, and the report says so")
     r.add_argument("--seed", type=int, default=0, help="seed of the subset, the initial weights and the batches (default: 0)")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to train (default: auto = CUDA if present)")
     r.add_argument("--k", type=int, default=10, help="top-K size (default: 10)")
@@ -474,7 +483,8 @@ def cmd_reproduce(args, out: Console, err: Console) -> int:
         data=pick("data", args.data), root=args.root, imbalance_ratio=pick("imbalance", args.imbalance), profile=args.profile,
         losses=[s.strip() for s in args.losses.split(",") if s.strip()], balanced=not args.no_balanced,
         epochs=pick("epochs", args.epochs), model=pick("model", args.model), record_every=pick("record_every", args.record_every),
-        batch_size=pick("batch_size", args.batch_size), lr=args.lr, seed=args.seed, device=args.device, k=args.k, out=args.out, stdout=out, stderr=err,
+        batch_size=pick("batch_size", args.batch_size), lr=args.lr, focal_gamma=args.focal_gamma, drw_epoch=args.drw_epoch,
+        select=args.select, seed=args.seed, device=args.device, k=args.k, out=args.out, stdout=out, stderr=err,
     )
     return 0
 
