@@ -35,6 +35,8 @@ SELECT = {
     "best-f1": ("macro_f1", "best test macro-F1, first epoch on ties (dd1github/EOS cifar_train.py validate(): sklearn "
                 "f1_score(average='macro', zero_division=1), saved when fm > best_acc)"),
 }
+#: the built-in analyzers and the authors' conventions beside them (docs/analyzers.md)
+ANALYZERS = ["topk", "magnitude", "diversity", "authors"]
 QUICK = {"data": "digits", "imbalance": 20.0, "epochs": 20, "record_every": 5, "model": "cifar_resnet32", "batch_size": 64}
 FULL = {"data": "cifar10", "imbalance": 100.0, "epochs": 200, "record_every": 20, "model": "cifar_resnet32", "batch_size": 128}
 
@@ -371,7 +373,7 @@ def run_reproduce(
         chosen[cfg] = {**next(r for r in scores if r["epoch"] == epoch), "among": len(scores)}
         stderr.print(f"analyzing {markup(cfg)} at epoch {epoch} ({select}) …", highlight=False)
         # the kept checkpoint ends the run: epochs up to it, magnitudes against its own eval sweep of the training set
-        results[cfg] = analyze(grid.store(cfg), k=k, epoch=[r["epoch"] for r in scores if r["epoch"] <= epoch],
+        results[cfg] = analyze(grid.store(cfg), ANALYZERS, k=k, epoch=[r["epoch"] for r in scores if r["epoch"] <= epoch],
                                reference_epoch=epoch, progress=True)
     from .store import Store
 

@@ -10,5 +10,6 @@ BUILTINS = [
     "fragility_plugins.topk",
     "fragility_plugins.magnitude",
     "fragility_plugins.diversity",
+    "fragility_plugins.authors",
     "fragility_plugins.report_sections",
 ]

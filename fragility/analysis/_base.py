@@ -45,6 +45,9 @@ class Group:
     #: a training pass of the group lacks per-row ``bias_pred`` (schema-1 store): its ``b[pred]`` comes
     #: from the end-of-pass snapshot, which is not the bias every row was computed with
     approximate_bias: bool = False
+    #: a pass of the group ran in train mode: its weights may have moved between rows, so the end-of-pass
+    #: classifier snapshot is not the one every row was computed with
+    train_mode: bool = False
 
     def bias_pred(self, chunk: Chunk) -> np.ndarray | None:
         """Each row's ``b[pred]`` in its own forward (the snapshot's for schema-1 stores; ``None`` if unknown)."""

@@ -117,6 +117,7 @@ def make_spec(
         g = groups.setdefault(_group_name(p), Group(_group_name(p), p.split, p.epoch, 0))
         g.rows += p.rows
         g.approximate_bias |= bool(p.rows) and p.mode == "train" and "bias_pred" not in p.columns
+        g.train_mode |= bool(p.rows) and p.mode == "train"
         if p.rows:
             try:
                 g.weight, g.bias = store.classifier(p)
