@@ -25,7 +25,7 @@ from torch import nn
 from .errors import DataError
 from .taps import AffineMap, model_name
 
-__all__ = ["CifarResNet", "NormedLinear", "NormedLinearMap", "load_checkpoint", "DEPTHS"]
+__all__ = ["CifarResNet", "NormedLinear", "NormedLinearMap", "load_checkpoint", "read_checkpoint", "DEPTHS"]
 
 #: depth -> blocks per stage (depth = 6n + 2)
 DEPTHS = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18}
@@ -128,16 +128,25 @@ class CifarResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load a published CIFAR ResNet checkpoint (``strict=True``): a plain ``state_dict``, or one under
-    ``"state_dict"``, with or without DataParallel's ``module.`` prefix."""
+def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of a published CIFAR ResNet checkpoint: a plain one, or one under ``"state_dict"``,
+    with DataParallel's ``module.`` prefix removed. Tensors and numbers only (``weights_only``): a file
+    from elsewhere runs no code."""
     try:
         state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - missing, truncated, not a torch file: one line
-        raise DataError(f"cannot read checkpoint {os.fspath(path)}: {exc}") from None
+        raise DataError(f"cannot read checkpoint {os.fspath(path)}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise DataError(f"checkpoint {os.fspath(path)} holds no state_dict (a dict of named tensors)")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a published CIFAR ResNet checkpoint (``strict=True``): a plain ``state_dict``, or one under
+    ``"state_dict"``, with or without DataParallel's ``module.`` prefix."""
+    state = read_checkpoint(path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -19,7 +19,8 @@ import pluggy
 
 from ._manager import Hooks
 from ._fingerprint import incomparable
-from .analysis import Result, Table, analyze, compare_results, jsonable
+from .analysis import Result, Table, analyze, compare_results, jsonable, last_group
+from .analysis._engine import TRAIN_EVAL
 from .errors import OutputError, PluginError, output_dir
 from .store import Store
 
@@ -125,8 +126,11 @@ def build_report(
             if lab not in results:
                 results[lab] = analyze(opened[lab], analyzers, k=k, progress=progress, plugin_manager=plugin_manager, options=options)
         if comparison is None and len(labels) == 2 and all({"topk", "magnitude"} <= set(results[lab]) for lab in labels):
-            comparison = compare_results(results[labels[0]], results[labels[1]], labels=(labels[0], labels[1]),
-                                         incomparable=incomparable(opened[labels[0]].metadata, opened[labels[1]].metadata))
+            # the training side: the training passes, or (stores of published checkpoints) the eval sweeps of the training set
+            train = next((s for s in ("train", TRAIN_EVAL) if all(last_group(results[lab]["topk"].data, s) for lab in labels)), None)
+            if train is not None:
+                comparison = compare_results(results[labels[0]], results[labels[1]], labels=(labels[0], labels[1]), train_split=train,
+                                             incomparable=incomparable(opened[labels[0]].metadata, opened[labels[1]].metadata))
         ctx = ReportContext(labels, opened, results, comparison)
         reg = ReportSectionRegistrar()
         Hooks(plugin_manager).register_report_sections(reg)

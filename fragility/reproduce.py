@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from rich.console import Console
 from ._safe import markup
 from ._fingerprint import incomparable
 from .analysis import Result, Table, analyze, compare_results, last_group
+from .analysis._engine import TRAIN_EVAL
 from .datasets import DATASETS, ImageData, imbalance, load
 from .errors import DataError, close_matches, output_dir
 from .losses import LOSSES, Recipe
@@ -89,16 +91,23 @@ def select_epoch(store: str, how: str) -> tuple[int, list[dict[str, float]]]:
     return best["epoch"], scores
 
 
-def recipe_table(recipe: Recipe, data: str, model: str, select: str, stats: tuple, seed: int, profile: str, ratio: float) -> Table:
-    """Every setting of the run with its value and where the default comes from (the paper's code base)."""
+def data_rows(data: str, stats: tuple, seed: int | str, profile: str, ratio: float) -> list[list[str]]:
+    """The data settings of a run (which images, which normalisation) with their sources."""
     cifar = data in ("cifar10", "cifar100")
-    rows = [
+    return [
         ["imbalanced images", f"{profile}, imbalance {ratio:g} (imb_factor {1 / ratio:g}), rand_number {seed}",
          "kaidic/LDAM-DRW imbalance_cifar.py IMBALANCECIFAR10/100: np.random.seed(rand_number), per class in class order "
          "np.random.shuffle, the first int(img_max * imb_factor ** (c / (C - 1.0)))"],
         ["normalisation", f"mean {stats[0]}, std {stats[1]}",
          "LDAM-DRW and dd1github/EOS cifar_train.py transforms.Normalize" if cifar
          else "(x - 0.5) / 0.5: the peers' code has no reader for this data set"],
+    ]
+
+
+def recipe_table(recipe: Recipe, data: str, model: str, select: str, stats: tuple, seed: int, profile: str, ratio: float) -> Table:
+    """Every setting of the run with its value and where the default comes from (the paper's code base)."""
+    rows = [
+        *data_rows(data, stats, seed, profile, ratio),
         ["augmentation", f"RandomCrop(32, padding=4){' + RandomHorizontalFlip' if FLIP[data] else ''}",
          "cifar_train.py transform_train" + ("" if FLIP[data] else " (no flip: digits and house numbers are not mirror-symmetric)")],
         ["model", model, "LDAM-DRW models/resnet_cifar.py resnet32 (published checkpoints load strictly)"],
@@ -269,31 +278,34 @@ def _passes_after(store: str, epoch: int) -> list[str]:
 
 
 def grid_table(results: dict[str, dict[str, Result]], configs: list[str], k: int, why: dict[str, str | None] | None = None) -> Table:
-    """Per class and per configuration: the paper's quantities, with the balanced run as the reference."""
+    """Per class and per configuration: the paper's quantities, with the balanced run as the reference. The
+    training side is the training pass, or for stores without one (published checkpoints) the eval sweep of
+    the training set."""
     rows = []
     ref = results.get(BALANCED)
+    first = results[configs[0]]
+    train = "train" if last_group(first["topk"].data, "train") else TRAIN_EVAL
     overlaps = {}
     for cfg in configs:
         if ref is not None and cfg != BALANCED:
-            cmp = compare_results(results[cfg], ref, labels=(cfg, BALANCED), incomparable=(why or {}).get(cfg))
+            cmp = compare_results(results[cfg], ref, labels=(cfg, BALANCED), train_split=train, incomparable=(why or {}).get(cfg))
             overlaps[cfg] = [c["overlap_train"] for c in cmp.data["classes"]]
-    first = results[configs[0]]
-    names = [c["class"] for c in last_group(first["topk"].data, "train")["classes"]]
+    names = [c["class"] for c in last_group(first["topk"].data, train)["classes"]]
     for c, name in enumerate(names):
         for cfg in configs:
             r = results[cfg]
-            tr, te = last_group(r["topk"].data, "train")["classes"][c], last_group(r["topk"].data, "test")["classes"][c]
+            tr, te = last_group(r["topk"].data, train)["classes"][c], last_group(r["topk"].data, "test")["classes"][c]
             mg = last_group(r["magnitude"].data, "test")["classes"][c]
-            dv = last_group(r["diversity"].data, "train")["classes"][c]
+            dv = last_group(r["diversity"].data, train)["classes"][c]
             rows.append([name, cfg, tr["n"], te["accuracy"], tr["unique"], overlaps.get(cfg, [None] * len(names))[c],
                          mg["ratio_correct"], mg["ratio_incorrect"], mg["share_below_p5"], dv["participation_ratio"]])
     cols = ["class", "run", "n train", "test acc", f"unique top-{k}", "overlap w/ balanced", "mag correct", "mag misclassified",
             "<p5", "PR"]
     return Table(
         f"per class and run at the kept checkpoint's epoch (below): n train = training rows; unique top-{k} = distinct top-{k} CE features over "
-        f"the class's training rows; overlap = share of the class top-{k} (train) also in the balanced run's; mag = test/train "
+        f"the class's training rows ({train}); overlap = share of the class top-{k} (train) also in the balanced run's; mag = test/train "
         f"top-{k} magnitude of correct and misclassified test rows; <p5 = share of test rows below the training 5th "
-        f"percentile; PR = FE participation ratio (train)",
+        f"percentile; PR = FE participation ratio ({train})",
         cols, rows,
     )
 
@@ -367,37 +379,161 @@ def run_reproduce(
             continue
         summaries[cfg] = train_config(cfg, loss_name, ds, x, y, ids, grid, model_name=model, recipe=recipe,
                                       record_every=record_every, seed=seed, device=dev, flip=FLIP[data], log=stderr)
-    results, chosen = {}, {}
+    chosen = {}
     for cfg in configs:
         epoch, scores = select_epoch(grid.store(cfg), select)
-        chosen[cfg] = {**next(r for r in scores if r["epoch"] == epoch), "among": len(scores)}
-        stderr.print(f"analyzing {markup(cfg)} at epoch {epoch} ({select}) …", highlight=False)
-        # the kept checkpoint ends the run: epochs up to it, magnitudes against its own eval sweep of the training set
-        results[cfg] = analyze(grid.store(cfg), ANALYZERS, k=k, epoch=[r["epoch"] for r in scores if r["epoch"] <= epoch],
-                               reference_epoch=epoch, progress=True)
-    from .store import Store
-
-    metas = {}
-    for cfg in configs:
-        with Store(grid.store(cfg)) as s:
-            metas[cfg] = s.metadata
-    # one seed gives every configuration the same initial weights; the fingerprints confirm it (else no overlaps)
-    why = {cfg: incomparable(metas[cfg], metas[BALANCED]) if BALANCED in metas else None for cfg in configs}
-    table = grid_table(results, list(configs), k, why)
-    stdout.print(table)
+        chosen[cfg] = {**next(r for r in scores if r["epoch"] == epoch), "among": len(scores),
+                       "epochs": [r["epoch"] for r in scores]}
     kept = Table(
         f"checkpoint per run ({select}: {SELECT[select][1]}){'; selected on the test set, so these test numbers are optimistic' if SELECT[select][0] else ''}",
         ["run", "epoch", "test acc", "test macro-F1", "among recorded epochs"],
         [[cfg, r["epoch"], r["accuracy"], r["macro_f1"], r["among"]] for cfg, r in chosen.items()],
     )
     recipe_t = recipe_table(recipe, data, model, select, ds.stats, seed, profile, imbalance_ratio)
-    from .report import build_report
-
-    stderr.print("writing report …")
-    index = build_report([grid.store(c) for c in configs], os.path.join(out, "report"), labels=list(configs), results=results,
-                         headline=[table, kept, recipe_t], k=k, progress=True)
+    results, table, index = _analyse_and_report(grid, list(configs), chosen, [kept, recipe_t], k, stdout, stderr)
     elapsed = time.perf_counter() - t0
     accs = ", ".join(f"{c} {chosen[c]['accuracy']:.3f} (epoch {chosen[c]['epoch']})" for c in configs)
     stdout.print(f"test accuracy: {accs}; device {dev}; report: {markup(index)} ({elapsed:.0f} s)", highlight=False)
     return {"summaries": summaries, "results": results, "table": table, "selected": chosen, "recipe": recipe_t, "report": index,
             "seconds": elapsed, "device": str(dev)}
+
+
+#: file names of checkpoints (LDAM-DRW saves ``*.pth.tar``, the authors' follow-ups ``*.pth``)
+CHECKPOINT_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar")
+
+
+def checkpoint_files(folder: str) -> list[tuple[str, str, int | None]]:
+    """``(name, path, rand_number)`` per checkpoint file in ``folder``, sorted by name. A trailing ``_N`` of
+    the name (the authors' ``_0``, ``_10``, ``_100``) is the ``rand_number`` of the images it was trained on."""
+    if not os.path.isdir(folder):
+        raise DataError(f"--checkpoints {folder} is not a folder; pass the folder holding the checkpoint files")
+    found = []
+    for name in sorted(os.listdir(folder)):
+        suffix = next((x for x in CHECKPOINT_SUFFIXES if name.endswith(x)), None)
+        if suffix is None or name.startswith(".") or not os.path.isfile(os.path.join(folder, name)):
+            continue
+        stem = name[: -len(suffix)]
+        m = re.search(r"_(\d+)$", stem)
+        found.append((stem, os.path.join(folder, name), int(m.group(1)) if m else None))
+    if not found:
+        raise DataError(f"--checkpoints {folder} holds no checkpoint file ({', '.join('*' + x for x in CHECKPOINT_SUFFIXES)})")
+    return found
+
+
+def run_checkpoints(
+    checkpoints: str,
+    *,
+    data: str = "cifar10",
+    root: str | None = None,
+    imbalance_ratio: float = 100.0,
+    profile: str = "exp",
+    model: str = "cifar_resnet32",
+    seed: int = 0,
+    device: str = "auto",
+    k: int = 10,
+    out: str = "results",
+    stdout: Console | None = None,
+    stderr: Console | None = None,
+) -> dict[str, Any]:
+    """Analyse published checkpoints (e.g. the paper authors') on the images each was trained on: per file, an
+    eval sweep of its imbalanced training view (``rand_number`` from the name's ``_N``, else ``seed``) and
+    of the test set into ``OUT/stores/<name>.fragility``, then the same tables and report as a training run."""
+    import timm
+
+    from . import models
+
+    stdout, stderr = stdout or Console(), stderr or Console(stderr=True)
+    if data not in DATASETS:
+        raise DataError(f"--data {data!r} is unknown{close_matches(data, list(DATASETS))}; use {', '.join(DATASETS)}")
+    if not timm.is_model(model):
+        raise DataError(f"--model {model!r} is not a timm model{close_matches(model, timm.list_models())}")
+    files = checkpoint_files(checkpoints)
+    dev = _device(device)
+    grid = Grid(out, {"checkpoints": os.path.abspath(checkpoints), "data": data, "root": os.path.abspath(root) if root else None,
+                      "imbalance": imbalance_ratio, "profile": profile, "model": model, "seed": seed})
+    t0 = time.perf_counter()
+    ds = load(data, root, seed=seed)
+    C = len(ds.classes)
+    test = [(ds.x_test[i : i + 512].to(dev), ds.y_test[i : i + 512]) for i in range(0, len(ds.y_test), 512)]
+    stderr.print(f"[bold]fragility reproduce --checkpoints[/]: {len(files)} checkpoints of {markup(model)} on {markup(ds.name)} "
+                 f"({profile} imbalance {imbalance_ratio:g}); device {dev}", highlight=False)
+    rows = []
+    for cfg, path, rn in files:
+        rn = seed if rn is None else rn
+        x, y, ids = imbalance(ds.x_train, ds.y_train, imbalance_ratio, seed=rn, profile=profile, return_index=True)
+        counts = torch.bincount(y, minlength=C).tolist()
+        if os.path.exists(grid.done(cfg)) and os.path.isdir(grid.store(cfg)):
+            summary = _done_summary(grid.done(cfg))
+            stderr.print(f"{markup(cfg)}: recorded in {markup(grid.store(cfg))}, skipped", highlight=False)
+        else:
+            state = models.read_checkpoint(path)
+            norm = "linear.weight" in state and "linear.bias" not in state  # LDAM's NormedLinear has no bias
+            try:
+                net = timm.create_model(model, pretrained=False, num_classes=C, **({"norm_head": True} if norm else {}))
+                net.load_state_dict(state, strict=True)
+            except Exception as exc:  # noqa: BLE001 - wrong model, classes or head: one line
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise DataError(f"checkpoint {path} does not fit {model} with {C} classes: {first}; pass the --model and --data "
+                                f"it was trained with") from None
+            net.to(dev).eval()
+            sweep = [(x[i : i + 512], y[i : i + 512], ids[i : i + 512]) for i in range(0, len(y), 512)]
+            with Recorder(net, grid.store(cfg), class_names=ds.classes, overwrite=True) as rec:
+                rec.evaluate(sweep, split=TRAIN_EVAL, epoch=0)  # the images it was trained on, un-augmented
+                rec.evaluate(test, split="test", epoch=0)
+            summary = {"config": cfg, "checkpoint": os.path.abspath(path), "rand_number": rn, "norm_head": norm,
+                       "train_counts": counts, "store": grid.store(cfg)}
+            _, scores = select_epoch(grid.store(cfg), "last")
+            summary["test_accuracy"] = scores[-1]["accuracy"]
+            with open(grid.done(cfg), "w") as fh:
+                json.dump(summary, fh)
+            stderr.print(f"{markup(cfg)}: {len(y)} training images (rand_number {rn}) and {len(ds.y_test)} test images recorded",
+                         highlight=False)
+        rows.append(cfg)
+    chosen = {}
+    for cfg in rows:
+        _, scores = select_epoch(grid.store(cfg), "last")
+        chosen[cfg] = {**scores[-1], "epochs": [scores[-1]["epoch"]]}
+    summaries = {cfg: _done_summary(grid.done(cfg)) for cfg in rows}
+    info = Table(
+        "checkpoints: each file, the imbalanced training view it is analysed on (rand_number: the _N of its name, else --seed), its "
+        "head, and its test accuracy",
+        ["run", "checkpoint", "rand_number", "train images", "head", "test acc", "test macro-F1"],
+        [[cfg, os.path.basename(summaries[cfg]["checkpoint"]), summaries[cfg]["rand_number"], sum(summaries[cfg]["train_counts"]),
+          "NormedLinear (LDAM)" if summaries[cfg]["norm_head"] else "Linear", chosen[cfg]["accuracy"], chosen[cfg]["macro_f1"]]
+         for cfg in rows],
+    )
+    data_t = Table("data: each setting, its value, and its source", ["setting", "value", "source"],
+                   data_rows(data, ds.stats, "the _N of each name, else --seed " + str(seed), profile, imbalance_ratio))
+    results, table, index = _analyse_and_report(grid, rows, chosen, [info, data_t], k, stdout, stderr)
+    elapsed = time.perf_counter() - t0
+    accs = ", ".join(f"{c} {chosen[c]['accuracy']:.3f}" for c in rows)
+    stdout.print(f"test accuracy: {markup(accs)}; device {dev}; report: {markup(index)} ({elapsed:.0f} s)", highlight=False)
+    return {"summaries": summaries, "results": results, "table": table, "report": index, "seconds": elapsed, "device": str(dev)}
+
+
+def _analyse_and_report(grid: Grid, configs: list[str], chosen: dict[str, dict[str, Any]], extra: list[Table], k: int,
+                        stdout: Console, stderr: Console) -> tuple[dict[str, dict[str, Result]], Table, str]:
+    """Analyse each store up to its kept epoch (magnitudes against that epoch's eval sweep of the training
+    set), print the grid table, write the report; returns the results, the table and the report's path."""
+    from .report import build_report
+    from .store import Store
+
+    results = {}
+    for cfg in configs:
+        epoch = chosen[cfg]["epoch"]
+        stderr.print(f"analyzing {markup(cfg)} at epoch {epoch} …", highlight=False)
+        # the kept checkpoint ends the run: epochs up to it, magnitudes against its own eval sweep of the training set
+        results[cfg] = analyze(grid.store(cfg), ANALYZERS, k=k, epoch=[e for e in chosen[cfg]["epochs"] if e <= epoch],
+                               reference_epoch=epoch, progress=True)
+    metas = {}
+    for cfg in configs:
+        with Store(grid.store(cfg)) as s:
+            metas[cfg] = s.metadata
+    # one seed gives every configuration the same initial weights; the fingerprints confirm it (else no overlaps)
+    why = {cfg: incomparable(metas[cfg], metas[BALANCED]) if BALANCED in metas else None for cfg in configs}
+    table = grid_table(results, configs, k, why)
+    stdout.print(table)
+    stderr.print("writing report …")
+    index = build_report([grid.store(c) for c in configs], os.path.join(grid.out, "report"), labels=configs, results=results,
+                         headline=[table, *extra], k=k, progress=True)
+    return results, table, index

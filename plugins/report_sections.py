@@ -61,13 +61,19 @@ def minority(counts: Sequence[int]) -> set[int]:
     return {c for c, n in enumerate(counts) if 0 < n < cut}
 
 
+def training_group(data: dict[str, Any]) -> dict[str, Any] | None:
+    """An analyzer's last group of the training set: the training pass, else the eval sweep of the training
+    set (stores of published checkpoints hold only that)."""
+    return last_group(data, "train") or last_group(data, "train_eval")
+
+
 def train_counts(ctx) -> dict[str, list[int]]:
     """Training rows per class of each run, from the analyzers' last training group."""
     out = {}
     for lab in ctx.labels:
         res = ctx.results[lab]
-        if "topk" in res and last_group(res["topk"].data, "train"):
-            out[lab] = [c["n"] for c in last_group(res["topk"].data, "train")["classes"]]
+        if "topk" in res and training_group(res["topk"].data):
+            out[lab] = [c["n"] for c in training_group(res["topk"].data)["classes"]]
         elif "magnitude" in res and res["magnitude"].data.get("train_n") is not None:
             out[lab] = [int(n) for n in res["magnitude"].data["train_n"]]
     return out
@@ -334,7 +340,7 @@ def fragile(ctx):
     if not runs:
         return []
     counts, minor = train_counts(ctx), _minorities(ctx)
-    names = [c["class"] for c in (last_group(runs[0][1], "test") or last_group(runs[0][1], "train"))["classes"]]
+    names = [c["class"] for c in (last_group(runs[0][1], "test") or training_group(runs[0][1]))["classes"]]
     acc = {lab: _per_class(last_group(d, "test"), "accuracy") or [float("nan")] * len(names) for lab, d in runs}
     p5 = {lab: _per_class(last_group(d, "test"), "share_below_p5") for lab, d in _runs(ctx, "magnitude")}
     p5 = {lab: v for lab, v in p5.items() if v}
@@ -362,7 +368,7 @@ def fragile(ctx):
 
 def topk_bars(ctx):
     """Identity: each class's top-K mean CE stacked, coloured by feature so a shared feature is visible."""
-    runs = [(lab, d, last_group(d, "train") or last_group(d, "test")) for lab, d in _runs(ctx, "topk")]
+    runs = [(lab, d, training_group(d) or last_group(d, "test")) for lab, d in _runs(ctx, "topk")]
     runs = [r for r in runs if r[2] is not None]
     if not runs:
         return []
@@ -400,7 +406,7 @@ def topk_bars(ctx):
 
 def unique(ctx):
     """Diversity of identity: how many distinct features a class's rows have in their top-K."""
-    runs = [(lab, last_group(d, "train")) for lab, d in _runs(ctx, "topk")]
+    runs = [(lab, training_group(d)) for lab, d in _runs(ctx, "topk")]
     runs = [(lab, g) for lab, g in runs if g is not None]
     if not runs:
         return []
@@ -450,7 +456,7 @@ def magnitude(ctx):
 
 
 def diversity(ctx):
-    runs = [(lab, last_group(d, "train") or last_group(d, "test")) for lab, d in _runs(ctx, "diversity")]
+    runs = [(lab, training_group(d) or last_group(d, "test")) for lab, d in _runs(ctx, "diversity")]
     runs = [(lab, g) for lab, g in runs if g is not None]
     if not runs:
         return []

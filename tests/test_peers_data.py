@@ -124,3 +124,56 @@ def test_cifar_input_equals_the_peers_transforms(tmp_path):
         if flip[i]:
             pil = TF.hflip(pil)
         assert torch.equal(out[i], norm(T.ToTensor()(pil))), i
+
+
+def test_published_checkpoints_are_analysed_on_their_own_images(tmp_path):
+    """reproduce --checkpoints: each file is recorded on the images it was trained on (rand_number from its
+    name's _N, else --seed) and the test set; the stored logits are the checkpoint's own on the peers'
+    inputs; a LDAM checkpoint gets its normalised head; the report states files, rand_numbers and sources."""
+    from fragility.store import Store
+
+    from .test_cli import _check_report, run
+
+    wrote = _write_cifar(tmp_path / "data", "cifar10", per_class=20, test=30)
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    torch.manual_seed(0)
+    nets = {"ce_10": timm.create_model("cifar_resnet20", num_classes=10),
+            "ldam_drw": timm.create_model("cifar_resnet20", num_classes=10, norm_head=True)}
+    torch.save(nets["ce_10"].state_dict(), ckpts / "ce_10.pth")
+    torch.save({"epoch": 200, "state_dict": {f"module.{k}": v for k, v in nets["ldam_drw"].state_dict().items()}},
+               ckpts / "ldam_drw.pth.tar")
+    (ckpts / "notes.txt").write_text("not a checkpoint")
+    out = tmp_path / "out"
+    p = run("reproduce", "--checkpoints", ckpts, "--data", "cifar10", "--root", tmp_path / "data",
+            "--imbalance", "10", "--model", "cifar_resnet20", "--seed", "3", "--device", "cpu", "--out", out)
+    stderr = p.stderr
+    peers_val = T.Compose([T.ToTensor(), T.Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))])
+    x_test = torch.stack([peers_val(Image.fromarray(img)) for img in wrote["x_test"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)])
+    for name, rand_number in (("ce_10", 10), ("ldam_drw", 3)):
+        with Store(out / "stores" / f"{name}.fragility") as s:
+            (tr,), (te,) = s.select(split="train_eval"), s.select(split="test")
+            ids = s.read(tr, ["index"])["index"]
+            np.testing.assert_array_equal(ids, _peers_selection(wrote["labels"].tolist(), 10, "exp", 0.1, rand_number))
+            r = s.read(te, ["logits", "label"])
+        nets[name].eval()
+        with torch.no_grad():
+            want = nets[name](x_test).numpy()
+        np.testing.assert_allclose(r["logits"].astype(np.float32), want, rtol=2e-3, atol=2e-3)  # float16 storage
+        np.testing.assert_array_equal(r["label"], wrote["y_test"])
+    _check_report(out / "report", min_images=2)
+    html = (out / "report" / "index.html").read_text()
+    assert "ce_10.pth" in html and "ldam_drw.pth.tar" in html and "NormedLinear (LDAM)" in html
+    assert "imbalance_cifar.py IMBALANCECIFAR10/100" in html and "the paper authors&#x27; conventions" in html
+    n_train = len(_peers_selection(wrote["labels"].tolist(), 10, "exp", 0.1, 10))
+    assert f"ce_10: {n_train} training images (rand_number 10)" in stderr
+    # a second run skips what is recorded; a checkpoint of another model is refused in one line, naming the fix
+    p = run("reproduce", "--checkpoints", ckpts, "--data", "cifar10", "--root", tmp_path / "data", "--imbalance", "10",
+            "--model", "cifar_resnet20", "--seed", "3", "--device", "cpu", "--out", out)
+    assert "ce_10: recorded in" in p.stderr and "skipped" in p.stderr
+    p = run("reproduce", "--checkpoints", ckpts, "--data", "cifar10", "--root", tmp_path / "data", "--imbalance", "10",
+            "--model", "cifar_resnet32", "--device", "cpu", "--out", tmp_path / "other", check=False)
+    assert p.returncode != 0 and "does not fit cifar_resnet32 with 10 classes" in p.stderr and "pass the --model and --data" in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("error: checkpoint") and "Traceback" not in p.stderr
+    p = run("reproduce", "--checkpoints", tmp_path / "nowhere", "--out", tmp_path / "o3", check=False)
+    assert p.returncode != 0 and "is not a folder" in p.stderr

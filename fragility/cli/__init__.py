@@ -84,8 +84,13 @@ def _parser() -> argparse.ArgumentParser:
         "checkpoint. CUDA (with bf16 autocast) is used when present.",
         epilog="examples:\n  fragility reproduce --quick\n"
         "  fragility reproduce --data cifar10 --root ~/data --imbalance 100 --losses ce,focal,ldam-drw --epochs 200 --out results/\n"
-        "  fragility reproduce --data svhn --root ~/data --profile step --imbalance 50 --out svhn-results/",
+        "  fragility reproduce --data svhn --root ~/data --profile step --imbalance 50 --out svhn-results/\n"
+        "  fragility reproduce --checkpoints ~/authors-ckpts --data cifar10 --root ~/data --imbalance 100 --out authors/",
     )
+    r.add_argument("--checkpoints", metavar="DIR", default=None,
+                   help="train nothing: analyse the checkpoints in DIR (*.pth, *.pth.tar, *.pt; e.g. the paper authors') on the "
+                   "images each was trained on (rand_number = the _N at the end of its name, else --seed) and the test set, "
+                   "with the same stores, tables and report; uses --data, --root, --imbalance, --profile, --model")
     r.add_argument("--quick", action="store_true",
                    help="the same grid on the bundled digits with a small budget (imbalance 20, 20 epochs, batch 64, recorded every 5; "
                    "under 10 minutes on a 2-core CPU); other options still override")
@@ -472,12 +477,18 @@ def cmd_demo(args, out: Console, err: Console) -> int:
 
 
 def cmd_reproduce(args, out: Console, err: Console) -> int:
-    from ..reproduce import FULL, QUICK, run_reproduce
+    from ..reproduce import FULL, QUICK, run_checkpoints, run_reproduce
 
     base = QUICK if args.quick else FULL
 
     def pick(name: str, arg: Any) -> Any:
         return base[name] if arg is None else arg
+
+    if args.checkpoints is not None:
+        run_checkpoints(args.checkpoints, data=pick("data", args.data), root=args.root, imbalance_ratio=pick("imbalance", args.imbalance),
+                        profile=args.profile, model=pick("model", args.model), seed=args.seed, device=args.device, k=args.k,
+                        out=args.out, stdout=out, stderr=err)
+        return 0
 
     run_reproduce(
         data=pick("data", args.data), root=args.root, imbalance_ratio=pick("imbalance", args.imbalance), profile=args.profile,
