@@ -67,6 +67,18 @@ def recorded_epochs(epochs: int, every: int) -> list[int]:
     return sorted({e for e in range(epochs) if (e + 1) % every == 0} | {epochs - 1})
 
 
+def _check_data_model(data: str, model: str) -> None:
+    """A known data set and a timm model (the CIFAR ResNets registered), else one line naming the choices."""
+    import timm
+
+    from . import models  # noqa: F401 - registers the CIFAR ResNets
+
+    if data not in DATASETS:
+        raise DataError(f"--data {data!r} is unknown{close_matches(data, list(DATASETS))}; use {', '.join(DATASETS)}")
+    if not timm.is_model(model):
+        raise DataError(f"--model {model!r} is not a timm model{close_matches(model, timm.list_models())}")
+
+
 def select_epoch(store: str, how: str) -> tuple[int, list[dict[str, float]]]:
     """The recorded epoch ``how`` keeps, and per recorded epoch its test ``accuracy`` and ``macro_f1`` —
     computed from the stored test sweep (labels and predictions of the forward that was recorded), with
@@ -339,18 +351,11 @@ def run_reproduce(
     for name in losses:
         if name not in LOSSES:
             raise DataError(f"--losses: {name!r} is unknown{close_matches(name, list(LOSSES))}; use {', '.join(LOSSES)}")
-    if data not in DATASETS:
-        raise DataError(f"--data {data!r} is unknown{close_matches(data, list(DATASETS))}; use {', '.join(DATASETS)}")
+    _check_data_model(data, model)
     if record_every < 1:
         raise DataError(f"--record-every {record_every} must be >= 1")
     if select not in SELECT:
         raise DataError(f"--select {select!r} is unknown{close_matches(select, list(SELECT))}; use {', '.join(SELECT)}")
-    import timm
-
-    from . import models  # noqa: F401 - registers the CIFAR ResNets
-
-    if not timm.is_model(model):
-        raise DataError(f"--model {model!r} is not a timm model{close_matches(model, timm.list_models())}")
     recipe = Recipe(epochs, lr=lr, batch_size=batch_size, drw_epoch=drw_epoch, focal_gamma=focal_gamma)
     dev = _device(device)
     grid = Grid(out, {"data": data, "root": os.path.abspath(root) if root else None, "imbalance": imbalance_ratio,
@@ -443,10 +448,7 @@ def run_checkpoints(
     from . import models
 
     stdout, stderr = stdout or Console(), stderr or Console(stderr=True)
-    if data not in DATASETS:
-        raise DataError(f"--data {data!r} is unknown{close_matches(data, list(DATASETS))}; use {', '.join(DATASETS)}")
-    if not timm.is_model(model):
-        raise DataError(f"--model {model!r} is not a timm model{close_matches(model, timm.list_models())}")
+    _check_data_model(data, model)
     files = checkpoint_files(checkpoints)
     dev = _device(device)
     grid = Grid(out, {"checkpoints": os.path.abspath(checkpoints), "data": data, "root": os.path.abspath(root) if root else None,

@@ -318,7 +318,7 @@ def test_minimal_sets_match_brute_force(ce, p, seed):
 
 
 def test_bad_analysis_input(random_store, tmp_path):
-    with pytest.raises(AnalyzerError, match=r"unknown analyzer 'topp' \(did you mean 'topk'\?\); available: diversity, magnitude, topk"):
+    with pytest.raises(AnalyzerError, match=r"unknown analyzer 'topp' \(did you mean 'topk'\?\); available: authors, diversity, magnitude, topk"):
         analyze(random_store, ["topp"])
     for k in (0, -1, 13):
         with pytest.raises(AnalyzerError, match=rf"K={k} is out of range; K must be between 1 and the feature dimension D=12"):
