@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,7 @@ class LiveMetrics:
         self.log = log
         self.k = k
         self._writer: Any = None
+        self._store: Any = None  # one Store for the whole run, refreshed at every pass: only new or changed passes are read
         #: the scalars of the last evaluation pass, ``{tag: value}``
         self.last: dict[str, float] = {}
 
@@ -72,24 +74,23 @@ class LiveMetrics:
         if pass_info.get("mode") != "eval" or not pass_info.get("rows"):
             return
         from .analysis import analyze
-        from .store import Store
 
-        with Store(pass_info["store"]) as store:
-            # the reference: the newest eval sweep of the training split when recorded, else the training pass
-            complete = [p for p in store.passes if p.complete and p.rows]
-            ref = sound_reference_split(complete)
-            trains = [p for p in complete if p.split == ref]
-            ends = [p for p in store.passes if p.name == pass_info["name"]]
-            if not trains or not ends or ends[0].split in ("train", TRAIN_EVAL):
-                return
-            train, this = trains[-1], ends[0]
-            parts = [p.name for p in trains if p.epoch == train.epoch and p.split == train.split]  # an epoch split around validation
-            k = min(self.k, store.feature_dim)
-            # what is logged needs neither minimal sufficient sets nor k-NN archetypes: skipped (the cost of a
-            # k-NN over every row would otherwise dominate)
-            res = analyze(store, ["topk", "magnitude", "diversity"], passes=[*parts, this.name], k=k,
-                          reference_split=train.split, reference_epoch=train.epoch, knn_max_rows=1, options={"minimal_sets": False})
-            names = store.class_names
+        store = self._open(pass_info["store"])
+        # the reference: the newest eval sweep of the training split when recorded, else the training pass
+        complete = [p for p in store.passes if p.complete and p.rows]
+        ref = sound_reference_split(complete)
+        trains = [p for p in complete if p.split == ref]
+        ends = [p for p in store.passes if p.name == pass_info["name"]]
+        if not trains or not ends or ends[0].split in ("train", TRAIN_EVAL):
+            return
+        train, this = trains[-1], ends[0]
+        parts = [p.name for p in trains if p.epoch == train.epoch and p.split == train.split]  # an epoch split around validation
+        k = min(self.k, store.feature_dim)
+        # what is logged needs neither minimal sufficient sets nor k-NN archetypes: skipped (the cost of a
+        # k-NN over every row would otherwise dominate)
+        res = analyze(store, ["topk", "magnitude", "diversity"], passes=[*parts, this.name], k=k,
+                      reference_split=train.split, reference_epoch=train.epoch, knn_max_rows=1, options={"minimal_sets": False})
+        names = store.class_names
         tg, rg = f"{this.split}@{this.epoch}", f"{train.split}@{train.epoch}"
         step = int(this.epoch)
         self.last = {}
@@ -106,8 +107,25 @@ class LiveMetrics:
         if self._writer is not None:
             self._writer.flush()
 
+    def _open(self, path: str) -> Any:
+        """The run's store, opened once and then refreshed (a new path: the old one is closed)."""
+        from .store import Store
+
+        if self._store is not None and os.path.realpath(self._store.path) == os.path.realpath(path):
+            self._store.refresh()
+        else:
+            self._close_store()
+            self._store = Store(path)
+        return self._store
+
+    def _close_store(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
     @hookimpl
     def fragility_recording_end(self, store_path: str, summary: dict) -> None:
+        self._close_store()
         if self._writer is not None:
             self._writer.close()
             self._writer = None

@@ -97,6 +97,8 @@ def build_report(
     analyzers: Sequence[str] | None = None,
     plugin_manager: pluggy.PluginManager | None = None,
     progress: bool = False,
+    knn_max_rows: int = 10000,
+    options: dict[str, Any] | None = None,
 ) -> str:
     """Write ``out/index.html`` (self-contained), ``out/plots/*.png`` and ``out/results/<run>/*.json|csv``.
 
@@ -108,6 +110,8 @@ def build_report(
         headline: a table, or tables, shown first (e.g. ``fragility reproduce``'s grid, checkpoint and recipe).
         analyzers: the analyzers to run where ``results`` are missing (default: the built-in set); every
             analyzer's tables appear in the report's generic "Tables" section, from the same analysis.
+        knn_max_rows, options: passed to :func:`fragility.analyze` where ``results`` are missing (e.g.
+            ``options={"knn": "all"}``).
 
     Returns:
         The path of ``index.html``.
@@ -121,10 +125,11 @@ def build_report(
         results = dict(results or {})
         # one subsample size for every run's size-controlled counts: the smallest training class of any run
         sizes = [n for st in opened.values() for n in (st.metadata.get("class_counts") or []) if n]
-        options = {"rarefy_m": min(sizes)} if sizes else None
+        options = {**({"rarefy_m": min(sizes)} if sizes else {}), **(options or {})}
         for lab in labels:
             if lab not in results:
-                results[lab] = analyze(opened[lab], analyzers, k=k, progress=progress, plugin_manager=plugin_manager, options=options)
+                results[lab] = analyze(opened[lab], analyzers, k=k, progress=progress, plugin_manager=plugin_manager, options=options,
+                                       knn_max_rows=knn_max_rows)
         if comparison is None and len(labels) == 2 and all({"topk", "magnitude"} <= set(results[lab]) for lab in labels):
             # the training side: the training passes, or (stores of published checkpoints) the eval sweeps of the training set
             train = next((s for s in ("train", TRAIN_EVAL) if all(last_group(results[lab]["topk"].data, s) for lab in labels)), None)

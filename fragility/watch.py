@@ -1,7 +1,7 @@
 """``fragility watch``: a live view of a store while it is being written.
 
-Every refresh re-opens the store through the validation layer (SWMR readers see rows as the writer commits
-them), shows the passes and the rows per class of the newest one, and — once a training and a test pass of
+Every refresh re-reads the store through the validation layer — one Store kept open, only new or changed
+pass files validated again (SWMR readers see rows as the writer commits them) — shows the passes and the rows per class of the newest one, and — once a training and a test pass of
 the newest epoch are complete — their per-class metrics, with the classes that look fragile marked. The
 metrics are computed once per new complete pass, not on every refresh. A writer that ends or is killed
 leaves the view running on the store as it is (the interrupted pass reads incomplete).
@@ -115,21 +115,32 @@ class Watcher:
         self.k = k
         self._metrics_key: tuple | None = None
         self._metrics: dict[str, Any] | None = None
+        self._store: Store | None = None
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     def snapshot(self) -> Snapshot:
         writer = writer_state(self.path)
         try:
-            with Store(self.path) as s:
-                passes = [p.to_dict() for p in s.passes]
-                counts = None
-                if s.passes and s.passes[-1].rows:
-                    labels = s.read(s.passes[-1], ["label"])["label"]
-                    counts = np.bincount(labels[labels >= 0], minlength=s.num_classes).tolist()
-                metrics = self._metrics_for(s)
-                if writer == "gone":  # ended: cleanly (every pass complete) or killed inside a pass
-                    writer = "finished" if all(p.complete for p in s.passes) else "gone (killed inside a pass)"
-                return Snapshot(self.path, writer, passes, s.class_names, counts, metrics, damaged=[d.name for d in s.damaged])
+            if self._store is None:
+                self._store = Store(self.path)
+            else:
+                self._store.refresh()
+            s = self._store
+            passes = [p.to_dict() for p in s.passes]
+            counts = None
+            if s.passes and s.passes[-1].rows:
+                labels = s.read(s.passes[-1], ["label"])["label"]
+                counts = np.bincount(labels[labels >= 0], minlength=s.num_classes).tolist()
+            metrics = self._metrics_for(s)
+            if writer == "gone":  # ended: cleanly (every pass complete) or killed inside a pass
+                writer = "finished" if all(p.complete for p in s.passes) else "gone (killed inside a pass)"
+            return Snapshot(self.path, writer, passes, s.class_names, counts, metrics, damaged=[d.name for d in s.damaged])
         except FragilityError as exc:  # a store still being created, or broken: say so and keep watching
+            self.close()
             return Snapshot(self.path, writer, [], [], None, None, error=str(exc))
 
     def _metrics_for(self, s: Store) -> dict[str, Any] | None:

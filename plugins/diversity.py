@@ -25,6 +25,8 @@ from fragility.analysis._maths import (
 )
 
 ARCHETYPES = ("safe", "border", "rare", "outlier")
+#: which groups get k-NN archetypes (``options["knn"]``, ``--knn``)
+KNN_MODES = ("last", "all", "none")
 #: work budget of a group's size-matched participation ratios (floating-point operations)
 MATCHED_FLOPS = 4e9
 
@@ -108,6 +110,8 @@ class Diversity(Analyzer):
     def __init__(self, spec) -> None:
         super().__init__(spec)
         C, D = spec.num_classes, spec.feature_dim
+        if spec.options.get("knn", "last") not in KNN_MODES:
+            raise AnalyzerError(f"knn={spec.options.get('knn')!r} is not one of {', '.join(KNN_MODES)} (which groups get k-NN archetypes)")
         check_memory(f"diversity's per-class {D} x {D} float64 moments ({C} classes; a group's state and one chunk's)",
                      2 * C * D * D * 8, "leave diversity out (-a topk -a magnitude) or analyze on a machine with more memory")
 
@@ -127,6 +131,15 @@ class Diversity(Analyzer):
             self.summaries[group] = self._summary(group)
             del self.state[group]
 
+    def _knn(self, group: str) -> bool:
+        """Whether ``group`` gets k-NN archetypes: ``options["knn"]`` ``"last"`` (default: each split's last
+        selected epoch — the k-NN costs most of an all-epoch analysis), ``"all"`` or ``"none"``."""
+        mode = self.spec.options.get("knn", "last")
+        if mode != "last":
+            return mode == "all"
+        g = self.spec.group(group)
+        return g.epoch == max(h.epoch for h in self.spec.groups if h.split == g.split)
+
     def _summary(self, group: str) -> dict:
         spec = self.spec
         C, D, names, kk = spec.num_classes, spec.feature_dim, spec.class_names, spec.knn_k
@@ -138,9 +151,10 @@ class Diversity(Analyzer):
             labels, fe = np.zeros(0, dtype=np.int64), np.zeros((0, D), dtype=np.float32)
         n, count = st["n"], st["count"]
         sampled = len(labels)
-        types = archetype(knn_same_class(fe, labels, kk), kk) if sampled > 1 else None  # one row has no neighbours
+        knn = self._knn(group)
+        types = archetype(knn_same_class(fe, labels, kk), kk) if sampled > 1 and knn else None  # one row has no neighbours
         note = None
-        if sampled < int(n.sum()):
+        if sampled < int(n.sum()) and knn:
             note = (f"{group}: k-NN archetypes computed on a deterministic sample of {sampled} of {int(n.sum())} rows "
                     f"(knn_max_rows={spec.knn_max_rows})")
         # size-matched participation ratio: the PR is bounded by a class's rows, so classes are compared on
@@ -196,6 +210,13 @@ class Diversity(Analyzer):
         spec = self.spec
         result = Result(self.name)
         data: dict = {"embedding": spec.embedding, "k": spec.k, "knn_k": spec.knn_k, "groups": {}}
+        skipped = [g.name for g in spec.groups if not self._knn(g.name)]
+        if skipped:
+            mode = spec.options.get("knn", "last")
+            which = "each split's last epoch" if mode == "last" else "no group"
+            result.notes.append(f"k-NN archetypes not computed for {len(skipped)} groups ({', '.join(skipped[:4])}"
+                                f"{' …' if len(skipped) > 4 else ''}): knn={mode!r} computes them for {which} "
+                                f"(options knn='all' / --knn all: every group)")
         for g in spec.groups:
             summary = self.summaries.get(g.name) or self._summary(g.name)
             if summary["note"]:

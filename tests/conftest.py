@@ -7,6 +7,11 @@ import pytest
 import torch
 
 os.environ.setdefault("FRAGILITY_DISABLE_PLUGIN_AUTOLOAD", "")
+# the validation cache of the tests' stores (and of their subprocesses) lives with the test run, not in ~/.cache
+if "FRAGILITY_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["FRAGILITY_CACHE_DIR"] = tempfile.mkdtemp(prefix="fragility-cache-")
 
 import fragility  # noqa: E402
 

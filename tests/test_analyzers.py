@@ -242,12 +242,36 @@ def _diversity_expected(store):
 def test_diversity_conformance_and_reference(tmp_path, dtype):
     # continuous values: k-NN distance ties would make the reference's order arbitrary
     path = make_random_store(tmp_path / "d.fragility", ties=False, nonfinite=1, unlabelled=1, dtype=dtype)
-    check_analyzer("diversity", path, expected=_diversity_expected, k=K)
+    check_analyzer("diversity", path, expected=_diversity_expected, k=K, options={"knn": "all"})
+
+
+def test_knn_archetypes_by_default_only_for_each_splits_last_epoch(random_store):
+    """--knn last (default): archetypes for test@1 and train@1 only, with a note; every other quantity is the
+    same as with knn='all'; 'none' computes none; an unknown mode is refused in one line."""
+    last = analyze(random_store, ["diversity"], k=K)["diversity"]
+    every = analyze(random_store, ["diversity"], k=K, options={"knn": "all"})["diversity"]
+    none = analyze(random_store, ["diversity"], k=K, options={"knn": "none"})["diversity"]
+    for g, grp in last.data["groups"].items():
+        for c, entry in enumerate(grp["classes"]):
+            other = every.data["groups"][g]["classes"][c]
+            assert {k: v for k, v in entry.items() if not k.startswith("archetypes")} == \
+                   {k: v for k, v in other.items() if not k.startswith("archetypes")} or entry["n"] == 0
+            if g.endswith("@1"):
+                assert entry["archetypes"] == other["archetypes"]
+            else:
+                assert all(v is None for v in entry["archetypes"].values())
+            assert all(v is None for v in none.data["groups"][g]["classes"][c]["archetypes"].values())
+    assert any("k-NN archetypes not computed for 2 groups (train@0, test@0)" in n for n in last.notes)
+    assert any("not computed for 4 groups" in n and "for no group" in n for n in none.notes)
+    with pytest.raises(AnalyzerError, match=r"knn='some' is not one of last, all, none"):
+        analyze(random_store, ["diversity"], k=K, options={"knn": "some"})
+    with pytest.raises(AnalyzerError, match=r"knn_max_rows=0 must be a positive number of rows"):
+        analyze(random_store, ["diversity"], k=K, knn_max_rows=0)
 
 
 def test_diversity_samples_deterministically_and_says_so(random_store):
-    r1 = analyze(random_store, ["diversity"], k=K, knn_max_rows=20, chunk_rows=5)["diversity"]
-    r2 = analyze(random_store, ["diversity"], k=K, knn_max_rows=20, chunk_rows=1000)["diversity"]
+    r1 = analyze(random_store, ["diversity"], k=K, knn_max_rows=20, chunk_rows=5, options={"knn": "all"})["diversity"]
+    r2 = analyze(random_store, ["diversity"], k=K, knn_max_rows=20, chunk_rows=1000, options={"knn": "all"})["diversity"]
     sampled = r1.data["groups"]["test@0"]["knn_sampled"]
     assert 5 < sampled < 73
     assert_results_equal(r1, r2)

@@ -105,6 +105,8 @@ def make_spec(
         raise AnalyzerError(f"K={k} is out of range; K must be between 1 and the feature dimension D={d}")
     if not 0 <= tau <= 1:
         raise AnalyzerError(f"tau={tau} is a frequency floor and must lie in [0, 1]")
+    if isinstance(knn_max_rows, bool) or not isinstance(knn_max_rows, (int, np.integer)) or knn_max_rows < 1:
+        raise AnalyzerError(f"knn_max_rows={knn_max_rows!r} must be a positive number of rows (the k-NN sample per group)")
     for p in list(passes) + list(reference):
         if p.rows and column not in p.columns:
             how = "record with labels (rec.record(labels))" if column == "ce_target" else "re-record it"

@@ -153,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--tau", type=float, default=0.0, help="frequency floor for unique_c(tau) (default: 0)")
     a.add_argument("--rarefy-m", type=int, default=None, metavar="M",
                    help="rows per class of the size-controlled unique counts (unique@m; default: the smallest class)")
+    _knn_options(a)
     a.add_argument("--reference-split", default=None, help="reference split for magnitude (default: train_eval, an eval sweep of "
                    "the training split, when the store holds one; else train, with a note)")
     a.add_argument("--json", action="store_true", help="print JSON on stdout")
@@ -187,6 +188,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--k", type=int, default=10, help="top-K size (default: 10)")
     r.add_argument("-a", "--analyzer", action="append", dest="analyzers", metavar="NAME",
                    help="analyzer to run (repeatable; default: topk, magnitude, diversity); every one's tables are in the report")
+    _knn_options(r)
     r.add_argument("--out", required=True, help="report folder")
 
     v = sub.add_parser(
@@ -235,6 +237,14 @@ def _parser() -> argparse.ArgumentParser:
 def _analysis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embedding", default="ce", choices=["ce", "ce_target", "fe"], help="ce = CE of the predicted class (default)")
     p.add_argument("--k", type=int, default=10, help="top-K size (default: 10)")
+
+
+def _knn_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--knn", choices=["last", "all", "none"], default="last",
+                   help="which groups get k-NN archetypes (diversity): each split's last epoch (default; the k-NN costs most of an "
+                   "all-epoch analysis), every group, or none")
+    p.add_argument("--knn-max-rows", type=int, default=10000, metavar="N",
+                   help="rows per group above which the k-NN runs on a deterministic sample (default: 10000)")
 
 
 def _epoch(value: str | None, default: str | None = None) -> int | str | None:
@@ -394,7 +404,7 @@ def cmd_analyze(args, out: Console, err: Console) -> int:
         args.store, args.analyzers, split=args.split, epoch=_epoch(args.epoch, None if args.passes else "last"), passes=args.passes, embedding=args.embedding, k=args.k,
         tau=args.tau, reference_split=args.reference_split, classes=args.classes, correct=args.correct,
         progress=not args.json or err.is_terminal, verify=args.verify,
-        options=None if args.rarefy_m is None else {"rarefy_m": args.rarefy_m},
+        knn_max_rows=args.knn_max_rows, options={"knn": args.knn, **({} if args.rarefy_m is None else {"rarefy_m": args.rarefy_m})},
     )
     if args.json:
         _json_out({name: r.to_dict() for name, r in results.items()})
@@ -439,7 +449,8 @@ def cmd_report(args, out: Console, err: Console) -> int:
     output_dir(args.out)
     stores = [args.store] + ([args.compare] if args.compare else [])
     labels = list(args.labels) if args.labels else [run_label(s) for s in stores]
-    index = build_report(stores, args.out, labels=labels, k=args.k, analyzers=args.analyzers, progress=True)  # derives the comparison
+    index = build_report(stores, args.out, labels=labels, k=args.k, analyzers=args.analyzers, progress=True,  # derives the comparison
+                         knn_max_rows=args.knn_max_rows, options={"knn": args.knn})
     out.print(markup(index), highlight=False)
     return 0
 
@@ -534,6 +545,7 @@ def cmd_watch(args, out: Console, err: Console) -> int:
                 return 0
             time.sleep(args.interval)
     finally:
+        watcher.close()
         if live is not None:
             live.stop()
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
+import json
 import os
+import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -78,6 +81,96 @@ def superseded(passes: Sequence[PassInfo]) -> dict[str, str]:
             out[p.name] = last[key]
         last.setdefault(key, p.name)
     return out
+
+
+#: bytes at each end of a pass file that its identity key checksums
+_KEY_BYTES = 1 << 12
+#: validated pass files of this process: path -> (identity key, PassInfo or DamagedPass)
+_VALIDATED: dict[str, tuple[list[Any], PassInfo | DamagedPass]] = {}
+
+
+def file_key(path: str, root: dict[str, Any]) -> list[Any]:
+    """What identifies one state of a pass file for the validation cache: its device, inode, size, mtime and
+    ctime (nanoseconds; the kernel sets ctime on every write or metadata change, and user space cannot set
+    it back), CRC-32s of its first and last 4 KiB (the superblock and the metadata written last), and the root fields validation reads. Any change to the
+    file gives another key, so it is validated again."""
+    st = os.stat(path, follow_symlinks=False)
+    with open(path, "rb") as fh:
+        head = fh.read(_KEY_BYTES)
+        fh.seek(max(0, st.st_size - _KEY_BYTES))
+        tail = fh.read(_KEY_BYTES)
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, zlib.crc32(head), zlib.crc32(tail),
+            root.get("num_classes"), root.get("feature_dim")]
+
+
+def cache_dir() -> str | None:
+    """Where validated pass files are remembered across processes: ``$FRAGILITY_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/fragility``, else ``~/.cache/fragility`` (``FRAGILITY_CACHE_DIR=none``: this process only)."""
+    env = os.environ.get("FRAGILITY_CACHE_DIR")
+    if env is not None:
+        return None if env.lower() in ("", "none", "off") else env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fragility")
+
+
+class _PassCache:
+    """The validation cache of one store directory: in this process, and in a JSON file of the user's own cache
+    directory (never inside the store: a store is untrusted input, its validation must not be forgeable by
+    the store itself). An entry is used only while the pass file's :func:`file_key` is unchanged."""
+
+    def __init__(self, store_dir: str) -> None:
+        self.dir = os.path.realpath(store_dir)
+        base = cache_dir()
+        self.file = None
+        self.entries: dict[str, dict[str, Any]] = {}
+        if base is not None:
+            self.file = os.path.join(base, "passes-" + hashlib.sha256(self.dir.encode()).hexdigest()[:32] + ".json")
+            try:
+                with open(self.file) as fh:
+                    data = json.load(fh)
+                if isinstance(data, dict) and data.get("version") == 1 and data.get("store") == self.dir:
+                    self.entries = {k: v for k, v in data.get("entries", {}).items() if isinstance(v, dict)}
+            except (OSError, ValueError):
+                pass
+        self.dirty = False
+
+    def get(self, path: str, key: list[Any]) -> PassInfo | DamagedPass | None:
+        hit = _VALIDATED.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        e = self.entries.get(os.path.basename(path))
+        if e is None or e.get("key") != key:
+            return None
+        try:
+            if "damaged" in e:
+                value: PassInfo | DamagedPass = DamagedPass(**e["damaged"])
+            else:
+                value = PassInfo(**{**e["info"], "columns": tuple(e["info"]["columns"])})
+        except (TypeError, KeyError):
+            return None
+        _VALIDATED[path] = (key, value)
+        return value
+
+    def put(self, path: str, key: list[Any], value: PassInfo | DamagedPass) -> None:
+        _VALIDATED[path] = (key, value)
+        kind = "damaged" if isinstance(value, DamagedPass) else "info"
+        self.entries[os.path.basename(path)] = {"key": key, kind: dataclasses.asdict(value)}
+        self.dirty = True
+
+    def save(self, names: Sequence[str]) -> None:
+        """Write the entries of the files that still exist (atomically; a cache that cannot be written is skipped)."""
+        if not self.dirty or self.file is None:
+            return
+        keep = {n: e for n, e in self.entries.items() if n[:-3] in names}
+        try:
+            os.makedirs(os.path.dirname(self.file), mode=0o700, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.file), prefix=".passes-")
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"version": 1, "store": self.dir, "entries": keep}, fh)
+            os.replace(tmp, self.file)
+        except OSError:
+            pass
+        self.dirty = False
 
 
 def _open_h5(path: str, what: str) -> h5py.File:
@@ -204,6 +297,7 @@ class Store:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = _resolve_dir(os.fspath(path))
         self._files: dict[str, h5py.File] = {}
+        self._keys: dict[str, list[Any]] = {}
         self._load()
 
     def _load(self) -> None:
@@ -246,23 +340,56 @@ class Store:
         return f
 
     def _read_passes(self) -> list[PassInfo]:
-        """Validate every pass file; one that fails is quarantined in :attr:`damaged`, never fatal to the rest."""
+        """Validate every pass file; one that fails is quarantined in :attr:`damaged`, never fatal to the rest.
+        A file validated before and unchanged since (:func:`file_key`) is not opened again: opening a store
+        costs a ``stat`` and two small reads per pass, whatever its history."""
         out = []
         self.damaged: list[DamagedPass] = []
         folder = os.path.join(self.path, PASSES_DIR)
         real_directory(folder, "passes folder of store")
         names = sorted(n[:-3] for n in os.listdir(folder) if n.endswith(".h5") and not n.startswith("."))
+        cache = _PassCache(self.path)
+        keys = {}
         for name in names:
-            try:
-                with guard(f"opening pass file {os.path.join(folder, name)}.h5"):
-                    out.append(self._pass_info(name))
-            except StoreError as exc:
-                f = self._files.pop(name, None)
-                split, epoch = _label_of(f)
-                if f is not None:
-                    f.close()
-                self.damaged.append(DamagedPass(name, str(exc), split, epoch))
+            path = os.path.join(folder, f"{name}.h5")
+            with guard(f"opening pass file {path}"):
+                try:
+                    regular_file(path, "pass file")
+                    key = keys[name] = file_key(path, self.metadata)  # before validating: a later change gives another key
+                except (StoreError, OSError):
+                    key = None
+                known = cache.get(path, key) if key is not None else None
+                if known is None:
+                    known = self._validate_pass(name)
+                    if key is not None:
+                        cache.put(path, key, known)
+                elif self._keys.get(name) != key:  # changed since this Store opened it: read it afresh
+                    self._close_file(name)
+            (self.damaged if isinstance(known, DamagedPass) else out).append(known)
+        for name in set(self._files) - {p.name for p in out}:
+            self._close_file(name)
+        self._keys = keys
+        cache.save(names)
         return out
+
+    def _validate_pass(self, name: str) -> PassInfo | DamagedPass:
+        self._close_file(name)  # a file opened before may have changed
+        try:
+            return self._pass_info(name)
+        except StoreError as exc:
+            f = self._files.pop(name, None)
+            split, epoch = _label_of(f)
+            if f is not None:
+                f.close()
+            return DamagedPass(name, str(exc), split, epoch)
+
+    def _close_file(self, name: str) -> None:
+        f = self._files.pop(name, None)
+        if f is not None:
+            try:
+                f.close()
+            except Exception:  # noqa: BLE001 - closing a broken file must not hide the real error
+                pass
 
     def _pass_info(self, name: str) -> PassInfo:
         g = self._pass_file(name)
@@ -327,8 +454,8 @@ class Store:
         return int(self.metadata.get("feature_dim", 0))
 
     def refresh(self) -> None:
-        """Re-read the store to see rows and passes a live writer added since opening."""
-        self.close()
+        """Re-read the store to see rows and passes a live writer added since opening: only pass files that
+        changed are opened and validated again."""
         self._load()
 
     def close(self) -> None:
