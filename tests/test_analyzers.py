@@ -747,3 +747,26 @@ def test_mean_cosine_carries_a_seeded_bootstrap_interval(tmp_path):
                 t = u[idx].sum(axis=0)
                 vals.append((t @ t - n) / (n * (n - 1)))
         assert entry["mean_cosine_ci"] == pytest.approx([np.percentile(vals, 2.5), np.percentile(vals, 97.5)], rel=1e-9)
+
+
+def test_mean_cosine_interval_of_many_rows_is_the_u_statistics_normal_one():
+    """Above COSINE_BOOTSTRAP_MAX_ROWS rows the interval is mean ± 1.96 · 2σ₁/√n (Hoeffding), σ₁ the spread of
+    each row's mean cosine with the others: centred on the estimator itself, and within a few percent of
+    the width of the seeded bootstrap it replaces."""
+    from fragility.analysis._maths import COSINE_BOOTSTRAP_MAX_ROWS, bootstrap_mean_cosine, mean_pairwise_cosine
+
+    rng = np.random.default_rng(3)
+    x = np.abs(rng.normal(size=(COSINE_BOOTSTRAP_MAX_ROWS + 1, 12))) + rng.normal(size=12) ** 2
+    lo, hi = bootstrap_mean_cosine(x)
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    n = len(u)
+    assert (lo + hi) / 2 == pytest.approx(mean_pairwise_cosine(u.sum(axis=0), n), rel=1e-12)
+    each = np.array([(u[i] @ u.sum(axis=0) - 1) / (n - 1) for i in range(n)])
+    assert hi - lo == pytest.approx(2 * 1.959963984540054 * 2 * each.std(ddof=1) / np.sqrt(n), rel=1e-9)
+    draw = np.random.default_rng(0)
+    vals = []
+    for _ in range(400):
+        t = u[draw.integers(0, n, size=n)].sum(axis=0)
+        vals.append((t @ t - n) / (n * (n - 1)))
+    blo, bhi = np.percentile(vals, 2.5), np.percentile(vals, 97.5)
+    assert abs(lo - blo) < 0.15 * (hi - lo) and abs(hi - bhi) < 0.15 * (hi - lo)

@@ -7,6 +7,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -89,16 +90,24 @@ _KEY_BYTES = 1 << 12
 _VALIDATED: dict[str, tuple[list[Any], PassInfo | DamagedPass]] = {}
 
 
-def file_key(path: str, root: dict[str, Any]) -> list[Any]:
+def file_key(path: str, root: dict[str, Any]) -> list[Any] | None:
     """What identifies one state of a pass file for the validation cache: its device, inode, size, mtime and
     ctime (nanoseconds; the kernel sets ctime on every write or metadata change, and user space cannot set
-    it back), CRC-32s of its first and last 4 KiB (the superblock and the metadata written last), and the root fields validation reads. Any change to the
-    file gives another key, so it is validated again."""
-    st = os.stat(path, follow_symlinks=False)
-    with open(path, "rb") as fh:
-        head = fh.read(_KEY_BYTES)
-        fh.seek(max(0, st.st_size - _KEY_BYTES))
-        tail = fh.read(_KEY_BYTES)
+    it back), CRC-32s of its first and last 4 KiB (the superblock and the metadata written last), and the
+    root fields validation reads. Any change to the file gives another key, so it is validated again.
+    ``None`` for anything but a regular file (never opened in a way that could block: no FIFO, no link)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not getattr(os, "O_NOFOLLOW", 0) and os.path.islink(path):
+        return None
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        head = os.pread(fd, _KEY_BYTES, 0)
+        tail = os.pread(fd, _KEY_BYTES, max(0, st.st_size - _KEY_BYTES))
+    finally:
+        os.close(fd)
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, zlib.crc32(head), zlib.crc32(tail),
             root.get("num_classes"), root.get("feature_dim")]
 
@@ -352,19 +361,20 @@ class Store:
         keys = {}
         for name in names:
             path = os.path.join(folder, f"{name}.h5")
-            with guard(f"opening pass file {path}"):
-                try:
-                    regular_file(path, "pass file")
-                    key = keys[name] = file_key(path, self.metadata)  # before validating: a later change gives another key
-                except (StoreError, OSError):
-                    key = None
-                known = cache.get(path, key) if key is not None else None
-                if known is None:
+            try:
+                key = file_key(path, self.metadata)  # before validating: a change after it gives another key
+            except OSError:
+                key = None
+            known = cache.get(path, key) if key is not None else None
+            if known is None:
+                with guard(f"opening pass file {path}"):
                     known = self._validate_pass(name)
-                    if key is not None:
-                        cache.put(path, key, known)
-                elif self._keys.get(name) != key:  # changed since this Store opened it: read it afresh
-                    self._close_file(name)
+                if key is not None:
+                    cache.put(path, key, known)
+            elif self._keys.get(name) != key:  # changed since this Store opened it: read it afresh
+                self._close_file(name)
+            if key is not None:
+                keys[name] = key
             (self.damaged if isinstance(known, DamagedPass) else out).append(known)
         for name in set(self._files) - {p.name for p in out}:
             self._close_file(name)
