@@ -22,10 +22,25 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from ._manager import make_plugin_manager
-from .taps import Head, affine_of, model_name
 from .store import PassInfo, Store
-from .recorder import Recorder
-from .analysis import Analyzer, Result, analyze, compare
+
+#: names imported on first use, so that store commands (``inspect``, ``verify``, ``watch``) and
+#: ``import fragility`` do not load torch: name -> module
+_LAZY = {
+    "Head": ".taps", "affine_of": ".taps", "model_name": ".taps", "Recorder": ".recorder",
+    "Analyzer": ".analysis", "Result": ".analysis", "analyze": ".analysis", "compare": ".analysis",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fragility' has no attribute {name!r}")
+
 
 __all__ = [
     "Analyzer",

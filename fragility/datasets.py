@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._light import DATASET_NAMES
 from .errors import DataError
 
 __all__ = [
@@ -284,6 +285,7 @@ def _celeba(root: str) -> ImageData:
 
 
 DATASETS = {"digits": None, "cifar10": _cifar10, "cifar100": _cifar100, "svhn": _svhn, "celeba": _celeba}
+assert tuple(DATASETS) == DATASET_NAMES  # the command line lists them without importing torch
 
 
 def load(name: str, root: str | None = None, seed: int = 0) -> ImageData:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._light import LOSSES  # the names live where the command line reads them without torch
 from .errors import DataError
 
 __all__ = ["LOSSES", "FocalLoss", "LDAMLoss", "Recipe", "class_balanced_weights", "lr_at", "make_loss"]
@@ -50,15 +51,6 @@ class LDAMLoss(nn.Module):
         return F.cross_entropy(self.s * out, target, weight=None if self.weight is None else self.weight.to(logits))
 
 
-#: loss name -> (what it is, whether the model uses LDAM's normalised head)
-LOSSES = {
-    "ce": ("cross-entropy", False),
-    "focal": ("focal loss (gamma: --focal-gamma, default 2 as in the authors' code)", False),
-    "cb": ("class-balanced cross-entropy (beta 0.9999) from the start", False),
-    "ldam": ("LDAM (max margin 0.5, s 30), normalised head", True),
-    "ldam-drw": ("LDAM with deferred re-weighting: class-balanced weights from the DRW epoch", True),
-    "ce-drw": ("cross-entropy with deferred re-weighting", False),
-}
 
 
 def make_loss(name: str, counts: Sequence[int], epoch: int, drw_epoch: int, focal_gamma: float = 1.0) -> nn.Module:

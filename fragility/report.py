@@ -152,7 +152,7 @@ def build_report(
 
         # names from stores reach plot text: never parsed as mathtext (a "$" in a class name would raise)
         with matplotlib.rc_context({"text.parse_math": False}):
-            from .analysis._engine import _progress
+            from ._light import _progress
 
             with _progress(progress, len(reg.sections), "writing report", unit="sections") as advance:
                 parts += _sections(reg, ctx, out, advance)

@@ -19,7 +19,7 @@ import numpy as np
 from ._safe import markup
 from .errors import FragilityError
 from .store import Store
-from .analysis._engine import TRAIN_EVAL, sound_reference_split
+from ._light import TRAIN_EVAL, sound_reference_split
 from .store._format import LOCK_FILE
 
 #: a class "looks fragile" when this share of its test rows falls below the training 5th percentile

@@ -12,6 +12,7 @@ import pluggy
 
 from .._manager import Hooks
 from ..errors import AnalyzerError, FragilityError, PluginError, SelectionError, StoreError, close_matches
+from .._light import TRAIN_EVAL, _progress, sound_reference_split  # noqa: F401 - re-exported
 from ..store import ALL_COLUMNS, PassInfo, Store
 from . import _kernels
 from ._base import EMBEDDINGS, AnalysisSpec, Analyzer, Chunk, Group, check_memory
@@ -363,16 +364,6 @@ class Plan:
         return results
 
 
-#: the split name of an eval-mode sweep of the training set: the default reference of ``magnitude`` when present
-TRAIN_EVAL = "train_eval"
-
-
-def sound_reference_split(passes: Sequence[PassInfo]) -> str:
-    """The sound reference among ``passes``: ``train_eval`` (an eval sweep of the training set) when one holds
-    rows, else ``train`` (the training pass, recorded in train mode)."""
-    return TRAIN_EVAL if any(p.split == TRAIN_EVAL and p.rows for p in passes) else "train"
-
-
 def make_plan(
     store: Store,
     analyzers: Sequence[str] | None = None,
@@ -526,31 +517,3 @@ def analyze(
     finally:
         if own:
             st.close()
-
-
-class _progress:
-    """A transient progress bar of ``unit`` on stderr (shown only on a terminal); yields ``advance(n)``."""
-
-    def __init__(self, enabled: bool, total: int, what: str = "analyzing", unit: str = "rows") -> None:
-        self.enabled = enabled
-        self.total = total
-        self.what = what
-        self.unit = unit
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._p = Progress(
-            TextColumn(self.what), BarColumn(), MofNCompleteColumn(), TextColumn(self.unit), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=True, disable=not Console(stderr=True).is_terminal,
-        )
-        self._p.start()
-        task = self._p.add_task(self.unit, total=self.total)
-        return lambda n: self._p.advance(task, n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._p.stop()

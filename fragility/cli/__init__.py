@@ -14,9 +14,8 @@ from typing import Any
 from rich.console import Console
 
 from .._safe import markup
-from ..datasets import DATASETS
+from .._light import DATASET_NAMES as DATASETS, LOSSES
 from ..errors import output_dir
-from ..losses import LOSSES
 
 EXIT_ERROR = 2
 
@@ -342,7 +341,7 @@ def _writer(path: str) -> str:
 
 
 def cmd_verify(args, out: Console, err: Console) -> int:
-    from ..analysis._engine import _progress
+    from .._light import _progress
     from ..store import Store
 
     with Store(args.store) as s:
@@ -369,7 +368,7 @@ def cmd_verify(args, out: Console, err: Console) -> int:
 
 
 def cmd_repair(args, out: Console, err: Console) -> int:
-    from ..analysis._engine import _progress
+    from .._light import _progress
     from ..store import Store, repair
 
     with Store(args.store) as s:
