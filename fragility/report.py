@@ -99,6 +99,7 @@ def build_report(
     progress: bool = False,
     knn_max_rows: int = 10000,
     options: dict[str, Any] | None = None,
+    epoch: int | str | Sequence[int] | None = None,
 ) -> str:
     """Write ``out/index.html`` (self-contained), ``out/plots/*.png`` and ``out/results/<run>/*.json|csv``.
 
@@ -110,8 +111,8 @@ def build_report(
         headline: a table, or tables, shown first (e.g. ``fragility reproduce``'s grid, checkpoint and recipe).
         analyzers: the analyzers to run where ``results`` are missing (default: the built-in set); every
             analyzer's tables appear in the report's generic "Tables" section, from the same analysis.
-        knn_max_rows, options: passed to :func:`fragility.analyze` where ``results`` are missing (e.g.
-            ``options={"knn": "all"}``).
+        knn_max_rows, options, epoch: passed to :func:`fragility.analyze` where ``results`` are missing (e.g.
+            ``options={"knn": "all"}``, ``epoch=range(0, 200, 20)``).
 
     Returns:
         The path of ``index.html``.
@@ -129,7 +130,7 @@ def build_report(
         for lab in labels:
             if lab not in results:
                 results[lab] = analyze(opened[lab], analyzers, k=k, progress=progress, plugin_manager=plugin_manager, options=options,
-                                       knn_max_rows=knn_max_rows)
+                                       knn_max_rows=knn_max_rows, epoch=epoch)
         if comparison is None and len(labels) == 2 and all({"topk", "magnitude"} <= set(results[lab]) for lab in labels):
             # the training side: the training passes, or (stores of published checkpoints) the eval sweeps of the training set
             train = next((s for s in ("train", TRAIN_EVAL) if all(last_group(results[lab]["topk"].data, s) for lab in labels)), None)

@@ -149,7 +149,7 @@ def test_bad_inputs_are_one_line_errors(stores, tmp_path):
         (["analyze", a, "-a", "topp"], "unknown analyzer 'topp' (did you mean 'topk'?)"),
         (["analyze", a, "--split", "validation"], "split 'validation' is not in store"),
         (["analyze", a, "--k", "99"], "K=99 is out of range"),
-        (["analyze", a, "--epoch", "x"], "--epoch 'x' must be an integer, 'last' or 'all'"),
+        (["analyze", a, "--epoch", "x"], "--epoch 'x' must be an integer, 'last', 'all' or a range A:B or A:B:S"),
         (["analyze", a, "--class", "cat"], "class 'cat' is not in store"),
         (["demo", "--data", "cifar10"], "--data cifar10 needs --root PATH"),
         (["demo", "--data", "cifar10", "--root", tmp_path], "CIFAR-10 not found"),
@@ -259,3 +259,26 @@ def test_store_commands_do_not_import_torch(stores):
                        env={**os.environ, "FRAGILITY_DISABLE_PLUGIN_AUTOLOAD": "1"})
     assert p.returncode == 0 and p.stdout.strip().endswith("light"), p.stderr[-2000:]
     assert fragility.Recorder.__name__ == "Recorder" and callable(fragility.analyze)  # the lazy names resolve
+
+
+def test_long_selections_print_a_bounded_summary_and_ranges_select_epochs(tmp_path):
+    """--epoch A:B:S picks the recorded epochs in the range; over many groups the terminal shows each split's
+    last group in full and one class x epoch table per split (10 evenly spaced epochs), so the output does
+    not grow with the epochs; --json keeps every group."""
+    path = make_random_store(tmp_path / "long.fragility", counts=(20, 10, 5), d=8,
+                             passes=[(s, e) for e in range(30) for s in ("train", "test")])
+    p = run("analyze", path, "--epoch", "0:30:10", "--k", "3", "--json")
+    data = json.loads(p.stdout)
+    assert sorted(data["topk"]["data"]["groups"]) == sorted(f"{s}@{e}" for s in ("train", "test") for e in (0, 10, 20))
+    few = run("analyze", path, "--epoch", "0:3", "--k", "3").stdout  # 6 groups: every table
+    many = run("analyze", path, "--epoch", "all", "--k", "3").stdout  # 60 groups
+    assert few.count("\n") > 0 and many.count("\n") < 1.6 * few.count("\n"), (few.count("\n"), many.count("\n"))
+    assert "test: accuracy per class and epoch (10 of 30 epochs, evenly spaced)" in many
+    assert "@0 " in many and "@29 " in many and "train@29: class top-3" in many and "train@28: class top-3" not in many
+    assert "60 groups selected: 58 per-group tables not printed" in many
+    p = run("analyze", path, "--epoch", "40:50", check=False)
+    assert p.returncode == 2 and "no recorded epoch of store" in p.stderr and "lies in 40:50:1" in p.stderr
+    p = run("analyze", path, "--epoch", "0:10:0", check=False)
+    assert p.returncode == 2 and "a range A:B or A:B:S" in p.stderr
+    p = run("report", path, "--epoch", "25:30:2", "--k", "3", "--out", tmp_path / "rep")
+    assert "test@29" in (tmp_path / "rep" / "index.html").read_text() and "test@1<" not in (tmp_path / "rep" / "index.html").read_text()

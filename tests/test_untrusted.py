@@ -279,11 +279,11 @@ def test_verify_reports_each_corrupt_block(store, tmp_path):
 # ------------------------------------------------------------------------------------- names
 
 
-HOSTILE = ["[bold red]x", "a[/]b", "\x1b[2J\x1b[31mred", "cost $x^2$ and $", "bell\x07", "<script>alert(1)</script>"]
+HOSTILE = ["[bold red]x", "a[/]b", "\x1b[2J\x1b[31mred", "cost $x^2$ and $", "bell\x07", "<script>alert(1)</script>", ":smile: :b:"]
 
 
 def test_hostile_names_are_shown_literally(tmp_path):
-    path = make_random_store(tmp_path / "run[lr=0.1].fragility", counts=(6, 4, 2, 1, 1, 1), d=6,
+    path = make_random_store(tmp_path / "run[lr=0.1].fragility", counts=(6, 4, 2, 1, 1, 1, 1), d=6,
                              passes=(("train", 0), ("test", 0), ("te[/]st", 0)))
     _edit(path, "root", lambda f: f.attrs.__setitem__("class_names", json.dumps(HOSTILE)))
     _edit(path, "root", lambda f: f.attrs.__setitem__("model_name", "[link=file:///etc/passwd]m[/link]"))
@@ -293,7 +293,15 @@ def test_hostile_names_are_shown_literally(tmp_path):
     for text in ("run[lr=0.1].fragility", "[bold red]x", "a[/]b", "\\x1b[2J\\x1b[31mred", "te[/]st", "[link=file:///etc/passwd]m[/link]"):
         assert text in out, text
     code, out, err = _cli("analyze", path, "-a", "topk", "--k", "2")
-    assert code == 0 and "[bold red]x" in out and "\x1b" not in out, err
+    assert code == 0 and "[bold red]x" in out and "\x1b" not in out and ":smile: :b:" in out, err
+    # emoji codes are text on any console (a notebook's default Console replaces them)
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    Console(file=buf, width=200).print(fragility.analyze(path, ["topk"], k=2)["topk"])
+    assert ":smile: :b:" in buf.getvalue() and "[bold red]x" in buf.getvalue()
     # errors carrying a path with brackets are one line too
     code, _, err = _cli("inspect", str(tmp_path / "missing[/].fragility"))
     assert code == 2 and "missing[/].fragility does not exist" in err and err.count("\n") == 1

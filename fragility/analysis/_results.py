@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .._safe import markup, printable
+from .._safe import printable
 from ..errors import OutputError, output_dir
 
 
@@ -65,13 +65,15 @@ class Table:
 
     def __rich__(self):
         from rich.table import Table as RichTable
+        from rich.text import Text
 
-        # names in titles and cells come from stores: shown literally, never as markup or control codes
-        t = RichTable(title=markup(self.title), title_justify="left", header_style="bold")
+        # names in titles and cells come from stores: Text, so shown literally on any console — never as
+        # markup, emoji codes (":b:") or control codes
+        t = RichTable(title=Text(printable(self.title)), title_justify="left", header_style="bold")
         for c in self.columns:
-            t.add_column(markup(c), justify="left" if c in ("class", "group", "top-K features") else "right")
+            t.add_column(Text(printable(c)), justify="left" if c in ("class", "group", "top-K features") else "right")
         for r in self.rows:
-            t.add_row(*(markup(_fmt(v)) for v in r))
+            t.add_row(*(Text(printable(_fmt(v))) for v in r))
         return t
 
 
@@ -136,3 +138,74 @@ class Result:
         parts.extend(self.tables)
         parts.extend(Text(printable(f"  note: {n}"), style="yellow") for n in self.notes)
         return Group(*parts)
+
+
+#: per built-in analyzer, the per-class quantity of the class x epoch summary of a long selection
+SUMMARY_METRIC = {
+    "topk": ("accuracy", "accuracy"),
+    "magnitude": ("share_below_p5", "share of rows below the training 5th percentile"),
+    "diversity": ("participation_ratio", "FE participation ratio"),
+    "authors": ("top_share", "top-10 % CE share (authors' img_CE_top)"),
+}
+#: more selected groups than this: only each split's last group is printed in full
+MAX_PRINTED_GROUPS = 6
+#: epochs (columns) of the class x epoch summary
+SUMMARY_COLUMNS = 10
+
+
+def condensed(r: Result) -> Result:
+    """What the terminal shows of a result over many groups (more than MAX_PRINTED_GROUPS): each split's
+    last group in full, tables across groups cut to those groups, and — for the built-ins — one class ×
+    epoch table per split of one quantity over up to SUMMARY_COLUMNS evenly spaced epochs. The output then
+    stays the same length whatever the number of epochs; ``data`` (``--json``, ``--out``) keeps everything."""
+    groups = r.data.get("groups") if isinstance(r.data, dict) else None
+    if not isinstance(groups, dict) or len(groups) <= MAX_PRINTED_GROUPS:
+        return r
+    by_split: dict[str, list[tuple[int, str]]] = {}
+    for name, g in groups.items():
+        if isinstance(g, dict) and "split" in g and "epoch" in g:
+            by_split.setdefault(str(g["split"]), []).append((int(g["epoch"]), name))
+    keep = {max(items)[1] for items in by_split.values()}
+    spaced: dict[str, list[tuple[int, str]]] = {}
+    for split, items in by_split.items():
+        items.sort()
+        n = len(items)
+        spaced[split] = [items[i] for i in sorted({round(i * (n - 1) / max(1, min(SUMMARY_COLUMNS, n) - 1))
+                                                   for i in range(min(SUMMARY_COLUMNS, n))})]
+    epochs = {e for chosen in spaced.values() for e, _ in chosen}
+    tables, dropped = [], 0
+    for t in r.tables:
+        head = t.title.split(":", 1)[0]
+        if head in groups:
+            if head in keep:
+                tables.append(t)
+            else:
+                dropped += 1
+        elif "epoch" in t.columns:  # a trajectory: the evenly spaced epochs
+            i = t.columns.index("epoch")
+            tables.append(Table(f"{t.title} (epochs {', '.join(map(str, sorted(epochs)))})", t.columns,
+                                [row for row in t.rows if row[i] in epochs]))
+        elif "group" in t.columns:
+            i = t.columns.index("group")
+            rows = [row for row in t.rows if all(part in keep for part in str(row[i]).split(" vs "))]
+            if rows:
+                tables.append(Table(f"{t.title} (each split's last epoch)", t.columns, rows))
+        else:
+            tables.append(t)
+    metric = SUMMARY_METRIC.get(r.analyzer)
+    for split, items in sorted(by_split.items()) if metric else []:
+        chosen, n = spaced[split], len(items)
+        classes = groups[items[-1][1]].get("classes") or []
+        rows = []
+        for c, entry in enumerate(classes):
+            cells = []
+            for _, name in chosen:
+                cl = groups[name].get("classes") or []
+                cells.append(cl[c].get(metric[0]) if c < len(cl) and isinstance(cl[c], dict) else None)
+            rows.append([entry.get("class"), *cells])
+        if rows and any(v is not None for row in rows for v in row[1:]):
+            tables.append(Table(f"{split}: {metric[1]} per class and epoch ({len(chosen)} of {n} epochs, evenly spaced)",
+                                ["class", *(f"@{e}" for e, _ in chosen)], rows))
+    notes = [*r.notes, f"{len(groups)} groups selected: {dropped} per-group tables not printed (each split's last epoch is); "
+                       f"--json and --out hold every group, --epoch A:B:S selects epochs"] if dropped else list(r.notes)
+    return Result(r.analyzer, tables, r.data, notes)

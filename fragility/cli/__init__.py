@@ -22,7 +22,8 @@ EXIT_ERROR = 2
 
 def _consoles() -> tuple[Console, Console]:
     width = shutil.get_terminal_size((140, 40)).columns if sys.stdout.isatty() else 160
-    return Console(width=width, soft_wrap=False), Console(stderr=True)
+    # emoji codes off: ":b:" in a name or a message from a store is text, never a picture
+    return Console(width=width, soft_wrap=False, emoji=False), Console(stderr=True, emoji=False)
 
 
 def _json_out(obj: Any) -> None:
@@ -142,7 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("-a", "--analyzer", action="append", dest="analyzers", metavar="NAME",
                    help="analyzer to run (repeatable; default: topk, magnitude, diversity)")
     a.add_argument("--split", action="append", help="split(s) to analyze (repeatable; default: all)")
-    a.add_argument("--epoch", default=None, help="epoch number, 'last' or 'all' (default: last, or all with --pass)")
+    a.add_argument("--epoch", default=None, help="epoch number, 'last', 'all' or a range A:B[:S] of the recorded epochs, e.g. "
+                   "0:200:20 (default: last, or all with --pass)")
     a.add_argument("--pass", action="append", dest="passes", metavar="NAME", help="only this pass, e.g. 0003 (repeatable; see inspect)")
     a.add_argument("--class", action="append", dest="classes", metavar="CLASS",
                    help="only rows of this true class, by name or index (repeatable)")
@@ -187,6 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--k", type=int, default=10, help="top-K size (default: 10)")
     r.add_argument("-a", "--analyzer", action="append", dest="analyzers", metavar="NAME",
                    help="analyzer to run (repeatable; default: topk, magnitude, diversity); every one's tables are in the report")
+    r.add_argument("--epoch", default=None, help="epochs to report: 'all' (default), 'last', a number or a range A:B[:S], e.g. 0:200:20")
     _knn_options(r)
     r.add_argument("--out", required=True, help="report folder")
 
@@ -246,7 +249,9 @@ def _knn_options(p: argparse.ArgumentParser) -> None:
                    help="rows per group above which the k-NN runs on a deterministic sample (default: 10000)")
 
 
-def _epoch(value: str | None, default: str | None = None) -> int | str | None:
+def _epoch(value: str | None, default: str | None = None) -> int | str | range | None:
+    """``--epoch``: an integer, ``last``, ``all``, or a range ``A:B`` / ``A:B:S`` (Python's slice: from A, before
+    B, every S-th; either end may be left out) of the recorded epochs."""
     if value is None:
         return default
     if value == "all":
@@ -254,11 +259,19 @@ def _epoch(value: str | None, default: str | None = None) -> int | str | None:
     if value == "last":
         return value
     try:
+        if ":" in value:
+            parts = value.split(":")
+            if len(parts) > 3:
+                raise ValueError
+            start, stop, step = (int(x) if x.strip() else None for x in parts + [""] * (3 - len(parts)))
+            if step is not None and step < 1:
+                raise ValueError
+            return range(start or 0, stop if stop is not None else 2**62, step or 1)
         return int(value)
     except ValueError:
         from ..errors import SelectionError
 
-        raise SelectionError(f"--epoch {value!r} must be an integer, 'last' or 'all'") from None
+        raise SelectionError(f"--epoch {value!r} must be an integer, 'last', 'all' or a range A:B or A:B:S (e.g. 0:200:20)") from None
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -408,8 +421,10 @@ def cmd_analyze(args, out: Console, err: Console) -> int:
     if args.json:
         _json_out({name: r.to_dict() for name, r in results.items()})
     else:
+        from ..analysis._results import condensed
+
         for r in results.values():
-            out.print(r)
+            out.print(condensed(r))
     if args.out:
         from ..report import build_report, run_label
 
@@ -449,7 +464,7 @@ def cmd_report(args, out: Console, err: Console) -> int:
     stores = [args.store] + ([args.compare] if args.compare else [])
     labels = list(args.labels) if args.labels else [run_label(s) for s in stores]
     index = build_report(stores, args.out, labels=labels, k=args.k, analyzers=args.analyzers, progress=True,  # derives the comparison
-                         knn_max_rows=args.knn_max_rows, options={"knn": args.knn})
+                         knn_max_rows=args.knn_max_rows, options={"knn": args.knn}, epoch=_epoch(args.epoch, None))
     out.print(markup(index), highlight=False)
     return 0
 

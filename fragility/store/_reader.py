@@ -429,7 +429,7 @@ class Store:
             columns=columns,
         )
 
-    def damaged_in(self, split: str | Sequence[str] | None = None, epoch: int | str | Sequence[int] | None = None) -> list[DamagedPass]:
+    def damaged_in(self, split: str | Sequence[str] | None = None, epoch: int | str | Sequence[int] | range | None = None) -> list[DamagedPass]:
         """Damaged passes that may belong to a selection (those whose split or epoch cannot be read included)."""
         splits = None if split is None else ({split} if isinstance(split, str) else set(split))
         out = []
@@ -441,7 +441,8 @@ class Store:
                     last = max((p.epoch for p in self.passes if p.split == d.split), default=None)
                     if last is not None and d.epoch < last:
                         continue
-                elif d.epoch not in ({int(epoch)} if isinstance(epoch, (int, str)) else {int(e) for e in epoch}):
+                elif d.epoch not in (epoch if isinstance(epoch, range) else {int(epoch)} if isinstance(epoch, (int, str))
+                                     else {int(e) for e in epoch}):
                     continue
             out.append(d)
         return out
@@ -498,12 +499,13 @@ class Store:
         self,
         *,
         split: str | Sequence[str] | None = None,
-        epoch: int | str | Sequence[int] | None = None,
+        epoch: int | str | Sequence[int] | range | None = None,
         mode: str | None = None,
         rank: int | None = None,
         complete_only: bool = False,
     ) -> list[PassInfo]:
-        """Passes matching the filters, in recording order. ``epoch="last"`` picks each split's last epoch.
+        """Passes matching the filters, in recording order. ``epoch="last"`` picks each split's last epoch; a
+        ``range`` (e.g. ``range(0, 200, 20)``) the recorded epochs in it.
 
         Raises:
             SelectionError: a split or epoch the store does not hold (with close matches).
@@ -527,6 +529,15 @@ class Store:
                 for p in passes:
                     last[p.split] = max(last.get(p.split, p.epoch), p.epoch)
                 passes = [p for p in passes if p.epoch == last[p.split]]
+            elif isinstance(epoch, range):  # a range selects the recorded epochs in it (none in it: an error)
+                inside = [p for p in passes if p.epoch in epoch]
+                if passes and not inside:
+                    have_e = sorted({p.epoch for p in passes})
+                    raise SelectionError(
+                        f"no recorded epoch of store {self.path} lies in {epoch.start}:{epoch.stop}:{epoch.step} for this selection; "
+                        f"it holds epochs: {', '.join(map(str, have_e))}"
+                    )
+                passes = inside
             else:
                 wanted_e = [int(epoch)] if isinstance(epoch, (int, str)) else [int(e) for e in epoch]
                 have_e = sorted({p.epoch for p in passes})
