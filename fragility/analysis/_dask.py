@@ -14,27 +14,48 @@ from typing import Any
 
 from ..store import Store
 from ._base import Analyzer
-from ._engine import Plan, _call, make_plan, merge_skipped
+from ._engine import Plan, make_plan
 from ._results import Result
 
 
-def _reference_task(plan: Plan, unit: tuple) -> list[Analyzer]:
-    instances = plan.instances()
-    with Store(plan.path) as store:
-        plan.fold_reference(store, instances, [unit])
-    return instances
+#: this worker's open stores, refreshed per task (opening validates nothing already validated, but a task
+#: should not pay even that for every unit)
+_STORES: dict[str, Store] = {}
 
 
-def _main_task(plan: Plan, refs: dict[str, dict], unit: tuple) -> tuple[list[Analyzer], dict[str, dict[str, int]]]:
-    instances = plan.instances()
-    for a in instances:
-        if a.uses_reference:
-            a.ref = refs[a.name]
-            a.end_reference()
-    skipped: dict[str, dict[str, int]] = {}
-    with Store(plan.path) as store:
-        plan.fold_main(store, instances, [unit], skipped)
-    return instances, skipped
+def _store(path: str) -> Store:
+    st = _STORES.get(path)
+    if st is None:
+        st = _STORES[path] = Store(path)
+    else:
+        st.refresh()
+    return st
+
+
+def _batches(units: list, rows: int) -> list[list]:
+    """Consecutive units in tasks of about ``rows`` rows (at least one unit each): a store of many small
+    passes is not one task per pass."""
+    out: list[list] = []
+    size = rows
+    for u in units:
+        if size + (u[2] - u[1]) > rows and out and out[-1]:
+            out.append([])
+            size = 0
+        if not out:
+            out.append([])
+        out[-1].append(u)
+        size += u[2] - u[1]
+    return out
+
+
+def _reference_task(plan: Plan, kinds: list, batch: list) -> list[list[Analyzer]]:
+    st = _store(plan.path)
+    return [plan.reference_part(st, unit, kinds) for unit in batch]
+
+
+def _main_task(plan: Plan, kinds: list, refs: dict[str, Any], batch: list) -> list[tuple[list[Analyzer], dict[str, dict[str, int]]]]:
+    st = _store(plan.path)
+    return [plan.main_part(st, refs, unit, kinds) for unit in batch]
 
 
 def analyze_dask(
@@ -45,14 +66,16 @@ def analyze_dask(
     unit_rows: int = 262144,
     **options: Any,
 ) -> dict[str, Result]:
-    """Like :func:`fragility.analyze`, with the rows spread over the workers of a Dask ``client``.
+    """Like :func:`fragility.analyze`, with the units of work spread over the workers of a Dask ``client``:
+    bit-identical to :func:`fragility.analyze` with the same ``unit_rows`` (both merge the units' analyzer
+    states in unit order, :meth:`Plan.run`).
 
     Workers build their own plugin manager, so third-party analyzers must be installed on them too.
 
     Args:
         store: path of the store (visible to every worker).
         client: a ``dask.distributed.Client``.
-        unit_rows: rows per task.
+        unit_rows: rows per task (the same default as :func:`fragility.analyze`).
         **options: as for :func:`fragility.analyze` (split, epoch, k, classes, …).
 
     Example:
@@ -60,28 +83,21 @@ def analyze_dask(
         >>> results = analyze_dask("run.fragility", client=Client(n_workers=4), k=10)  # doctest: +SKIP
     """
     with Store(store) as st:
-        plan = make_plan(st, analyzers, **options)
+        plan = make_plan(st, analyzers, unit_rows=unit_rows, **options)
     heads = plan.instances()
-    if any(a.uses_reference for a in heads):
-        ref_units = plan.units(plan.reference, rows=unit_rows)
-        for parts in client.gather(client.map(_reference_task, [plan] * len(ref_units), ref_units, pure=False)):
-            for head, part in zip(heads, parts):
-                if head.uses_reference:
-                    head.merge_reference(part)
-    refs = {a.name: a.ref for a in heads if a.uses_reference}
-    for a in heads:
-        if a.uses_reference:
-            a.end_reference()
-    units = plan.units(plan.passes + plan.extra, rows=unit_rows)
-    skipped: dict[str, dict[str, int]] = {}
-    futures = client.map(_main_task, [plan] * len(units), [refs] * len(units), units, pure=False)
-    ends = plan.group_ends(units)
-    for i, future in enumerate(futures):  # in unit order, one at a time: the driver holds the open groups only
-        parts, part_skipped = future.result()
-        future.release()
-        for head, part in zip(heads, parts):
-            head.merge(part)
-            for g in ends.get(i, []):
-                _call(head, "finish_group", g)
-        merge_skipped(skipped, part_skipped)
-    return plan.finish(heads, skipped)
+    kinds = [type(a) for a in heads]  # the analyzer classes travel with the tasks: no plugin scan per task
+
+    def reference_parts(units):
+        batches = _batches(units, plan.unit_rows)
+        for future in client.map(_reference_task, [plan] * len(batches), [kinds] * len(batches), batches, pure=False):
+            yield from future.result()
+            future.release()
+
+    def main_parts(units, refs):
+        batches = _batches(units, plan.unit_rows)
+        futures = client.map(_main_task, [plan] * len(batches), [kinds] * len(batches), [refs] * len(batches), batches, pure=False)
+        for future in futures:
+            yield from future.result()  # in unit order, one task at a time: the driver holds the open groups only
+            future.release()
+
+    return plan.finish(heads, plan.run(heads, reference_parts, main_parts))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -262,6 +262,9 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     #: quarantined passes that may belong to the selection or the reference: left out, named in the notes
     damaged: list[Any] = field(default_factory=list)
+    #: rows per unit of work: each unit is folded into fresh analyzers, which are merged in unit order —
+    #: in one process and on a Dask cluster alike, so both give bit-identical results
+    unit_rows: int = 262144
 
     @property
     def extra(self) -> list[PassInfo]:
@@ -295,6 +298,51 @@ class Plan:
                     _call(a, "update_reference", chunk)
                 advance(len(chunk))
 
+    def reference_part(self, store: Store, unit: tuple, kinds: Sequence[type] | None = None,
+                       advance: Callable[[int], None] = lambda n: None) -> list[Analyzer]:
+        """Fresh analyzers holding the reference rows of one unit (a task of :meth:`run`)."""
+        parts = [k(self.spec) for k in kinds] if kinds is not None else self.instances()
+        self.fold_reference(store, parts, [unit], advance)
+        return parts
+
+    def main_part(self, store: Store, refs: dict[str, Any], unit: tuple, kinds: Sequence[type] | None = None,
+                  advance: Callable[[int], None] = lambda n: None) -> tuple[list[Analyzer], dict[str, dict[str, int]]]:
+        """Fresh analyzers (with the merged reference state ``refs``) holding the rows of one unit."""
+        parts = [k(self.spec) for k in kinds] if kinds is not None else self.instances()
+        for a in parts:
+            if a.uses_reference:
+                a.ref = refs[a.name]
+                _call(a, "end_reference")
+        skipped: dict[str, dict[str, int]] = {}
+        self.fold_main(store, parts, [unit], skipped, advance)
+        return parts, skipped
+
+    def run(self, heads: list[Analyzer], reference_parts: Callable[[list], Iterator[list[Analyzer]]],
+            main_parts: Callable[[list, dict], Iterator[tuple[list[Analyzer], dict]]]) -> dict[str, dict[str, int]]:
+        """The reduction: the reference units' parts merged into ``heads`` in unit order, then the main
+        units' parts, each group finished after its last unit. ``reference_parts(units)`` and
+        ``main_parts(units, refs)`` yield the parts in unit order — computed here (:func:`analyze`) or on
+        workers (:func:`analyze_dask`): the same float operations in the same order, so the same bits."""
+        if any(a.uses_reference for a in heads):
+            for parts in reference_parts(self.units(self.reference, rows=self.unit_rows)):
+                for head, part in zip(heads, parts):
+                    if head.uses_reference:
+                        head.merge_reference(part)
+            for a in heads:
+                if a.uses_reference:
+                    _call(a, "end_reference")
+        refs = {a.name: a.ref for a in heads if a.uses_reference}
+        units = self.units(self.passes + self.extra, rows=self.unit_rows)
+        ends = self.group_ends(units)
+        skipped: dict[str, dict[str, int]] = {}
+        for i, (parts, part_skipped) in enumerate(main_parts(units, refs)):
+            for head, part in zip(heads, parts):
+                head.merge(part)
+                for g in ends.get(i, []):
+                    _call(head, "finish_group", g)
+            merge_skipped(skipped, part_skipped)
+        return skipped
+
     @staticmethod
     def group_ends(units) -> dict[int, list[str]]:
         """Unit index -> the groups whose last unit it is (their analyzers' :meth:`Analyzer.finish_group`)."""
@@ -304,10 +352,8 @@ class Plan:
             ends.setdefault(i, []).append(g)
         return ends
 
-    def fold_main(self, store: Store, instances: list[Analyzer], units, skipped: dict[str, dict[str, int]], advance=lambda n: None,
-                  *, finish_groups: bool = False) -> None:
-        """Fold the selected rows into every analyzer, and the reference rows into those that use one;
-        with ``finish_groups`` (``units`` are all of them), each group is finished after its last unit.
+    def fold_main(self, store: Store, instances: list[Analyzer], units, skipped: dict[str, dict[str, int]], advance=lambda n: None) -> None:
+        """Fold the selected rows into every analyzer, and the reference rows into those that use one.
 
         Reference rows are all rows of the reference passes (never filtered by ``correct``): analyzers
         measure them again against what :meth:`Analyzer.end_reference` derived (e.g. the training
@@ -319,8 +365,7 @@ class Plan:
         users = [a for a in instances if a.uses_reference]
         ref_names = {p.name for p in self.reference} if users else set()
         ref_cols = set().union(*(a.reference_columns() for a in users)) if users else set()
-        ends = self.group_ends(units) if finish_groups else {}
-        for i, (p, start, stop) in enumerate(units):
+        for p, start, stop in units:
             selected, as_ref = p.name in main, p.name in ref_names
             if selected and as_ref and self.correct is not None:
                 self._fold(store, p, (start, stop), ref_cols, [], users, None, None, advance)
@@ -330,9 +375,6 @@ class Plan:
                 instances if selected else [], users if as_ref else [], skipped if selected else None,
                 self.correct if selected else None, advance,
             )
-            for g in ends.get(i, []):
-                for a in instances:
-                    _call(a, "finish_group", g)
 
     def _fold(self, store, p, span, cols, update, reference, skipped, correct, advance) -> None:
         for chunk in iter_chunks(store, [p], cols, self.spec, chunk_rows=self.chunk_rows, skipped=skipped,
@@ -383,6 +425,7 @@ def make_plan(
     knn_max_rows: int = 10000,
     plugin_manager: pluggy.PluginManager | None = None,
     options: dict[str, Any] | None = None,
+    unit_rows: int = 262144,
 ) -> Plan:
     """Validate an analysis request against a store (see :func:`analyze` for the arguments)."""
     reg = registry(plugin_manager)
@@ -445,7 +488,9 @@ def make_plan(
                 f"columns: {', '.join(ALL_COLUMNS)}"
             )
     notes += [f"pass {d.name} ({d.label}) is damaged and was left out: {d.reason}" for d in damaged]
-    return Plan(store.path, names, passes_sel, reference, spec, class_ids, correct, chunk_rows, notes, damaged)
+    if isinstance(unit_rows, bool) or not isinstance(unit_rows, (int, np.integer)) or unit_rows < 1:
+        raise AnalyzerError(f"unit_rows={unit_rows!r} must be a positive number of rows (rows per unit of work)")
+    return Plan(store.path, names, passes_sel, reference, spec, class_ids, correct, chunk_rows, notes, damaged, int(unit_rows))
 
 
 def analyze(
@@ -504,15 +549,20 @@ def analyze(
                 more = f" and {len(corrupt) - 3} more" if len(corrupt) > 3 else ""
                 raise StoreError(f"store {st.path} is corrupt: {where}{more} fail their checksums; re-record those passes or restore a copy")
         instances = plan.instances(plugin_manager)
-        skipped: dict[str, dict[str, int]] = {}
+        kinds = [type(a) for a in instances]
         uses_ref = any(a.uses_reference for a in instances)
         total = sum(p.rows for p in plan.passes) + (sum(p.rows for p in plan.reference) + sum(p.rows for p in plan.extra)) * uses_ref
         with _progress(progress, total) as advance:
-            plan.fold_reference(st, instances, plan.units(plan.reference), advance)
-            for a in instances:
-                if a.uses_reference:
-                    _call(a, "end_reference")
-            plan.fold_main(st, instances, plan.units(plan.passes + plan.extra), skipped, advance, finish_groups=True)
+
+            def reference_parts(units):
+                for unit in units:
+                    yield plan.reference_part(st, unit, kinds, advance)
+
+            def main_parts(units, refs):
+                for unit in units:
+                    yield plan.main_part(st, refs, unit, kinds, advance)
+
+            skipped = plan.run(instances, reference_parts, main_parts)
         return plan.finish(instances, skipped)
     finally:
         if own:

@@ -61,13 +61,20 @@ def _executor(t: int) -> ThreadPoolExecutor:
 THREAD_OUTPUT_BYTES = 256 << 20
 
 
+#: row ranges a chunk is cut into for the kernels, whatever the number of threads
+PARTS = 8
+
+
 def _parallel(n: int, work, out_bytes: int = 0) -> list:
-    """``work(lo, hi)`` over row ranges splitting ``n`` rows, one per thread (at least 512 rows each, and
-    no more threads than keep ``out_bytes`` of private outputs each under :data:`THREAD_OUTPUT_BYTES`)."""
-    t = max(1, min(threads(), n // 512, THREAD_OUTPUT_BYTES // max(out_bytes, 1)))
-    bounds = [n * i // t for i in range(t + 1)]
+    """``work(lo, hi)`` over row ranges splitting ``n`` rows, results in range order. The ranges depend on
+    ``n`` and ``out_bytes`` only — at most :data:`PARTS`, at least 512 rows each, their private outputs
+    together under :data:`THREAD_OUTPUT_BYTES` — never on the number of threads that run them, so sums
+    reduced from the parts are the same bits on any machine, any thread setting and any Dask worker."""
+    parts = max(1, min(PARTS, n // 512, THREAD_OUTPUT_BYTES // max(out_bytes, 1)))
+    bounds = [n * i // parts for i in range(parts + 1)]
+    t = min(threads(), parts)
     if t == 1:
-        return [work(0, n)]
+        return [work(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
     return list(_executor(t).map(work, bounds[:-1], bounds[1:]))
 
 
