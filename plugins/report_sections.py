@@ -120,7 +120,21 @@ def _grouped(ax, names: list[str], series: list[tuple[str, list[float]]], minor:
     ax.grid(axis="y", color="#eeeeee", zorder=1)
 
 
+#: classes above which figures stop labelling every class and every bar segment
+MANY_CLASSES = 20
+#: class tick labels shown at most (every n-th class beyond)
+MAX_CLASS_TICKS = 20
+
+
 def _class_ticks(ax, names: list[str], counts: dict[str, list[int]], labels: list[str], minor: set[int]) -> None:
+    """Class names (and their training rows per run) under the axis; with many classes every n-th class,
+    rotated, so no two labels overlap (tested on 100 classes)."""
+    if len(names) > MANY_CLASSES:
+        step = -(-len(names) // MAX_CLASS_TICKS)
+        shown = list(range(0, len(names), step))
+        ax.set_xticks(shown, [names[c] for c in shown], fontsize=7, rotation=90)
+        ax.set_xlabel(f"class (every {step}th of {len(names)} labelled; shaded = minority class)", fontsize=8)
+        return
     ticks = []
     for c, name in enumerate(names):
         ns = "/".join(str(counts[lab][c]) if lab in counts and c < len(counts[lab]) else "?" for lab in labels)
@@ -393,7 +407,7 @@ def topk_bars(ctx):
                     continue
                 ax.bar(c, val, 0.7, bottom=bottom, color=colour.get(idx, NOT_SHARED), edgecolor="white", linewidth=0.4, zorder=2,
                        gid=f"class-{c}-feature-{idx}")
-                if val > 0.05 * total:
+                if val > 0.05 * total and len(g["classes"]) <= MANY_CLASSES:  # many classes: no room for labels
                     ax.text(c, bottom + val / 2, str(idx), ha="center", va="center", fontsize=6, zorder=3)
                 bottom += val
         ax.set_ylabel(f"{lab}\nmean {data['embedding']}", fontsize=8)
@@ -474,7 +488,8 @@ def diversity(ctx):
                 continue
             ax.scatter(n[c], vals[c], color=colour, marker="o", s=36 if c in minor else 22,
                        facecolors=colour if c in minor else "white", zorder=3, label=lab if c == 0 else None)
-            ax.annotate(entry["class"], (n[c], vals[c]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+            if len(g["classes"]) <= MANY_CLASSES:  # many classes: names would pile up; the tables hold them
+                ax.annotate(entry["class"], (n[c], vals[c]), fontsize=6, xytext=(3, 2), textcoords="offset points")
     ax.set_xscale("log")
     # plain numbers: maths text is off in reports (names from a store print literally), so matplotlib's own
     # log-axis labels ("$\\mathdefault{10^{1}}$") would show as source text
@@ -520,8 +535,14 @@ def trajectory(ctx):
         traj = sorted(data["trajectory"].values(), key=lambda t: t["epoch"])
         epochs = [t["epoch"] for t in traj]
         C = len(traj[0]["identity_overlap"])
+        few = len(minor) <= 10  # a line per marked class in the legend; beyond, one entry for all of them
         for c in range(C):
-            style = {"color": cmap(c % 10), "lw": 1.6, "label": f"class {c}"} if c in minor else {"color": "#bbbbbb", "lw": 0.8}
+            if c in minor:
+                first = c == min(minor)
+                style = {"color": cmap(c % 10) if few else RUN_COLOURS[0], "lw": 1.6 if few else 0.9,
+                         "label": f"class {c}" if few else (f"minority classes ({len(minor)})" if first else None)}
+            else:
+                style = {"color": "#bbbbbb", "lw": 0.8}
             for col, key in enumerate(("identity_overlap", "magnitude")):
                 axes[row][col].plot(epochs, [_num(t[key][c]) for t in traj], **style)
         axes[row][0].set_ylabel(f"{lab}\noverlap with final top-K", fontsize=8)

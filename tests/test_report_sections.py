@@ -223,3 +223,39 @@ def test_log_axis_labels_are_plain_numbers_with_maths_text_off(ctx):
         labels = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
     assert labels and all("$" not in t and "mathdefault" not in t for t in labels), labels
     assert "10" in labels
+
+
+def test_a_100_class_report_stays_readable(tmp_path, monkeypatch):
+    """100 classes, several epochs: in every figure no two x tick labels overlap, no legend has more than 12
+    entries, and bar segments and scatter points carry no per-class text (there is no room for it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from fragility import report as report_mod
+    from fragility.datasets import exponential_counts
+    from fragility.testing import make_random_store
+
+    counts = exponential_counts(60, 100, 30)
+    path = make_random_store(tmp_path / "c100.fragility", counts=counts, d=16, ties=False,
+                             passes=[(s, e) for e in range(4) for s in ("train", "test")])
+    seen = []
+    real = report_mod._png
+
+    def capture(fig):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+            for a, b in zip(boxes, boxes[1:]):
+                assert not a.overlaps(b), (ax.get_title(), a, b)
+            legend = ax.get_legend()
+            assert legend is None or len(legend.get_texts()) <= 12, ax.get_title()
+            assert len(ax.texts) <= 12, (ax.get_title(), len(ax.texts))  # no per-class labels piled up
+        for legend in fig.legends:
+            assert len(legend.get_texts()) <= 12
+        seen.append(fig)
+        return real(fig)
+
+    monkeypatch.setattr(report_mod, "_png", capture)
+    index = report_mod.build_report([path], tmp_path / "rep", k=3)
+    assert len(seen) >= 4 and index.endswith("index.html")
