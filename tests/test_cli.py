@@ -282,3 +282,12 @@ def test_long_selections_print_a_bounded_summary_and_ranges_select_epochs(tmp_pa
     assert p.returncode == 2 and "a range A:B or A:B:S" in p.stderr
     p = run("report", path, "--epoch", "25:30:2", "--k", "3", "--out", tmp_path / "rep")
     assert "test@29" in (tmp_path / "rep" / "index.html").read_text() and "test@1<" not in (tmp_path / "rep" / "index.html").read_text()
+
+
+def test_piped_output_follows_columns(stores):
+    """$COLUMNS sets the width of piped output too: no line wider than it (default 160 without it)."""
+    p = run("analyze", stores[0], "--k", "3", env={"COLUMNS": "100"})
+    widths = [len(line) for line in p.stdout.splitlines()]
+    assert widths and max(widths) <= 100 and len(widths) > 20
+    p = run("analyze", stores[0], "--k", "3", env={"COLUMNS": ""})
+    assert max(len(line) for line in p.stdout.splitlines()) <= 160

@@ -21,7 +21,8 @@ EXIT_ERROR = 2
 
 
 def _consoles() -> tuple[Console, Console]:
-    width = shutil.get_terminal_size((140, 40)).columns if sys.stdout.isatty() else 160
+    # $COLUMNS first (also when piped), then the terminal, else 160 columns
+    width = shutil.get_terminal_size((160, 40)).columns
     # emoji codes off: ":b:" in a name or a message from a store is text, never a picture
     return Console(width=width, soft_wrap=False, emoji=False), Console(stderr=True, emoji=False)
 
