@@ -161,6 +161,7 @@ class Magnitude(Analyzer):
                 for c in range(C):
                     rows.append([names[c], int(st["n"][c]), g.epoch, ov[c], mag[c]])
             data["trajectory"] = traj
+        if len(traj_groups) > 1:  # one epoch is no trajectory (its overlap with itself is 1 by definition)
             result.tables.append(
                 Table(
                     f"trajectory over {ref.split} epochs: overlap with the final top-{k} and magnitude there",

@@ -770,3 +770,12 @@ def test_mean_cosine_interval_of_many_rows_is_the_u_statistics_normal_one():
         vals.append((t @ t - n) / (n * (n - 1)))
     blo, bhi = np.percentile(vals, 2.5), np.percentile(vals, 97.5)
     assert abs(lo - blo) < 0.15 * (hi - lo) and abs(hi - bhi) < 0.15 * (hi - lo)
+
+
+def test_one_epoch_prints_no_trajectory(random_store):
+    """A single epoch is no trajectory (its overlap with the final top-K is 1 by definition): no table, the
+    data entry stays; two epochs get the table."""
+    one = analyze(random_store, ["magnitude"], k=K, epoch="last")["magnitude"]
+    assert not any(t.title.startswith("trajectory over") for t in one.tables) and len(one.data["trajectory"]) == 1
+    both = analyze(random_store, ["magnitude"], k=K)["magnitude"]
+    assert any(t.title.startswith("trajectory over") for t in both.tables) and len(both.data["trajectory"]) == 2

@@ -83,7 +83,7 @@ def test_compare(stores):
     a, b = stores
     text = run("compare", a, b, "--k", "3", "--labels", "imb", "bal").stdout
     assert "imb vs bal" in text
-    data = json.loads(run("compare", a, b, "--k", "3", "--json").stdout)
+    data = json.loads(run("compare", a, b, "--k", "3", "--json").stdout)["compare"]  # keyed like analyze --json
     assert data["analyzer"] == "compare" and len(data["data"]["classes"]) == 5
 
 
@@ -235,7 +235,7 @@ def test_compare_matches_feature_indices_only_between_comparable_runs(tmp_path):
         assert any(why in n for n in r.notes), r.notes
         text = run("compare", a, other, "--k", "3").stdout
         assert "top-K overlap train" not in text and "overlap test" not in text and why in text.replace("\n", " ")
-        forced = json.loads(run("compare", a, other, "--k", "3", "--force-overlap", "--json").stdout)
+        forced = json.loads(run("compare", a, other, "--k", "3", "--force-overlap", "--json").stdout)["compare"]
         assert forced["data"]["forced"] and any("(forced: not comparable)" in c for c in forced["tables"][0]["columns"])
     # the report says whether the runs share their initial weights
     from fragility.report import build_report

@@ -448,8 +448,8 @@ def cmd_compare(args, out: Console, err: Console) -> int:
         labels = (labels[0] + " (A)", labels[1] + " (B)")
     r = compare(args.store_a, args.store_b, k=args.k, embedding=args.embedding, labels=labels, progress=not args.json,
                 force_overlap=args.force_overlap)
-    if args.json:
-        _json_out(r.to_dict())
+    if args.json:  # keyed by its name, as `analyze --json` keys each analyzer's result
+        _json_out({r.analyzer: r.to_dict()})
     else:
         out.print(r)
     if args.out:
