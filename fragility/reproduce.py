@@ -187,8 +187,11 @@ class Grid:
 def train_config(
     cfg: str, loss_name: str, data: ImageData, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, grid: Grid, *,
     model_name: str, recipe: Recipe, record_every: int, seed: int, device: torch.device, flip: bool, log: Console,
+    later_rows: int = 0,
 ) -> dict[str, Any]:
-    """Train one configuration with the Recorder attached; resume from its checkpoint when there is one."""
+    """Train one configuration with the Recorder attached; resume from its checkpoint when there is one.
+    ``later_rows``: training rows × epochs of the configurations still to train after this one, for the
+    grid's ETA (at this configuration's time per row)."""
     import timm
 
     counts = torch.bincount(y, minlength=len(data.classes)).tolist()
@@ -255,9 +258,10 @@ def train_config(
             spent = time.monotonic() - t0
             done = epoch + 1 - start
             eta = spent / done * (recipe.epochs - epoch - 1)
+            grid_eta = eta + spent / (done * n) * later_rows
             log.print(f"{markup(cfg)}: epoch {epoch + 1}/{recipe.epochs} loss {total / n:.3f} train acc {correct / n:.3f} "
-                      f"lr {recipe.lr_at(epoch):.2g}{' recorded' if recording else ''}; {spent:.0f} s, ETA {eta:.0f} s",
-                      highlight=False)
+                      f"lr {recipe.lr_at(epoch):.2g}{' recorded' if recording else ''}; {spent:.0f} s, ETA {eta:.0f} s"
+                      f"{f' (grid {grid_eta:.0f} s)' if later_rows else ''}", highlight=False)
     model.eval()
     with torch.no_grad(), amp:
         acc = float(sum(int((model(xt).argmax(1).cpu() == yt).sum()) for xt, yt in test) / len(data.y_test))
@@ -377,13 +381,16 @@ def run_reproduce(
         highlight=False,
     )
     summaries = {}
+    todo = [cfg for cfg in configs if not (os.path.exists(grid.done(cfg)) and os.path.isdir(grid.store(cfg)))]
     for cfg, (loss_name, x, y, ids) in configs.items():
-        if os.path.exists(grid.done(cfg)) and os.path.isdir(grid.store(cfg)):
+        if cfg not in todo:
             summaries[cfg] = _done_summary(grid.done(cfg))
             stderr.print(f"{markup(cfg)}: complete in {markup(grid.store(cfg))}, skipped", highlight=False)
             continue
+        later = sum(len(configs[c][2]) for c in todo[todo.index(cfg) + 1 :]) * epochs  # the grid's ETA: rows still to train
         summaries[cfg] = train_config(cfg, loss_name, ds, x, y, ids, grid, model_name=model, recipe=recipe,
-                                      record_every=record_every, seed=seed, device=dev, flip=FLIP[data], log=stderr)
+                                      record_every=record_every, seed=seed, device=dev, flip=FLIP[data], log=stderr,
+                                      later_rows=later)
     chosen = {}
     for cfg in configs:
         epoch, scores = select_epoch(grid.store(cfg), select)

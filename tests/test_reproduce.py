@@ -303,6 +303,12 @@ def test_grid_is_killed_resumed_and_reported(tmp_path):
     assert into_epoch_1(), proc.communicate()[1][-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    first = proc.stderr.read()
+    # the ETA covers the grid (ce's epochs, then the balanced control's rows); lines are never hard-wrapped
+    ce_lines = [line for line in first.splitlines() if line.startswith("ce: epoch ")]
+    assert ce_lines and all("ETA" in line and "(grid " in line for line in ce_lines), first[-2000:]
+    assert any(line.startswith("fragility reproduce: digits") and "balanced control 139 per class), cifar_resnet20" in line
+               for line in first.splitlines()), first[:1000]
     assert (out / "checkpoints" / "ce.done.json").exists() and not (out / "checkpoints" / "balanced.done.json").exists()
     killed_at = torch.load(ckpt, weights_only=True)["epoch"]
     proc = _cli(*args)
@@ -310,6 +316,7 @@ def test_grid_is_killed_resumed_and_reported(tmp_path):
     assert proc.returncode == 0, stderr[-3000:]
     assert "ce: complete in" in stderr and "skipped" in stderr
     assert f"balanced: resuming from the checkpoint of epoch {killed_at}" in stderr
+    assert "(grid " not in stderr  # the last configuration: its own ETA is the grid's
     assert "device cpu" in stderr and "device cpu" in stdout
     n_test = len(load("digits").y_test)
     for cfg, n_train in (("ce", sum(exponential_counts(139, 10, 20))), ("balanced", 1390)):

@@ -24,7 +24,8 @@ def _consoles() -> tuple[Console, Console]:
     # $COLUMNS first (also when piped), then the terminal, else 160 columns
     width = shutil.get_terminal_size((160, 40)).columns
     # emoji codes off: ":b:" in a name or a message from a store is text, never a picture
-    return Console(width=width, soft_wrap=False, emoji=False), Console(stderr=True, emoji=False)
+    # stderr: progress and messages never hard-wrapped (a log file or CI would get lines cut at 80 columns)
+    return Console(width=width, soft_wrap=False, emoji=False), Console(stderr=True, emoji=False, soft_wrap=True)
 
 
 def _json_out(obj: Any) -> None:
