@@ -52,6 +52,7 @@ class LiveMetrics:
         self.k = k
         self._writer: Any = None
         self._store: Any = None  # one Store for the whole run, refreshed at every pass: only new or changed passes are read
+        self._charts: set[tuple[str, str]] = set()  # (split, metric) charts in TensorBoard's custom-scalars layout
         #: the scalars of the last evaluation pass, ``{tag: value}``
         self.last: dict[str, float] = {}
 
@@ -66,6 +67,10 @@ class LiveMetrics:
 
                 self._writer = SummaryWriter(self.log_dir)
             self._writer.add_scalar(tag, value, step)
+            _, split, metric, _ = tag.split("/", 3)
+            if (split, metric) not in self._charts:
+                self._charts.add((split, metric))
+                self._layout_changed = True
         if self.log is not None:
             self.log(tag, value, step)
 
@@ -105,7 +110,19 @@ class LiveMetrics:
                 self._emit(f"fragility/{this.split}/magnitude_ratio/{name}", mag["classes"][c]["ratio_correct"], step)
                 self._emit(f"fragility/{this.split}/share_below_train_p5/{name}", mag["classes"][c]["share_below_p5"], step)
         if self._writer is not None:
+            if getattr(self, "_layout_changed", False):
+                self._write_layout()
             self._writer.flush()
+
+    def _write_layout(self) -> None:
+        """TensorBoard's custom-scalars layout: one chart per metric and split, a line per class (instead of
+        one chart per class × metric × split)."""
+        import re
+
+        charts = {f"{metric} ({split})": ["Multiline", [f"^fragility/{re.escape(split)}/{re.escape(metric)}/"]]
+                  for split, metric in sorted(self._charts)}
+        self._writer.add_custom_scalars({"fragility: per class": charts})
+        self._layout_changed = False
 
     def _open(self, path: str) -> Any:
         """The run's store, opened once and then refreshed (a new path: the old one is closed)."""

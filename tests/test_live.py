@@ -47,6 +47,19 @@ def test_tensorboard_scalars_equal_the_analyzers(tmp_path, pm):
     tags = set(acc.Tags()["scalars"])
     assert {"fragility/test/accuracy/0", "fragility/train/unique_topk/3", "fragility/test/share_below_train_p5/2",
             "fragility/train/participation_ratio/1"} <= tags
+    # one chart per metric and split with a line per class (the custom-scalars layout), not one per tag
+    import re
+
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[-1].tensor_proto.string_val[0])
+    charts = {c.title: c.multiline.tag[0] for cat in layout.category for c in cat.chart}
+    assert {"accuracy (test)", "unique_topk (train)", "share_below_train_p5 (test)", "participation_ratio (train)"} <= set(charts)
+    for title, pattern in charts.items():
+        lines = [t for t in tags if re.search(pattern, t)]
+        assert 1 <= len(lines) <= 4 and all(t.rsplit("/", 1)[0] == lines[0].rsplit("/", 1)[0] for t in lines), (title, lines)
+    assert len([t for t in tags if re.search(charts["accuracy (test)"], t)]) == 4  # a line per class
+    assert len(charts) < len(tags) / 3
     for epoch, (train, test) in enumerate((("0000", "0001"), ("0002", "0003"))):
         res = fragility.analyze(path, ["topk", "magnitude", "diversity"], passes=[train, test], k=5, reference_epoch=epoch)
         top, mag, div = (res[n].data["groups"] for n in ("topk", "magnitude", "diversity"))
