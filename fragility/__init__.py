@@ -11,6 +11,7 @@ __version__ = "0.2.0"
 
 from .errors import (
     AnalyzerError,
+    DataError,
     FragilityError,
     HeadError,
     OutputError,
@@ -45,6 +46,7 @@ def __getattr__(name: str):
 __all__ = [
     "Analyzer",
     "AnalyzerError",
+    "DataError",
     "FragilityError",
     "Head",
     "HeadError",
