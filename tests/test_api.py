@@ -31,3 +31,23 @@ def test_short_reprs_for_notebooks(tmp_path):
     r.data["groups"] = {f"\x1b[2Jg{i}": {} for i in range(9)}
     text = repr(r)
     assert "\x1b" not in text and "… (9 groups)" in text and len(text) < 200
+
+
+def test_result_to_frame_is_tidy_across_epochs(tmp_path):
+    """One row per group and class with split and epoch as columns; nested entries flattened (mscs.unique);
+    every value equals the result's data."""
+    from fragility.testing import make_random_store
+
+    path = make_random_store(tmp_path / "f.fragility", counts=(12, 6, 3), d=8)
+    res = fragility.analyze(path, ["topk", "magnitude"], k=3)
+    frame = res["topk"].to_frame()
+    groups = res["topk"].data["groups"]
+    assert len(frame) == sum(len(g["classes"]) for g in groups.values()) == 4 * 3
+    assert {"group", "split", "epoch", "class", "n", "accuracy", "unique", "mscs.unique"} <= set(frame.columns)
+    for row in frame.itertuples():
+        entry = groups[row.group]["classes"][[c["class"] for c in groups[row.group]["classes"]].index(row._4)]
+        assert row.n == entry["n"] and row.split == groups[row.group]["split"] and row.epoch == groups[row.group]["epoch"]
+        assert getattr(row, "unique") == entry["unique"]
+    assert frame.groupby("epoch")["n"].sum().to_dict() == {0: 42, 1: 42}  # 21 rows per pass, train and test
+    assert "share_below_p5" in res["magnitude"].to_frame().columns
+    assert res["topk"].records()[0]["mscs.unique"] == groups[frame.group[0]]["classes"][0]["mscs"]["unique"]

@@ -77,6 +77,15 @@ class Table:
         return t
 
 
+def _flatten(row: dict[str, Any], prefix: str, entry: dict[str, Any]) -> None:
+    for k, v in entry.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            _flatten(row, key + ".", v)
+        elif v is None or isinstance(v, (str, bool, int, float, np.integer, np.floating)):
+            row[key] = v.item() if isinstance(v, (np.integer, np.floating)) else v
+
+
 @dataclass
 class Result:
     """What an analyzer computes: tables for people, ``data`` for programs, ``notes`` for caveats."""
@@ -98,6 +107,29 @@ class Result:
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), allow_nan=False, **kwargs)
+
+    def records(self) -> list[dict[str, Any]]:
+        """One flat record per group and class (``group``, ``split``, ``epoch``, then the class entry's
+        numbers and strings; a nested dict's keys joined with ``.``, e.g. ``mscs.unique``; lists left out —
+        they are in ``data``). The tidy form for a data frame across epochs."""
+        out: list[dict[str, Any]] = []
+        groups = self.data.get("groups") if isinstance(self.data, dict) else None
+        for name, g in (groups or {}).items():
+            if not isinstance(g, dict):
+                continue
+            for entry in g.get("classes") or []:
+                row: dict[str, Any] = {"group": name, "split": g.get("split"), "epoch": g.get("epoch")}
+                _flatten(row, "", entry if isinstance(entry, dict) else {})
+                out.append(row)
+        return out
+
+    def to_frame(self):
+        """:meth:`records` as a pandas ``DataFrame`` (pandas is needed only for this)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("Result.to_frame() needs pandas (pip install pandas); Result.records() gives the same rows as dicts") from None
+        return pd.DataFrame.from_records(self.records())
 
     def table(self, title_prefix: str) -> Table:
         for t in self.tables:
