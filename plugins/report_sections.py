@@ -126,6 +126,19 @@ MANY_CLASSES = 20
 MAX_CLASS_TICKS = 20
 
 
+#: runs whose largest values differ by more than this factor get their own y axes (e.g. LDAM's cosine logits
+#: against cross-entropy's: one shared axis would flatten one of them)
+SCALE_RATIO = 5.0
+
+
+def _own_axes(peaks: Sequence[float]) -> float | None:
+    """The ratio of the runs' largest values when it calls for one y axis per run (else ``None``)."""
+    vals = [abs(v) for v in peaks if v is not None and math.isfinite(v) and v != 0]
+    if len(vals) < 2 or max(vals) / min(vals) <= SCALE_RATIO:
+        return None
+    return max(vals) / min(vals)
+
+
 def _class_ticks(ax, names: list[str], counts: dict[str, list[int]], labels: list[str], minor: set[int]) -> None:
     """Class names (and their training rows per run) under the axis; with many classes every n-th class,
     rotated, so no two labels overlap (tested on 100 classes)."""
@@ -387,7 +400,10 @@ def topk_bars(ctx):
     if not runs:
         return []
     minor = _minorities(ctx)
-    fig, axes = _figure(len(runs), height=3.6)
+    peaks = [max((sum(float(v) for v in e["topk"]["all"]["values"] if v is not None and v > 0)
+                  for e in g["classes"] if e["topk"]["all"]["values"] is not None), default=0.0) for _, _, g in runs]
+    ratio = _own_axes(peaks)
+    fig, axes = _figure(len(runs), height=3.6, sharey=ratio is None)
     cmap = plt.get_cmap("tab20")
     per_run = {}
     for ax, (lab, data, g) in zip(axes, runs):
@@ -415,7 +431,8 @@ def topk_bars(ctx):
                      fontsize=10)
         per_run[lab] = (shared, len(names), [e["n"] for e in g["classes"]])
     _class_ticks(axes[-1], names, train_counts(ctx), [lab for lab, _, _ in runs], minor)
-    return [(topk_caption(per_run, names, minor, runs[0][1]["k"]), fig)]
+    own = f" Each run has its own y axis: their mean CE differ in scale ({ratio:.0f}×)." if ratio else ""
+    return [(topk_caption(per_run, names, minor, runs[0][1]["k"]) + own, fig)]
 
 
 def unique(ctx):
@@ -529,7 +546,11 @@ def trajectory(ctx):
     if not runs:
         return []
     minor = _minorities(ctx)
-    fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.2 * len(runs)), squeeze=False, sharey="col", layout="constrained")
+    peaks = [max((_num(v) for t in d["trajectory"].values() for v in t["magnitude"] if math.isfinite(_num(v))), default=0.0)
+             for _, d in runs]
+    ratio = _own_axes(peaks)
+    fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.2 * len(runs)), squeeze=False, sharey=False if ratio else "col",
+                             layout="constrained")
     cmap = plt.get_cmap("tab10")
     for row, (lab, data) in enumerate(runs):
         traj = sorted(data["trajectory"].values(), key=lambda t: t["epoch"])
@@ -562,6 +583,8 @@ def trajectory(ctx):
             late.append(f"{lab}: halfway through the recorded epochs, the marked classes' top-K overlaps the final one by "
                         f"{_fmt(_mean(vals, minor))}, the others' by {_fmt(_mean(vals, rest))}.")
     caption = "Marked (minority) classes in colour, the others grey. " + " ".join(late)
+    if ratio:
+        caption += f" Each run has its own magnitude axis: their scales differ ({ratio:.0f}×)."
     return [(caption, fig)]
 
 

@@ -259,3 +259,36 @@ def test_a_100_class_report_stays_readable(tmp_path, monkeypatch):
     monkeypatch.setattr(report_mod, "_png", capture)
     index = report_mod.build_report([path], tmp_path / "rep", k=3)
     assert len(seen) >= 4 and index.endswith("index.html")
+
+
+def test_runs_of_different_scales_get_their_own_y_axes(tmp_path, monkeypatch):
+    """Runs whose mean CE differ by more than SCALE_RATIO (LDAM's cosine logits vs cross-entropy) are drawn on
+    their own y axes, and the caption says so; runs of one scale share the axis."""
+    import copy
+
+    import fragility
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from fragility import report as report_mod
+    from fragility.testing import make_random_store
+
+    path = make_random_store(tmp_path / "s.fragility", counts=(12, 8, 4), d=8)
+    res = fragility.analyze(path, ["topk", "magnitude"], k=3)
+    scaled = copy.deepcopy(res)
+    for g in scaled["topk"].data["groups"].values():
+        for c in g["classes"]:
+            for f in c["topk"].values():
+                if f["values"] is not None:
+                    f["values"] = [v * 30 for v in f["values"]]
+    real = report_mod._png
+    for results, shared in (({"a": res, "b": copy.deepcopy(res)}, True), ({"a": res, "b": scaled}, False)):
+        seen = []
+        monkeypatch.setattr(report_mod, "_png", lambda fig: (seen.append(fig), real(fig))[1])
+        index = report_mod.build_report([path, path], tmp_path / f"rep-{shared}", labels=["a", "b"], results=results, k=3)
+        (fig,) = [f for f in seen if any("class top-3" in ax.get_title() for ax in f.axes)]
+        a, b = [ax for ax in fig.axes if "class top-3" in ax.get_title()]
+        assert a.get_shared_y_axes().joined(a, b) == shared
+        html = open(index).read()
+        assert ("Each run has its own y axis: their mean CE differ in scale (30×)" in html) == (not shared)
