@@ -72,14 +72,18 @@ def _table_html(t: Table) -> str:
 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in t.columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r) + "</tr>" for r in jsonable(t.rows))
-    return f"<table><caption>{html.escape(t.title)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    # the title wraps with the page; the table scrolls inside its box (at 800 px a wide table no longer
+    # overflows the page)
+    return (f"<div class='table'><p class='caption'>{html.escape(t.title)}</p><div class='scroll'><table>"
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div></div>")
 
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;color:#222;padding:0 1rem}
 h1{font-size:1.6rem} h2{font-size:1.25rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2.2rem}
 figure{margin:1rem 0} figcaption{color:#555;font-size:.9rem} img{max-width:100%;border:1px solid #eee}
-table{border-collapse:collapse;font-size:.82rem;margin:1rem 0} caption{text-align:left;font-weight:600;padding:.3rem 0}
+div.table{margin:1rem 0} div.scroll{overflow-x:auto;max-width:100%} table{border-collapse:collapse;font-size:.82rem}
+p.caption{font-weight:600;padding:.3rem 0;margin:0}
 td,th{border:1px solid #ddd;padding:.2rem .45rem;text-align:right} td:first-child,th:first-child{text-align:left}
 .meta{color:#555;font-size:.9rem}
 """

@@ -291,3 +291,9 @@ def test_piped_output_follows_columns(stores):
     assert widths and max(widths) <= 100 and len(widths) > 20
     p = run("analyze", stores[0], "--k", "3", env={"COLUMNS": ""})
     assert max(len(line) for line in p.stdout.splitlines()) <= 160
+
+
+def test_analyze_explains_its_labels(stores):
+    out = run("analyze", stores[0], "--k", "3").stdout
+    assert "labels: train@9 = the passes of split train at epoch 9" in " ".join(out.split())
+    assert "mscs = minimal sufficient CE set" in " ".join(out.split()) and "docs/analyzers.md" in out

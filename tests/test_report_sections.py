@@ -292,3 +292,18 @@ def test_runs_of_different_scales_get_their_own_y_axes(tmp_path, monkeypatch):
         assert a.get_shared_y_axes().joined(a, b) == shared
         html = open(index).read()
         assert ("Each run has its own y axis: their mean CE differ in scale (30×)" in html) == (not shared)
+
+
+def test_report_tables_scroll_inside_their_box(tmp_path):
+    """Every table of the report sits in a horizontally scrolling box under its title, so a wide table never
+    widens the page (at 800 px the comparison table used to overflow it)."""
+    import re
+
+    from fragility.report import CSS, build_report
+
+    path = make_random_store(tmp_path / "w.fragility", counts=(12, 8, 4), d=8)
+    html = open(build_report([path, path], tmp_path / "rep", labels=["a", "b"], k=3)).read()
+    tables = html.count("<table>")
+    assert tables > 3 and html.count("<div class='scroll'><table>") == tables
+    assert len(re.findall(r"<p class='caption'>[^<]+</p><div class='scroll'><table>", html)) == tables
+    assert "div.scroll{overflow-x:auto;max-width:100%}" in CSS and "max-width:1200px" in CSS

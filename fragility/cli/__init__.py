@@ -18,6 +18,13 @@ from .._light import DATASET_NAMES as DATASETS, LOSSES
 from ..errors import output_dir
 
 EXIT_ERROR = 2
+#: printed under `analyze`'s tables: what their labels mean
+GLOSSARY = (
+    "labels: train@9 = the passes of split train at epoch 9 (train_eval: an eval sweep of the training set); ce_pred = CE of "
+    "the predicted class (ce_target: of the true class; fe: the features); top-K = the K largest mean CE features; "
+    "unique = features in any row's own top-K; @m = expected in m rows of the class (size-controlled); mscs = minimal "
+    "sufficient CE set; p5 = the training 5th percentile; PR = participation ratio. Definitions: docs/analyzers.md"
+)
 
 
 def _consoles() -> tuple[Console, Console]:
@@ -427,6 +434,7 @@ def cmd_analyze(args, out: Console, err: Console) -> int:
 
         for r in results.values():
             out.print(condensed(r))
+        out.print(GLOSSARY, style="dim", highlight=False)
     if args.out:
         from ..report import build_report, run_label
 
