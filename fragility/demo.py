@@ -37,25 +37,32 @@ class _PlainProgress:
 
     def __exit__(self, *exc: object) -> None:
         for t in self.tasks.values():
-            self._line(t)
+            if "end" not in t:  # a finished task printed its last line when it finished
+                self._line(t)
 
     def add_task(self, description: str, total: int) -> int:
         self.tasks[len(self.tasks)] = {"description": description, "total": total, "done": 0, "t0": time.monotonic(), "last": 0.0}
         return len(self.tasks) - 1
 
     def update(self, task: int, description: str | None = None) -> None:
-        if description is not None:
-            self.tasks[task]["description"] = description
+        t = self.tasks[task]
+        if description is not None and description != t["description"]:
+            t["description"] = description
+            if "end" in t:  # finished: its last line, with the last epoch's numbers (the clock stopped at its end)
+                self._line(t)
 
     def advance(self, task: int, n: int = 1) -> None:
         t = self.tasks[task]
         t["done"] += n
-        if time.monotonic() - t["last"] >= self.every or t["done"] >= t["total"]:
+        if t["done"] >= t["total"] and "end" not in t:
+            t["end"] = time.monotonic()  # its clock stops: another run training next does not count
+            self._line(t)
+        elif time.monotonic() - t["last"] >= self.every:
             self._line(t)
 
     def _line(self, t: dict[str, Any]) -> None:
         t["last"] = time.monotonic()
-        spent = t["last"] - t["t0"]
+        spent = t.get("end", t["last"]) - t["t0"]
         eta = spent / t["done"] * (t["total"] - t["done"]) if t["done"] else float("nan")
         self.console.print(f"{markup(t['description'])}: {t['done']}/{t['total']} steps, {spent:.0f} s, ETA {eta:.0f} s",
                            highlight=False, soft_wrap=True)
@@ -103,7 +110,10 @@ def train_and_record(
     task = progress.add_task(f"train {label}", total=epochs * steps) if progress else None
     g = torch.Generator().manual_seed(seed)
     with Recorder(model, store, class_names=data.classes, overwrite=True) as rec:
+        last = ""
         for epoch in range(epochs):
+            if progress:  # the epoch being trained, not the one before it
+                progress.update(task, description=f"train {label} epoch {epoch + 1}/{epochs}{last}")
             model.train()
             perm = torch.randperm(n, generator=g)
             total_loss, correct = 0.0, 0
@@ -124,8 +134,9 @@ def train_and_record(
             # the sound reference for magnitudes: the training images in eval mode, as the authors extract FE
             rec.evaluate(sweep, split="train_eval", epoch=epoch)
             rec.evaluate(test, split="test", epoch=epoch)
-            if progress:
-                progress.update(task, description=f"train {label} epoch {epoch + 1}/{epochs} loss {total_loss / n:.3f} acc {correct / n:.3f}")
+            last = f" (epoch {epoch + 1}: loss {total_loss / n:.3f} acc {correct / n:.3f})"
+            if progress and epoch + 1 == epochs:
+                progress.update(task, description=f"train {label} {epochs} epochs{last}")
     model.eval()
     with torch.no_grad():
         acc = float((model(data.x_test).argmax(1) == data.y_test).float().mean())
