@@ -51,3 +51,23 @@ def test_result_to_frame_is_tidy_across_epochs(tmp_path):
     assert frame.groupby("epoch")["n"].sum().to_dict() == {0: 42, 1: 42}  # 21 rows per pass, train and test
     assert "share_below_p5" in res["magnitude"].to_frame().columns
     assert res["topk"].records()[0]["mscs.unique"] == groups[frame.group[0]]["classes"][0]["mscs"]["unique"]
+
+
+def test_results_render_as_bounded_escaped_html(tmp_path):
+    """A notebook shows a result as HTML: escaped names, at most HTML_MAX_ROWS rows per table and the
+    condensed view over many groups, so even a 60-group result stays small."""
+    import json as _json
+
+    from fragility.analysis._results import HTML_MAX_ROWS
+    from fragility.testing import make_random_store
+
+    path = make_random_store(tmp_path / "h.fragility", counts=(70, 20, 5), d=8,
+                             passes=[(s, e) for e in range(30) for s in ("train", "test")])
+    res = fragility.analyze(path, ["topk"], k=3)["topk"]
+    page = res._repr_html_()
+    assert "<table>" in page and "60 groups selected" in page and len(page) < 200_000
+    assert len(_json.dumps(res.to_dict())) > 4 * len(page)  # the data is far larger than its view
+    t = fragility.analysis.Table("a <b>", ["class", "n"], [[f"<c{i}>", i] for i in range(HTML_MAX_ROWS + 7)])
+    html = t._repr_html_()
+    assert "&lt;b&gt;" in html and "<c0>" not in html and "&lt;c0&gt;" in html
+    assert html.count("<tr>") == HTML_MAX_ROWS + 1 and "7 more rows" in html

@@ -48,6 +48,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+#: rows per table and tables per result a notebook's HTML view shows (the rest is counted, not rendered)
+HTML_MAX_ROWS = 50
+HTML_MAX_TABLES = 12
+
+
 @dataclass
 class Table:
     """A titled table; per-class tables start with the ``class`` and ``n`` columns."""
@@ -62,6 +67,17 @@ class Table:
     def column(self, name: str) -> list[Any]:
         i = self.columns.index(name)
         return [r[i] for r in self.rows]
+
+    def _repr_html_(self, max_rows: int = HTML_MAX_ROWS) -> str:
+        """The table in a notebook: escaped, at most ``max_rows`` rows (the rest counted, never rendered)."""
+        import html
+
+        head = "".join(f"<th>{html.escape(printable(c))}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(printable(_fmt(v)))}</td>" for v in r) + "</tr>"
+                       for r in jsonable(self.rows[:max_rows]))
+        more = f"<p><i>… {len(self.rows) - max_rows} more rows (all in .rows)</i></p>" if len(self.rows) > max_rows else ""
+        return (f"<div><p><b>{html.escape(printable(self.title))}</b></p><table><thead><tr>{head}</tr></thead>"
+                f"<tbody>{body}</tbody></table>{more}</div>")
 
     def __rich__(self):
         from rich.table import Table as RichTable
@@ -161,6 +177,19 @@ class Result:
                 for r in jsonable(t.rows):
                     w.writerow([";".join(map(str, v)) if isinstance(v, list) else ("" if v is None else v) for v in r])
             paths.append(path)
+
+    def _repr_html_(self) -> str:
+        """The result in a notebook, bounded whatever its size: what the terminal shows of it (each split's
+        last group in full over many groups, :func:`condensed`), tables cut at HTML_MAX_ROWS rows, notes."""
+        import html
+
+        shown = condensed(self)
+        parts = [f"<p><b>{html.escape(printable(self.analyzer))}</b></p>"]
+        parts += [t._repr_html_() for t in shown.tables[:HTML_MAX_TABLES]]
+        if len(shown.tables) > HTML_MAX_TABLES:
+            parts.append(f"<p><i>… {len(shown.tables) - HTML_MAX_TABLES} more tables (all in .tables)</i></p>")
+        parts += [f"<p><i>note: {html.escape(printable(n))}</i></p>" for n in shown.notes]
+        return "".join(parts)
 
     def __rich__(self):
         from rich.console import Group
