@@ -367,14 +367,46 @@ def knn_same_class(x: np.ndarray, labels: np.ndarray, k: int = 5, block: int = 1
     return (lab[near] == lab[:, None]).sum(dim=1).numpy()
 
 
-def _nearest(g: torch.Tensor, sq_rows: torch.Tensor, sq_cols: torch.Tensor, kk: int, col0: int, *, diag: bool = False
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_rows(x: np.ndarray, rows: np.ndarray, k: int, block: int = 1024, col_block: int = 8192) -> np.ndarray:
+    """For each of ``rows`` (indices into ``x``), the indices of its ``k`` nearest *other* rows of ``x``, nearest
+    first: Euclidean distance in float32 as in :func:`knn_same_class`, ties broken by the lower row. Memory:
+    one ``block x col_block`` block of distances at a time."""
+    t = _t(x).float()
+    n = t.shape[0]
+    rows = np.asarray(rows, dtype=np.int64)
+    kk = min(k, n - 1)
+    if kk < 1 or len(rows) == 0:
+        return np.zeros((len(rows), max(kk, 0)), dtype=np.int64)
+    sq = (t * t).sum(dim=1)
+    out = []
+    for s in range(0, len(rows), block):
+        q = torch.from_numpy(rows[s : s + block])
+        tq, found = t[q], []
+        for c in range(0, n, col_block):
+            e = min(n, c + col_block)
+            own = (q >= c) & (q < e)
+            skip = torch.where(own, q - c, torch.full_like(q, -1))
+            found.append(_nearest(tq @ t[c:e].T, sq[q], sq[c:e], kk, c, skip=skip))
+        vals = torch.cat([v for v, _ in found], dim=1)
+        idx = torch.cat([i for _, i in found], dim=1)
+        o = torch.argsort(idx, dim=1, stable=True)  # lower row first among equal distances
+        vals, idx = torch.gather(vals, 1, o), torch.gather(idx, 1, o)
+        out.append(torch.gather(idx, 1, torch.argsort(vals, dim=1, stable=True)[:, :kk]))
+    return torch.cat(out).numpy()
+
+
+def _nearest(g: torch.Tensor, sq_rows: torch.Tensor, sq_cols: torch.Tensor, kk: int, col0: int, *, diag: bool = False,
+             skip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """From a block ``g`` of the Gram matrix: each row's ``kk`` smallest distances ``(sq_row - 2 g) + sq_col``
-    (clamped at 0; the row itself excluded where ``diag``) under the order (value, column):
-    ``(values, columns + col0)``. The float32 operations of the compiled ``knn_block``, in its order."""
+    (clamped at 0; the row itself excluded where ``diag``, or column ``skip[i]`` of row ``i`` where that is
+    not negative) under the order (value, column): ``(values, columns + col0)``. The float32 operations of
+    the compiled ``knn_block``, in its order."""
     dist = (g * -2).add_(sq_rows[:, None]).add_(sq_cols[None, :]).clamp_(min=0)
     if diag:
         dist.fill_diagonal_(torch.inf)
+    if skip is not None and bool((skip >= 0).any()):
+        own = torch.nonzero(skip >= 0).flatten()
+        dist[own, skip[own]] = torch.inf
     m = dist.shape[1]
     if m <= kk:
         return dist, torch.arange(col0, col0 + m).expand(dist.shape[0], m)

@@ -202,6 +202,27 @@ def _parser() -> argparse.ArgumentParser:
     _knn_options(r)
     r.add_argument("--out", required=True, help="report folder")
 
+    rm = sub.add_parser(
+        "remedy", help="try head-level remedies on a store and show what they change", formatter_class=_Formatter,
+        description="Build a new classifier (W, b) from the stored rows for each remedy (tau-norm, logit-adjust, crt, reweight, "
+        "eos), re-score the stored test FE with it and show per class, before vs after: test accuracy, distinct top-K CE "
+        "features, magnitude ratio and share below the training 5th percentile. Needs an eval sweep of the training set "
+        "(split train_eval) and a test sweep. The heads are saved next to the store (<store>.remedies/); the store is not "
+        "modified. Load one into your model with fragility.remedies.load_head(model, path).",
+        epilog="examples:\n  fragility remedy run.fragility\n  fragility remedy run.fragility -r tau-norm -r eos --seed 1\n"
+        "  fragility remedy run.fragility -r logit-adjust --tau 1.5 --json",
+    )
+    rm.add_argument("store", help="the store folder")
+    rm.add_argument("-r", "--remedy", action="append", dest="remedies", metavar="NAME",
+                    help="remedy to try (repeatable; default: all of tau-norm, logit-adjust, crt, reweight, eos)")
+    rm.add_argument("--tau", type=float, default=None, help="tau of tau-norm (default: swept on a held-out slice) and logit-adjust "
+                    "(default: 1)")
+    rm.add_argument("--epoch", default="last", help="the epoch whose sweeps to use (default: the last with both)")
+    rm.add_argument("--seed", type=int, default=0, help="seed of the held-out slice, the retrained heads and EOS (default: 0)")
+    rm.add_argument("--k", type=int, default=None, help="top-K size of the re-analysis (default: 10, or D if smaller)")
+    rm.add_argument("--out", default=None, help="folder for the heads and remedy.json (default: <store>.remedies next to the store)")
+    rm.add_argument("--json", action="store_true", help="print JSON on stdout")
+
     v = sub.add_parser(
         "verify", help="check every committed row against the writer's checksums", formatter_class=_Formatter,
         description="Recompute the CRC-32 of every block of rows the writer checksummed and report each corrupt block by "
@@ -479,6 +500,18 @@ def cmd_report(args, out: Console, err: Console) -> int:
     return 0
 
 
+def cmd_remedy(args, out: Console, err: Console) -> int:
+    from ..remedies import remedy
+
+    r = remedy(args.store, args.remedies, tau=args.tau, epoch=args.epoch, seed=args.seed, k=args.k, out=args.out,
+               progress=not args.json or err.is_terminal)
+    if args.json:
+        _json_out({r.analyzer: r.to_dict()})
+    else:
+        out.print(r)
+    return 0
+
+
 def cmd_plugins(args, out: Console, err: Console) -> int:
     from rich.table import Table as RichTable
 
@@ -575,7 +608,8 @@ def cmd_watch(args, out: Console, err: Console) -> int:
 
 
 COMMANDS = {"demo": cmd_demo, "reproduce": cmd_reproduce, "inspect": cmd_inspect, "analyze": cmd_analyze, "compare": cmd_compare,
-            "report": cmd_report, "verify": cmd_verify, "repair": cmd_repair, "watch": cmd_watch, "plugins": cmd_plugins}
+            "report": cmd_report, "remedy": cmd_remedy, "verify": cmd_verify, "repair": cmd_repair, "watch": cmd_watch,
+            "plugins": cmd_plugins}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -592,7 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ._bounds import GRACE_S, TRAINING_GRACE_S, bounded
 
     try:
-        with bounded(TRAINING_GRACE_S if args.command in ("demo", "reproduce") else GRACE_S):
+        with bounded(TRAINING_GRACE_S if args.command in ("demo", "reproduce", "remedy") else GRACE_S):
             return COMMANDS[args.command](args, out, err)
     except FragilityError as exc:
         _error(err, str(exc), debug)
