@@ -685,7 +685,8 @@ def _remedy(st, names, tau, epoch, seed, k, out, device, progress) -> Result:
     base = _per_class(before, group)
     data: dict[str, Any] = {"store": st.path, "epoch": s.epoch, "test_rows": int(sum(c["n"] for c in base)),
                             "train_counts": s.counts.tolist(), "tuning": tuning, "remedies": {}}
-    summary_rows = [["(recorded head)", *_fmt_summary(_summary(base, s.counts)), "-"]]
+    data["recorded"] = _summary(base, s.counts)
+    summary_rows = [["(recorded head)", *_fmt_summary(data["recorded"]), "-"]]
     tables = []
     with _progress(progress, total - 1, "re-analysing", "remedies") as advance:
         for name, (w, b, opts) in heads.items():
@@ -751,15 +752,28 @@ def _opt_text(opts: dict[str, Any]) -> str:
     return ", ".join(bits)
 
 
-def saved_results(store_path: str | os.PathLike) -> dict[str, Any] | None:
-    """The last ``remedy.json`` saved next to a store (``None`` if there is none or it cannot be read)."""
-    path = os.path.join(os.path.normpath(os.fspath(store_path)) + SUFFIX, "remedy.json")
+def saved_results(store: Store) -> dict[str, Any] | None:
+    """The ``data`` of the ``remedy.json`` saved next to a store by :func:`remedy` with the default folder, if it
+    still describes the store's sweeps (same fingerprint); ``None`` otherwise. The file is untrusted input: it
+    is bounded in size, and only remedies of :data:`REMEDIES` whose entries have the expected shape are kept."""
+    path = os.path.join(os.path.normpath(store.path) + SUFFIX, "remedy.json")
     try:
-        if os.path.getsize(path) > 64 << 20:
+        if not os.path.isfile(path) or os.path.islink(path) or os.path.getsize(path) > 64 << 20:
             return None
         with open(path) as fh:
             doc = json.load(fh)
-    except (OSError, ValueError):
+        data = doc["data"]
+        epoch = data["epoch"]
+        test, train = _sweep(store, "test", epoch), _sweep(store, TRAIN_EVAL, epoch)
+        weight, bias = store.classifier(test[-1])
+        fp = _fingerprint(_Setup(store, epoch, test, train, None, {}, weight, bias, np.zeros(0)))
+        C = store.num_classes
+        kept = {}
+        for name, entry in data["remedies"].items():
+            if name in REMEDIES and entry["options"]["fingerprint"] == fp and isinstance(entry["classes"], list) \
+                    and len(entry["classes"]) == C and all(isinstance(c, dict) for c in entry["classes"]):
+                kept[name] = entry
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError, FragilityError):
         return None
-    return doc if isinstance(doc, dict) and isinstance(doc.get("data"), dict) else None
+    return {**data, "remedies": kept} if kept else None
 

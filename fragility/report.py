@@ -141,7 +141,11 @@ def build_report(
             if train is not None:
                 comparison = compare_results(results[labels[0]], results[labels[1]], labels=(labels[0], labels[1]), train_split=train,
                                              incomparable=incomparable(opened[labels[0]].metadata, opened[labels[1]].metadata))
-        ctx = ReportContext(labels, opened, results, comparison)
+        from .remedies import saved_results
+
+        # remedies tried on a store (`fragility remedy`, saved next to it) and still describing its sweeps
+        remedies = {lab: found for lab in labels if (found := saved_results(opened[lab])) is not None}
+        ctx = ReportContext(labels, opened, results, comparison, {"remedies": remedies})
         reg = ReportSectionRegistrar()
         Hooks(plugin_manager).register_report_sections(reg)
         output_dir(os.path.join(out, "plots"))

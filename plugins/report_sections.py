@@ -588,6 +588,87 @@ def trajectory(ctx):
     return [(caption, fig)]
 
 
+def remedy_caption(name: str, classes: list[dict], names: list[str], minor: set[int]) -> str:
+    """Which classes a remedy helps or hurts (95 % Wilson intervals apart), and whether the share of test rows
+    below the training p5 — the magnitude symptom — moved with it."""
+    up, down = [], []
+    for c, e in enumerate(classes):
+        acc = e.get("accuracy") if isinstance(e.get("accuracy"), list) and len(e["accuracy"]) == 2 else [None, None]
+        a, b = _num(acc[0]), _num(acc[1])
+        if e.get("accuracy_changed") is True and math.isfinite(a) and math.isfinite(b):
+            (up if b > a else down).append(f"{names[c]}{' (minority)' if c in minor else ''} {a:.2f} → {b:.2f}")
+    text = f"{name}: " + (f"helps {', '.join(up[:6])}" if up else "helps no class beyond its 95 % interval")
+    if down:
+        text += f"; hurts {', '.join(down[:6])}"
+    p5 = [(_num((e.get("share_below_p5") or [None, None])[0]), _num((e.get("share_below_p5") or [None, None])[1]))
+          for e in classes if isinstance(e.get("share_below_p5"), list) and len(e["share_below_p5"]) == 2]
+    pick = [p5[c] for c in sorted(minor) if c < len(p5)] or p5
+    before, after = _mean([a for a, _ in pick], range(len(pick))), _mean([b for _, b in pick], range(len(pick)))
+    if math.isfinite(before) and math.isfinite(after):
+        which = "minority classes'" if minor else "classes'"
+        text += (f". The {which} mean share of test rows below the training p5 goes {before:.2f} → {after:.2f}: "
+                 + ("the magnitude symptom shrinks with it" if after < before - 0.02 else
+                    "it grows" if after > before + 0.02 else "the magnitude symptom stays, so the remedy moves the decision, not why it failed"))
+    return text + "."
+
+
+def remedies(ctx):
+    """What head-level remedies (`fragility remedy`, saved next to a store) change, class by class."""
+    out = []
+    minor = _minorities(ctx)
+    for i, lab in enumerate(ctx.labels):
+        data = (ctx.extra.get("remedies") or {}).get(lab)
+        if not data:
+            continue
+        names = list(ctx.stores[lab].class_names)
+        tried = [(n, e) for n, e in data["remedies"].items()]
+        first = tried[0][1]["classes"]
+
+        def series(key: str, j: int, entries: list[dict]) -> list[float]:
+            return [_num(v[j]) if isinstance(v := e.get(key), list) and len(v) == 2 else float("nan") for e in entries]
+
+        def cis(key: str, j: int, entries: list[dict]) -> list[Any]:
+            out_ = []
+            for e in entries:
+                v = e.get(key)
+                ci = v[j] if isinstance(v, list) and len(v) == 2 else None
+                ok = isinstance(ci, list) and len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci)
+                out_.append([float(ci[0]), float(ci[1])] if ok else None)
+            return out_
+
+        acc = [("recorded head", series("accuracy", 0, first))] + [(n, series("accuracy", 1, e["classes"])) for n, e in tried]
+        acc_ci = {"recorded head": cis("accuracy_ci", 0, first), **{n: cis("accuracy_ci", 1, e["classes"]) for n, e in tried}}
+        p5 = [("recorded head", series("share_below_p5", 0, first))] + [(n, series("share_below_p5", 1, e["classes"])) for n, e in tried]
+        fig, axes = _figure(2, sharey=False)
+        _grouped(axes[0], names, acc, minor, acc_ci)
+        axes[0].set_ylim(0, 1.05)
+        axes[0].set_ylabel("test accuracy")
+        axes[0].set_title(f"{lab}: test accuracy per class, recorded head vs remedied heads (bars: 95 % Wilson intervals)", fontsize=10)
+        _grouped(axes[1], names, p5, minor)
+        axes[1].axhline(0.05, color="#555555", lw=0.8, ls="--", zorder=3)
+        axes[1].set_ylabel("share below train p5")
+        axes[1].set_title("Share of test rows below the class's training 5th percentile (CE magnitude at its training top-K)", fontsize=10)
+        counts = {lab: [int(_num(e.get("n_train"))) if math.isfinite(_num(e.get("n_train"))) else 0 for e in first]}
+        _class_ticks(axes[-1], names, counts, [lab], minor)
+        _legend(fig, axes[-1])
+        rows = _num(data.get("test_rows"))
+        caption = (f"{lab}, test@{data.get('epoch')}"
+                   + (f", {int(rows)} test rows" if math.isfinite(rows) else "") + ": each remedy is a new classifier built from the "
+                   "stored rows (the backbone unchanged), scored on the stored test FE. "
+                   + " ".join(remedy_caption(n, e["classes"], names, minor) for n, e in tried))
+        out.append((caption, fig))
+        keys = ("accuracy", "balanced_accuracy", "tail_accuracy")
+
+        def summary(d: Any) -> list[float]:
+            return [_num(d.get(k)) if isinstance(d, dict) else float("nan") for k in keys]
+
+        rows_ = [["recorded head", *summary(data.get("recorded"))]] + [[n, *summary(e.get("summary"))] for n, e in tried]
+        out.append(fragility.analysis.Table(f"{lab}: remedies on test@{data.get('epoch')} (tail = the third of the classes with "
+                                            f"the fewest training rows)", ["head", "accuracy", "balanced accuracy", "tail accuracy"],
+                                            [[r[0], *[round(v, 4) if math.isfinite(v) else None for v in r[1:]]] for r in rows_]))
+    return out
+
+
 def comparison(ctx):
     return [ctx.comparison.tables[0]] if ctx.comparison is not None and ctx.comparison.tables else []
 
@@ -622,4 +703,5 @@ def fragility_register_report_sections(registrar):
     registrar.add("unique", unique, title="Why: distinct top-K features per class", order=40)
     registrar.add("diversity", diversity, title="Latent class diversity", order=50)
     registrar.add("trajectory", trajectory, title="Epoch trajectories", order=60)
+    registrar.add("remedies", remedies, title="Remedies: what a new head changes, and whether it changes why", order=70)
     registrar.add("tables", tables, title="Tables", order=90)

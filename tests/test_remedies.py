@@ -383,3 +383,38 @@ def test_remedy_command_prints_and_writes_json(hand, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "tau-norm vs the recorded head" in text and "balanced acc" in text
     assert set(REMEDIES) == {"tau-norm", "logit-adjust", "crt", "reweight", "eos"}
+
+
+# ---------------------------------------------------------------------------------------------- the report
+
+
+def test_report_shows_remedies_saved_next_to_the_store_and_distrusts_the_file(hand, tmp_path):
+    from fragility.report import build_report
+
+    path, _ = hand
+    r = remedy(path, ["tau-norm", "eos"], tau=1.0)
+    index = build_report([path], tmp_path / "rep")
+    page = open(index).read()
+    assert "Remedies: what a new head changes" in page and os.path.exists(tmp_path / "rep" / "plots" / "remedies-00.png")
+    for name, entry in r.data["remedies"].items():  # the caption names each remedy and the classes its intervals move
+        assert f"{name}: helps" in page
+        for e in entry["classes"]:
+            if e["accuracy_changed"]:
+                assert f"{e['class']}" in page and f"{e['accuracy'][0]:.2f} → {e['accuracy'][1]:.2f}" in page
+    saved = path + ".remedies/remedy.json"
+    doc = json.load(open(saved))
+    # a tampered file: markup in a name, strings for numbers, a remedy that does not exist
+    doc["data"]["remedies"]["tau-norm"]["classes"][0] = {"class": "<script>x</script>", "accuracy": ["a", {}], "share_below_p5": 7}
+    doc["data"]["remedies"]["<b>evil</b>"] = doc["data"]["remedies"]["eos"]
+    doc["data"]["recorded"] = "nope"
+    open(saved, "w").write(json.dumps(doc))
+    page = open(build_report([path], tmp_path / "rep2")).read()
+    assert "<script>x</script>" not in page and "<b>evil</b>" not in page and "Remedies:" in page
+    # a file that no longer describes the store's sweeps (another head) is not shown
+    doc["data"]["remedies"]["eos"]["options"]["fingerprint"] = "0" * 16
+    doc["data"]["remedies"]["tau-norm"]["options"]["fingerprint"] = "0" * 16
+    open(saved, "w").write(json.dumps(doc))
+    assert "Remedies:" not in open(build_report([path], tmp_path / "rep3")).read()
+    for junk in (b"[" * 100000, b"\xff\xfe", b'{"data": {"epoch": "x"}}'):
+        open(saved, "wb").write(junk)
+        assert "Remedies:" not in open(build_report([path], tmp_path / "rep4")).read()
