@@ -76,11 +76,11 @@ SUFFIX = ".remedies"
 
 
 def rescore(fe: np.ndarray, weight: np.ndarray, bias: np.ndarray, label: np.ndarray | None = None,
-            block: int = 4096) -> dict[str, np.ndarray]:
+            block: int = 4096, want: Sequence[str] = DERIVED) -> dict[str, np.ndarray]:
     """The columns a linear head ``(weight (C, D), bias (C,))`` gives the rows ``fe``: ``logits`` (float64
     products summed, stored as float32), ``pred`` (their argmax), ``ce_pred = fe * W[pred]``, ``bias_pred``
     and, given labels, ``ce_target = fe * W[label]`` — in float32 from float32 ``fe``, as the recorder
-    computes them (rows labelled -1 get class 0's; the analyzers drop them)."""
+    computes them (rows labelled -1 get class 0's; the analyzers drop them). ``want``: the CE columns needed."""
     fe32 = as_float32(fe)
     w32, b32 = np.asarray(weight, dtype=np.float32), np.asarray(bias, dtype=np.float32)
     n = len(fe32)
@@ -89,8 +89,10 @@ def rescore(fe: np.ndarray, weight: np.ndarray, bias: np.ndarray, label: np.ndar
     for s in range(0, n, block):
         logits[s : s + block] = fe32[s : s + block].astype(np.float64) @ w64 + b64
     pred = np.nan_to_num(logits, nan=-np.inf).argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
-    out = {"logits": logits, "pred": pred.astype(np.int64), "ce_pred": fe32 * w32[pred], "bias_pred": b32[pred]}
-    if label is not None:
+    out = {"logits": logits, "pred": pred.astype(np.int64), "bias_pred": b32[pred]}
+    if "ce_pred" in want:
+        out["ce_pred"] = fe32 * w32[pred]
+    if label is not None and "ce_target" in want:
         out["ce_target"] = fe32 * w32[np.where(label >= 0, label, 0)]
     return out
 
@@ -243,7 +245,8 @@ def objective(name: str, fe: np.ndarray, labels: np.ndarray, weight: np.ndarray,
 class Rescored(Store):
     """A read-only view of some passes of a store with their classifier replaced by ``(weight, bias)``:
     ``logits``, ``pred``, ``ce_pred``, ``ce_target`` and ``bias_pred`` are recomputed from the stored ``fe``
-    (:func:`rescore`), every other column is read as stored. ``weight=None`` keeps the stored head and values.
+    (:func:`rescore`) and held in the store's storage dtype, as a recording with that head would hold them
+    (predictions from the float32 logits, before any float16 rounding); every other column is read as stored. ``weight=None`` keeps the stored head and values.
     ``keep``: per pass name, a boolean mask of the rows to show (others are left out of every read through
     :meth:`iter_rows`). The base store stays open and owned by the caller."""
 
@@ -277,8 +280,10 @@ class Rescored(Store):
         if self.weight is None or not derived:
             return self.base.read(p, cols, start, stop)
         raw = self.base.read(p, list(dict.fromkeys([c for c in cols if c not in DERIVED] + ["fe", "label"])), start, stop)
-        new = rescore(raw["fe"], self.weight, self.bias, raw["label"] if "ce_target" in p.columns else None)
-        return {c: new[c] if c in DERIVED else raw[c] for c in cols}
+        new = rescore(raw["fe"], self.weight, self.bias, raw["label"] if "ce_target" in p.columns else None, want=derived)
+        store_as = raw["fe"].dtype  # the float columns in the store's storage dtype, as a recording with this head holds them
+        return {c: (new[c].astype(store_as, copy=False) if c in ("logits", "ce_pred", "ce_target") else new[c]) if c in DERIVED
+                else raw[c] for c in cols}
 
     def iter_rows(self, passes, columns, *, chunk_rows=65536, classes=None, correct=None, positions=False, span=None):
         if chunk_rows < 1:

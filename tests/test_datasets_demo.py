@@ -86,7 +86,13 @@ def test_demo_end_to_end(tmp_path):
     assert len(final) == 1 and " acc " in lines[final[0]] and "ETA 0 s" in lines[final[0]], p.stderr[-3000:]
     # its clock stopped when it finished: not printed again (with the other run's time added) at the end
     assert final[0] < min(i for i, line in enumerate(lines) if line.startswith("train balanced"))
-    _check_report(out, min_images=6)
+    _check_report(out, min_images=7)
+    # the remedies row: tau-norm and EOS on the imbalanced run, next to the balanced control, saved next to its store
+    assert "remedies for the imbalanced run" in p.stdout.replace("\n", " ") and "acc eos" in p.stdout and "acc bal" in p.stdout
+    rem = json.loads((out / "stores" / "imbalanced.fragility.remedies" / "remedy.json").read_text())["data"]
+    assert list(rem["remedies"]) == ["tau-norm", "eos"] and rem["remedies"]["tau-norm"]["options"]["tau"] == 1.0
+    assert rem["test_rows"] == sum(c["n"] for c in rem["remedies"]["eos"]["classes"]) > 0  # every test row: tau given, no slice
+    assert "Remedies: what a new head changes" in (out / "index.html").read_text()
     cmp = json.loads((out / "results" / "compare.json").read_text())
     classes = cmp["data"]["classes"]
     n_imb = [c["n_train_imbalanced"] for c in classes]
