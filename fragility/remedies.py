@@ -421,7 +421,9 @@ def _rows(store: Store, passes: Sequence[PassInfo], what: str, keep: dict[str, n
     n = sum(p.rows for p in passes)
     check_memory(f"{what}: {n} rows x {store.feature_dim} features", 4 * n * store.feature_dim,
                  "record fewer rows per sweep, or run remedies on a machine with more memory")
-    fes, labs = [], []
+    fe_all = np.empty((n, store.feature_dim), dtype=np.float32)  # filled in place: no second copy of the rows
+    lab_all = np.empty(n, dtype=np.int64)
+    at = 0
     for p in passes:
         for _, rows in store.iter_rows([p], ["fe", "label"], positions=True):
             m = rows["label"] >= 0
@@ -430,10 +432,11 @@ def _rows(store: Store, passes: Sequence[PassInfo], what: str, keep: dict[str, n
                 m &= ~k if invert else k
             fe = as_float32(rows["fe"])
             m &= np.isfinite(fe).all(axis=1)
-            fes.append(fe[m])
-            labs.append(rows["label"][m].astype(np.int64))
-    d = store.feature_dim
-    return (np.concatenate(fes) if fes else np.zeros((0, d), np.float32)), (np.concatenate(labs) if labs else np.zeros(0, np.int64))
+            got = int(m.sum())
+            fe_all[at : at + got] = fe[m]
+            lab_all[at : at + got] = rows["label"][m]
+            at += got
+    return fe_all[:at], lab_all[:at]
 
 
 def balanced_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
