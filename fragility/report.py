@@ -58,7 +58,34 @@ def run_label(path: str | os.PathLike) -> str:
     return os.path.basename(os.path.normpath(os.fspath(path))).removesuffix(".fragility")
 
 
+def literal_text(fig: Any) -> None:
+    """Show every string already in a figure literally: each ``$`` is escaped for matplotlib's maths text, in
+    every text artist and every fixed tick label (class names). Run before drawing, so the text matplotlib
+    makes at draw time (tick formatters, e.g. a log axis's ``10^2``) still renders as maths: names from a
+    store — which may hold ``$`` — reach plots only as literal text, with maths text left on."""
+    from matplotlib.text import Text
+    from matplotlib.ticker import FixedFormatter, FuncFormatter
+
+    def esc(s: Any) -> str:
+        return str(s).replace("$", r"\$")
+
+    for t in fig.findobj(Text):
+        if "$" in t.get_text():
+            t.set_text(esc(t.get_text()))
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            for fmt in (axis.get_major_formatter(), axis.get_minor_formatter()):
+                if getattr(fmt, "_fragility_literal", False):  # shared axes share their formatter: escape it once
+                    continue
+                if isinstance(fmt, FixedFormatter):  # tick labels given as strings (class names)
+                    fmt.seq = [esc(v) for v in fmt.seq]
+                elif isinstance(fmt, FuncFormatter):  # set_ticklabels' own wrapper of the strings, or a section's function
+                    fmt.func = (lambda f: lambda x, pos=None: esc(f(x, pos)))(fmt.func)
+                fmt._fragility_literal = True
+
+
 def _png(fig: Any) -> bytes:
+    literal_text(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -157,14 +184,11 @@ def build_report(
         parts = [f"<h1>fragility report</h1><p class='meta'>{html.escape(_describe(opened, labels))}</p>"]
         for t in [headline] if isinstance(headline, Table) else headline or []:
             parts.append(_table_html(t))
-        import matplotlib
+        from ._light import _progress
 
-        # names from stores reach plot text: never parsed as mathtext (a "$" in a class name would raise)
-        with matplotlib.rc_context({"text.parse_math": False}):
-            from ._light import _progress
-
-            with _progress(progress, len(reg.sections), "writing report", unit="sections") as advance:
-                parts += _sections(reg, ctx, out, advance)
+        # names from stores reach plot text: _png shows them literally (literal_text), maths text stays on
+        with _progress(progress, len(reg.sections), "writing report", unit="sections") as advance:
+            parts += _sections(reg, ctx, out, advance)
         doc = (
             "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>fragility report</title>"
             f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>"

@@ -44,6 +44,7 @@ def make_random_store(
     dtype: str = "float32",
     moving: bool = True,
     compression: str | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> str:
     """Write a small store of random rows whose columns obey every invariant of the format.
 
@@ -53,14 +54,15 @@ def make_random_store(
     (the weights move inside a training pass, as under SGD) and the pass's snapshot is the last one.
     ``logits`` are ``fe @ W.T + b`` of the row's batch; ``pred`` is their argmax; CE columns are
     ``fe * W[pred]`` and ``fe * W[label]``; ``bias_pred`` is ``b[pred]``. ``unlabelled`` rows per pass get
-    label ``-1``; ``dtype`` is the storage dtype of the float columns, ``compression`` the writer's option.
+    label ``-1``; ``dtype`` is the storage dtype of the float columns, ``compression`` the writer's option;
+    ``class_names`` default to ``c0``, ``c1``, ….
     """
     rng = np.random.default_rng(seed)
     c = len(counts)
     path = os.fspath(path)
     w = StoreWriter(
         path,
-        {"model_name": "random", "head": "random.fc(Linear)", "num_classes": c, "class_names": [f"c{i}" for i in range(c)],
+        {"model_name": "random", "head": "random.fc(Linear)", "num_classes": c, "class_names": list(class_names or [f"c{i}" for i in range(c)]),
          "feature_dim": d, "rank": 0, "plugins": [], "fragility_version": "test"},
         dtype=dtype, chunk_rows=16, overwrite=True, compression=compression,
     )

@@ -507,13 +507,7 @@ def diversity(ctx):
                        facecolors=colour if c in minor else "white", zorder=3, label=lab if c == 0 else None)
             if len(g["classes"]) <= MANY_CLASSES:  # many classes: names would pile up; the tables hold them
                 ax.annotate(entry["class"], (n[c], vals[c]), fontsize=6, xytext=(3, 2), textcoords="offset points")
-    ax.set_xscale("log")
-    # plain numbers: maths text is off in reports (names from a store print literally), so matplotlib's own
-    # log-axis labels ("$\\mathdefault{10^{1}}$") would show as source text
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xscale("log")  # matplotlib's own tick labels (10^1, 10^2) render as maths: report.literal_text escapes only names
     ax.set_xlabel("training rows in the class (filled = minority class)")
     ax.set_ylabel("FE participation ratio")
     ax.set_title("Is a class's latent space narrower when it has fewer rows?", fontsize=10)

@@ -17,6 +17,7 @@ import pytest
 
 import fragility
 import fragility.analysis
+import fragility.remedies
 import fragility.report
 import fragility.testing
 from fragility import StoreError
@@ -50,6 +51,7 @@ def CLI_CALLS(store, tmp):
         "verify": ["verify", store],
         "repair": ["repair", store],
         "watch": ["watch", store, "--count", "1"],
+        "remedy": ["remedy", store, "-r", "tau-norm", "--tau", "1", "--out", str(tmp / "rem")],
     }
 
 
@@ -67,6 +69,7 @@ def PY_CALLS(store, tmp):
         "fragility.analysis.compare": lambda: fragility.analysis.compare(store, store, k=2),
         "fragility.report.build_report": lambda: fragility.report.build_report([store], tmp / "rep2", k=2),
         "fragility.testing.check_analyzer": lambda: fragility.testing.check_analyzer("topk", store, k=2),
+        "fragility.remedies.remedy": lambda: fragility.remedies.remedy(store, ["tau-norm"], tau=1, out=tmp / "rem2"),
     }
 
 
@@ -74,6 +77,8 @@ def PY_CALLS(store, tmp):
 NOT_READERS = {
     "fragility.report.run_label", "fragility.report.output_dir", "fragility.testing.make_random_store",
     "fragility.analysis.Plan",  # its folds take an open (validated) Store; Dask tasks open Store(plan.path)
+    "fragility.remedies.load_head", "fragility.remedies.read_head",  # read a saved head file, not a store
+    "fragility.remedies.Rescored",  # a view of an open (validated) Store
 }
 
 
@@ -104,7 +109,7 @@ def test_every_cli_command_validates_the_store(forged, tmp_path):
 def test_every_python_reader_validates_the_store(forged, tmp_path):
     calls = PY_CALLS(forged, tmp_path)
     public = set()
-    for module in (fragility, fragility.analysis, fragility.report, fragility.testing):
+    for module in (fragility, fragility.analysis, fragility.remedies, fragility.report, fragility.testing):
         names = getattr(module, "__all__", None) or [
             n for n in dir(module) if not n.startswith("_") and getattr(getattr(module, n), "__module__", "") == module.__name__]
         for name in names:

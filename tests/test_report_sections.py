@@ -212,17 +212,54 @@ def test_diversity_caption_compares_classes_at_equal_size(tmp_path):
     assert f"imbalanced: {rs._fmt(marked)} vs {rs._fmt(others)}" in caption
 
 
-def test_log_axis_labels_are_plain_numbers_with_maths_text_off(ctx):
-    """Reports turn maths text off (store names print literally); the diversity figure's log axis must then
-    label its ticks 10, 100 — not matplotlib's "$\\mathdefault{10^{1}}$" source."""
+def _svg_texts(fig) -> list[str]:
+    """What a figure displays: the text elements of its SVG rendering (fonts as text, maths rendered)."""
+    import io
+    import re
+    import xml.etree.ElementTree as ET
+
     import matplotlib
 
-    with matplotlib.rc_context({"text.parse_math": False}):
-        (_, fig), = rs.diversity(ctx)
-        fig.canvas.draw()
-        labels = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
-    assert labels and all("$" not in t and "mathdefault" not in t for t in labels), labels
-    assert "10" in labels
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        fig.savefig(buf, format="svg")
+    root = ET.fromstring(buf.getvalue())
+    return [re.sub(r"\s+", " ", "".join(t.itertext())) for t in root.iter("{http://www.w3.org/2000/svg}text")]
+
+
+def test_store_names_print_literally_and_matplotlib_text_renders_as_maths(tmp_path):
+    """Maths text stays on: matplotlib's own log-axis ticks render as 10^1, 10^2 (no "$\\mathdefault" source),
+    while names from a store — class names and run labels holding "$" — print exactly as stored, in every
+    figure of every built-in section."""
+    from fragility._manager import Hooks
+    from fragility.report import ReportSectionRegistrar, literal_text
+
+    names = ["$x^2$", "a$b", "c\\$d", "plain"]
+    paths = {
+        "run $1$": make_random_store(tmp_path / "a.fragility", counts=(60, 30, 12, 5), d=16, seed=3, class_names=names),
+        "bal": make_random_store(tmp_path / "b.fragility", counts=(30, 30, 30, 30), d=16, seed=4, class_names=names),
+    }
+    results = {lab: analyze(p, k=4) for lab, p in paths.items()}
+    stores = {lab: Store(p) for lab, p in paths.items()}
+    reg = ReportSectionRegistrar()
+    Hooks(None).register_report_sections(reg)
+    shown: list[str] = []
+    try:
+        ctx = ReportContext(list(paths), stores, results)
+        for _, (_, _, func) in sorted(reg.sections.items()):
+            for item in func(ctx) or []:
+                if isinstance(item, tuple):
+                    literal_text(item[1])
+                    texts = _svg_texts(item[1])
+                    assert not any("mathdefault" in t for t in texts), texts
+                    shown += texts
+    finally:
+        for s in stores.values():
+            s.close()
+    assert "$x^2$" in shown and "a$b" in shown and "c\\$d" in shown  # tick labels: exactly the stored names
+    assert any("run $1$" in t for t in shown)                        # a run label in titles and legends
+    # the diversity figure's log axis: matplotlib's maths renders 10^1 as "10" with a superscript, not "$\\mathdefault…$"
+    assert "10" in shown
 
 
 def test_a_100_class_report_stays_readable(tmp_path, monkeypatch):
