@@ -33,24 +33,78 @@ def test_short_reprs_for_notebooks(tmp_path):
     assert "\x1b" not in text and "… (9 groups)" in text and len(text) < 200
 
 
-def test_result_to_frame_is_tidy_across_epochs(tmp_path):
-    """One row per group and class with split and epoch as columns; nested entries flattened (mscs.unique);
-    every value equals the result's data."""
+def _numbers(obj, path=()):
+    """Every number of a JSON value with its path (the reference of the round trip)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _numbers(v, path + (str(k),))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _numbers(v, path + (str(i),))
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield path, obj
+
+
+def _back(row, data):
+    """A long row back to the paths of the numbers it holds (value, and lo/hi from X_ci or `interval` beside `mean`)."""
+    base = () if row["group"] is None else ("groups", row["group"]) + (() if row["class"] is None else ("classes", str(row["class"])))
+    parts = tuple(row["quantity"].split("."))
+    idx = () if row["index"] is None else (str(int(row["index"])),)
+    out = [(base + parts + idx, row["value"])]
+    for j, bound in enumerate(("lo", "hi")):
+        if row[bound] is not None and row[bound] == row[bound]:
+            if parts[-1] == "mean" and _has(data, base + parts[:-1] + ("interval",)):
+                ci = base + parts[:-1] + ("interval",)
+            elif _has(data, base + parts[:-1] + (parts[-1] + "_ci",)):
+                ci = base + parts[:-1] + (parts[-1] + "_ci",)
+            else:  # a dict of intervals beside a dict of values (archetypes_ci.safe beside archetypes.safe)
+                ci = base + parts[:-2] + (parts[-2] + "_ci", parts[-1])
+            out.append((ci + idx + (str(j),), row[bound]))
+    return out
+
+
+def _has(data, path):
+    node = data
+    for p in path:
+        if isinstance(node, dict) and p in node:
+            node = node[p]
+        elif isinstance(node, list) and p.isdigit() and int(p) < len(node):
+            node = node[int(p)]
+        else:
+            return False
+    return True
+
+
+def test_to_frame_is_long_and_round_trips_every_number(tmp_path):
+    """One row per number (analyzer, group, split, epoch, class, quantity, index, value, lo, hi): every number
+    of every built-in result's JSON data appears exactly once in the frame, and the frame gives them back."""
+    import json as _json
+
+    from fragility.analysis import to_frame
     from fragility.testing import make_random_store
 
-    path = make_random_store(tmp_path / "f.fragility", counts=(12, 6, 3), d=8)
-    res = fragility.analyze(path, ["topk", "magnitude"], k=3)
-    frame = res["topk"].to_frame()
-    groups = res["topk"].data["groups"]
-    assert len(frame) == sum(len(g["classes"]) for g in groups.values()) == 4 * 3
-    assert {"group", "split", "epoch", "class", "n", "accuracy", "unique", "mscs.unique"} <= set(frame.columns)
-    for row in frame.itertuples():
-        entry = groups[row.group]["classes"][[c["class"] for c in groups[row.group]["classes"]].index(row._4)]
-        assert row.n == entry["n"] and row.split == groups[row.group]["split"] and row.epoch == groups[row.group]["epoch"]
-        assert getattr(row, "unique") == entry["unique"]
-    assert frame.groupby("epoch")["n"].sum().to_dict() == {0: 42, 1: 42}  # 21 rows per pass, train and test
-    assert "share_below_p5" in res["magnitude"].to_frame().columns
-    assert res["topk"].records()[0]["mscs.unique"] == groups[frame.group[0]]["classes"][0]["mscs"]["unique"]
+    path = make_random_store(tmp_path / "f.fragility", counts=(12, 6, 3), d=8,
+                             passes=(("train", 0), ("train_eval", 0), ("test", 0), ("train", 1), ("train_eval", 1), ("test", 1)))
+    res = fragility.analyze(path, ["topk", "magnitude", "diversity", "authors"], k=3, epoch="all", options={"knn": "all"})
+    other = make_random_store(tmp_path / "g.fragility", counts=(4, 6, 9), d=8, seed=2,
+                              passes=(("train", 0), ("train_eval", 0), ("test", 0)))
+    from fragility.remedies import remedy
+
+    res = {**res, "compare": fragility.compare(path, other, k=3), "remedy": remedy(path, ["tau-norm", "logit-adjust"], tau=1, out=tmp_path / "r")}
+    frame = to_frame(res)
+    assert list(frame.columns) == ["analyzer", "group", "split", "epoch", "class", "class_name", "quantity", "index", "value", "lo", "hi"]
+    for name, r in res.items():
+        data = _json.loads(r.to_json())["data"]
+        # a group's epoch is the frame's epoch column (on every row of the group)
+        want = sorted((p, v) for p, v in _numbers(data) if not (len(p) == 3 and p[0] == "groups" and p[2] == "epoch"))
+        rows = frame[frame.analyzer == name].astype(object).where(frame[frame.analyzer == name].notna(), None).to_dict("records")
+        got = sorted(p for row in rows for p in _back(row, data))
+        assert got == want, name  # each number once, at its place
+        assert r.to_frame().shape[0] == len(rows)
+    # the tidy form answers the usual question directly: a quantity across epochs per class
+    acc = frame[(frame.analyzer == "topk") & (frame.quantity == "accuracy") & (frame.split == "test")]
+    assert sorted(acc.epoch.unique()) == [0, 1] and acc["lo"].notna().any()
+    assert res["topk"].records()[0]["mscs.unique"] == res["topk"].data["groups"]["train@0"]["classes"][0]["mscs"]["unique"]
 
 
 def test_results_render_as_bounded_escaped_html(tmp_path):

@@ -4,7 +4,7 @@ from ._base import AnalysisSpec, Analyzer, Chunk, Group, check_memory
 from ._compare import compare, compare_results
 from ._dask import analyze_dask
 from ._engine import AnalyzerRegistrar, Plan, analyze, iter_chunks, make_plan, make_spec, registry
-from ._results import Result, Table, jsonable, last_group
+from ._results import Result, Table, jsonable, last_group, tidy_records, to_frame
 
 __all__ = [
     "AnalysisSpec",
@@ -26,4 +26,6 @@ __all__ = [
     "make_plan",
     "make_spec",
     "registry",
+    "tidy_records",
+    "to_frame",
 ]

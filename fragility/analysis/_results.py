@@ -102,6 +102,84 @@ def _flatten(row: dict[str, Any], prefix: str, entry: dict[str, Any]) -> None:
             row[key] = v.item() if isinstance(v, (np.integer, np.floating)) else v
 
 
+#: the columns of the long ("tidy") form of results: one row per number
+TIDY_COLUMNS = ("analyzer", "group", "split", "epoch", "class", "class_name", "quantity", "index", "value", "lo", "hi")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _tidy(obj: Any, path: list[str], ci: Any, emit) -> None:
+    """Emit ``(quantity, index, value, lo, hi)`` for every number under ``obj``. An interval ``X_ci`` (or
+    ``interval`` beside ``mean``) gives ``X``'s rows their ``lo``/``hi``; list positions of the innermost list
+    go to ``index``, outer ones into the quantity's path."""
+    def pair(c: Any) -> tuple[Any, Any]:
+        return (c[0], c[1]) if isinstance(c, list) and len(c) == 2 and all(x is None or _is_number(x) for x in c) else (None, None)
+
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            k = str(k)
+            if (k.endswith("_ci") and k[:-3] in obj) or (k == "interval" and "mean" in obj):
+                continue
+            sub_ci = obj.get(f"{k}_ci", obj.get("interval") if k == "mean" else None)
+            if isinstance(ci, dict) and k in ci:
+                sub_ci = ci[k]
+            _tidy(v, path + [k], sub_ci, emit)
+    elif isinstance(obj, list):
+        if all(x is None or _is_number(x) for x in obj):
+            cis = ci if isinstance(ci, list) and len(ci) == len(obj) and not _is_number(ci[0] if ci else None) else None
+            for i, x in enumerate(obj):
+                if x is not None:
+                    emit(".".join(path), i, x, *pair(cis[i] if cis else None))
+        else:
+            for i, x in enumerate(obj):
+                _tidy(x, path + [str(i)], ci[i] if isinstance(ci, list) and len(ci) == len(obj) else None, emit)
+    elif _is_number(obj):
+        emit(".".join(path), None, obj, *pair(ci))
+
+
+def tidy_records(result: Result) -> list[dict[str, Any]]:
+    """Every number of a result's ``data`` as one row (:data:`TIDY_COLUMNS`): per class entries with their
+    group, split, epoch and class; group-level numbers with ``class`` None; analyzer-level ones with
+    ``group`` None. ``quantity`` is the dotted path of the key (``mscs.unique``), ``index`` the position in a
+    per-feature or per-class list, ``lo``/``hi`` the 95 % interval where the data has one."""
+    data = jsonable(result.data) if isinstance(result.data, dict) else {}
+    out: list[dict[str, Any]] = []
+
+    def emitter(group: Any, split: Any, epoch: Any, cls: Any, name: Any):
+        def emit(quantity: str, index: Any, value: Any, lo: Any, hi: Any) -> None:
+            out.append({"analyzer": result.analyzer, "group": group, "split": split, "epoch": epoch, "class": cls,
+                        "class_name": name, "quantity": quantity, "index": index, "value": value, "lo": lo, "hi": hi})
+        return emit
+
+    groups = data.get("groups") if isinstance(data.get("groups"), dict) else {}
+    for g, entry in groups.items():
+        if not isinstance(entry, dict):
+            continue
+        split, epoch = entry.get("split"), entry.get("epoch")
+        for c, cls in enumerate(entry.get("classes") or []):
+            name = cls.get("class") if isinstance(cls, dict) else None
+            _tidy(cls, [], None, emitter(g, split, epoch, c, name))
+        rest = {k: v for k, v in entry.items() if k not in ("classes", "split", "epoch")}
+        _tidy(rest, [], None, emitter(g, split, epoch, None, None))
+    _tidy({k: v for k, v in data.items() if k != "groups"}, [], None, emitter(None, None, None, None, None))
+    return out
+
+
+def to_frame(results: Result | dict[str, Result] | list[Result]):
+    """Results (one, a dict as :func:`fragility.analyze` returns, or a list) as one long pandas ``DataFrame``:
+    one row per number, columns :data:`TIDY_COLUMNS`. pandas is needed only for this."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ImportError("to_frame() needs pandas (pip install pandas); Result.records() gives per-class rows as dicts") from None
+    many = [results] if isinstance(results, Result) else list(results.values()) if isinstance(results, dict) else list(results)
+    rows = [r for res in many for r in tidy_records(res)]
+    frame = pd.DataFrame.from_records(rows, columns=list(TIDY_COLUMNS))
+    return frame.astype({"epoch": "Int64", "class": "Int64", "index": "Int64", "value": "float64", "lo": "float64", "hi": "float64"})
+
+
 @dataclass
 class Result:
     """What an analyzer computes: tables for people, ``data`` for programs, ``notes`` for caveats."""
@@ -140,12 +218,10 @@ class Result:
         return out
 
     def to_frame(self):
-        """:meth:`records` as a pandas ``DataFrame`` (pandas is needed only for this)."""
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ImportError("Result.to_frame() needs pandas (pip install pandas); Result.records() gives the same rows as dicts") from None
-        return pd.DataFrame.from_records(self.records())
+        """The long form: one row per number of ``data`` (:func:`to_frame`; columns ``analyzer, group, split, epoch,
+        class, class_name, quantity, index, value, lo, hi``). ``pandas.DataFrame(result.records())`` is the wide
+        form, one row per group and class."""
+        return to_frame(self)
 
     def table(self, title_prefix: str) -> Table:
         for t in self.tables:

@@ -504,12 +504,16 @@ class Store:
         rank: int | None = None,
         complete_only: bool = False,
     ) -> list[PassInfo]:
-        """Passes matching the filters, in recording order. ``epoch="last"`` picks each split's last epoch; a
-        ``range`` (e.g. ``range(0, 200, 20)``) the recorded epochs in it.
+        """Passes matching the filters, in recording order. ``epoch="last"`` picks each split's last epoch,
+        ``"all"`` (or ``None``) every epoch; a ``range`` (e.g. ``range(0, 200, 20)``) the recorded epochs in it.
 
         Raises:
             SelectionError: a split or epoch the store does not hold (with close matches).
         """
+        if epoch == "all":
+            epoch = None
+        if isinstance(epoch, str) and epoch != "last" and not epoch.strip().lstrip("-").isdigit():
+            raise SelectionError(f"epoch {epoch!r:.40} is not an epoch number, 'last' or 'all'")
         gone = self.superseded
         passes = [p for p in self.passes if (p.rows > 0 or p.complete) and p.name not in gone]
         if complete_only:
