@@ -15,6 +15,29 @@ LOSSES = {
     "ldam-drw": ("LDAM with deferred re-weighting: class-balanced weights from the DRW epoch", True),
     "ce-drw": ("cross-entropy with deferred re-weighting", False),
 }
+#: the version of the JSON layout of results and of the CLI's --json envelope (fragility/schemas/output.schema.json)
+SCHEMA_VERSION = 1
+
+
+def jsonable(obj: Any) -> Any:
+    """Convert numpy scalars/arrays (and NaN) into plain JSON values (NaN becomes ``None``)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return jsonable(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 #: the data sets :func:`fragility.datasets.load` reads
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "svhn", "celeba")
 

@@ -52,3 +52,19 @@ def imbalanced_data(n_per_class=(48, 24, 12, 6), size=32, seed=0):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def json_results(text, command):
+    """A command's --json output: checked against the shipped JSON Schema (the envelope and every built-in
+    result in it), its ``results`` returned."""
+    import json
+
+    import jsonschema
+
+    from fragility.analysis._results import SCHEMA_PATH
+
+    doc = json.loads(text)
+    with open(SCHEMA_PATH) as fh:
+        jsonschema.validate(doc, json.load(fh))
+    assert doc["command"] == command and doc["fragility_version"] == fragility.__version__
+    return doc["results"]

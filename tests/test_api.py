@@ -1,5 +1,7 @@
 """The public API is a short, sorted __all__ (guarded like httpx guards its exports)."""
 
+import pytest
+
 import fragility
 
 
@@ -101,6 +103,19 @@ def test_to_frame_is_long_and_round_trips_every_number(tmp_path):
         got = sorted(p for row in rows for p in _back(row, data))
         assert got == want, name  # each number once, at its place
         assert r.to_frame().shape[0] == len(rows)
+    # every built-in result follows the shipped JSON Schema, which has teeth: a renamed per-class field fails it
+    import jsonschema
+
+    from fragility.analysis._results import SCHEMA_PATH
+
+    schema = _json.load(open(SCHEMA_PATH))
+    for r in res.values():
+        jsonschema.validate(_json.loads(r.to_json()), schema)
+    bad = _json.loads(res["magnitude"].to_json())
+    entry = next(iter(bad["data"]["groups"].values()))["classes"][0]
+    entry["share_below_p5_pct"] = entry.pop("share_below_p5")
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
     # the tidy form answers the usual question directly: a quantity across epochs per class
     acc = frame[(frame.analyzer == "topk") & (frame.quantity == "accuracy") & (frame.split == "test")]
     assert sorted(acc.epoch.unique()) == [0, 1] and acc["lo"].notna().any()

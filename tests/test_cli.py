@@ -14,6 +14,7 @@ import pytest
 
 import fragility
 from fragility.testing import make_random_store
+from .conftest import json_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -44,7 +45,7 @@ def test_inspect(stores):
     assert "schema v2" in text and "random" in text and "train" in text
     assert "passes/0000.h5:fe" not in text and "datasets in 4 pass files (--datasets lists them)" in text
     assert "passes/0000.h5:fe" in run("inspect", a, "--datasets").stdout
-    info = json.loads(run("inspect", a, "--json").stdout)
+    info = json_results(run("inspect", a, "--json").stdout, "inspect")["inspect"]
     assert info["schema_version"] == 2 and info["feature_dim"] == 12
     assert [(p["split"], p["epoch"], p["rows"], p["complete"]) for p in info["passes"]] == [
         ("train", 0, 73, True), ("test", 0, 73, True), ("train", 1, 73, True), ("test", 1, 73, True)]
@@ -56,16 +57,16 @@ def test_analyze_json_matches_the_api(stores):
     a, _ = stores
     from fragility.analysis import analyze
 
-    got = json.loads(run("analyze", a, "-a", "topk", "--split", "test", "--epoch", "last", "--k", "3", "--json").stdout)
+    got = json_results(run("analyze", a, "-a", "topk", "--split", "test", "--epoch", "last", "--k", "3", "--json").stdout, "analyze")
     want = analyze(a, ["topk"], split=["test"], epoch="last", k=3)["topk"].to_dict()
     assert got["topk"] == json.loads(json.dumps(want))
-    one = json.loads(run("analyze", a, "-a", "topk", "--pass", "0002", "--k", "3", "--json").stdout)
+    one = json_results(run("analyze", a, "-a", "topk", "--pass", "0002", "--k", "3", "--json").stdout, "analyze")
     assert list(one["topk"]["data"]["groups"]) == ["train@1"]
     text = run("analyze", a, "-a", "topk", "-a", "diversity", "--k", "3").stdout
     assert "test@1: class top-3" in text and "diversity" in text
     assert "test@0" not in text  # the CLI shows the last epoch unless told otherwise
     assert "test@0: class top-3" in run("analyze", a, "-a", "topk", "--k", "3", "--epoch", "all").stdout
-    got = json.loads(run("analyze", a, "-a", "topk", "--k", "3", "--class", "c1", "--class", "3", "--incorrect", "--epoch", "all", "--json").stdout)
+    got = json_results(run("analyze", a, "-a", "topk", "--k", "3", "--class", "c1", "--class", "3", "--incorrect", "--epoch", "all", "--json").stdout, "analyze")
     want = analyze(a, ["topk"], k=3, classes=["c1", 3], correct=False)["topk"].to_dict()
     assert got["topk"] == json.loads(json.dumps(want))
 
@@ -83,12 +84,12 @@ def test_compare(stores):
     a, b = stores
     text = run("compare", a, b, "--k", "3", "--labels", "imb", "bal").stdout
     assert "imb vs bal" in text
-    data = json.loads(run("compare", a, b, "--k", "3", "--json").stdout)["compare"]  # keyed like analyze --json
+    data = json_results(run("compare", a, b, "--k", "3", "--json").stdout, "compare")["compare"]  # keyed like analyze --json
     assert data["analyzer"] == "compare" and len(data["data"]["classes"]) == 5
 
 
 def test_plugins():
-    rows = json.loads(run("plugins", "--json").stdout)
+    rows = json_results(run("plugins", "--json").stdout, "plugins")["plugins"]
     by = {r["name"]: r for r in rows}
     assert by["fragility_plugins.topk"]["analyzers"] == ["topk"]
     assert "fragility_resolve_head" in by["fragility_plugins.timm_taps"]["hooks"]
@@ -235,7 +236,7 @@ def test_compare_matches_feature_indices_only_between_comparable_runs(tmp_path):
         assert any(why in n for n in r.notes), r.notes
         text = run("compare", a, other, "--k", "3").stdout
         assert "top-K overlap train" not in text and "overlap test" not in text and why in text.replace("\n", " ")
-        forced = json.loads(run("compare", a, other, "--k", "3", "--force-overlap", "--json").stdout)["compare"]
+        forced = json_results(run("compare", a, other, "--k", "3", "--force-overlap", "--json").stdout, "compare")["compare"]
         assert forced["data"]["forced"] and any("(forced: not comparable)" in c for c in forced["tables"][0]["columns"])
     # the report says whether the runs share their initial weights
     from fragility.report import build_report
@@ -253,6 +254,7 @@ def test_store_commands_do_not_import_torch(stores):
             "assert 'torch' not in sys.modules, 'import fragility'\n"
             "for cmd in ('inspect', 'verify'):\n"
             "    assert fragility.cli.main([cmd, sys.argv[1]]) == 0\n"
+            "    assert fragility.cli.main([cmd, sys.argv[1], '--json']) == 0\n"
             "    assert 'torch' not in sys.modules, cmd\n"
             "print('light')\n")
     p = subprocess.run([sys.executable, "-c", code, str(stores[0])], capture_output=True, text=True, timeout=120,
@@ -268,7 +270,7 @@ def test_long_selections_print_a_bounded_summary_and_ranges_select_epochs(tmp_pa
     path = make_random_store(tmp_path / "long.fragility", counts=(20, 10, 5), d=8,
                              passes=[(s, e) for e in range(30) for s in ("train", "test")])
     p = run("analyze", path, "--epoch", "0:30:10", "--k", "3", "--json")
-    data = json.loads(p.stdout)
+    data = json_results(p.stdout, "analyze")
     assert sorted(data["topk"]["data"]["groups"]) == sorted(f"{s}@{e}" for s in ("train", "test") for e in (0, 10, 20))
     few = run("analyze", path, "--epoch", "0:3", "--k", "3").stdout  # 6 groups: every table
     many = run("analyze", path, "--epoch", "all", "--k", "3").stdout  # 60 groups

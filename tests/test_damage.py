@@ -28,6 +28,7 @@ from fragility.testing import assert_close, make_random_store
 
 from . import crash_writer as cw
 from .test_crash import _expected, make_killed_store
+from .conftest import json_results
 
 FRACTIONS = [(1, 3), (1, 2), (2, 3), (3, 4)]
 
@@ -158,7 +159,7 @@ def test_a_damaged_pass_among_intact_ones(four, tmp_path):
     code, out, err = _cli("inspect", path, "--json")
     import json
 
-    info = json.loads(out)
+    info = json_results(out, "inspect")["inspect"]
     assert code == 0 and [d["name"] for d in info["damaged"]] == ["0002"] and [p["name"] for p in info["passes"]] == ["0000", "0001", "0003"]
 
 
@@ -319,6 +320,8 @@ def test_repair_leaves_what_it_cannot_place_and_refuses_a_live_writer(four, tmp_
         del f.attrs["split"]
     code, out, err = _cli("repair", path)
     assert code == 1 and "0001 (?): left in place: its attributes (split, epoch, mode) cannot be read" in out, out
+    code, out, err = _cli("repair", path, "--json")
+    assert code == 1 and not json_results(out, "repair")["repair"]["ok"]
     assert (path / "passes" / "0001.h5").exists() and not (path / "damaged").exists()
     from fragility.store._writer import _acquire_writer_lock, _HELD
 

@@ -14,6 +14,7 @@ from fragility.datasets import exponential_counts, imbalance, load
 from fragility.errors import DataError
 
 from .test_cli import _check_report, run
+from .conftest import json_results
 
 
 def test_exponential_profile_and_subset():
@@ -99,7 +100,7 @@ def test_demo_end_to_end(tmp_path):
     assert n_imb == sorted(n_imb, reverse=True) and n_imb[0] > 10 * n_imb[-1]
     assert len({c["n_train_balanced"] for c in classes}) > 1 and min(c["n_train_balanced"] for c in classes) > 100
     # the stores are real stores: inspect them
-    info = json.loads(run("inspect", out / "stores" / "imbalanced.fragility", "--json").stdout)
+    info = json_results(run("inspect", out / "stores" / "imbalanced.fragility", "--json").stdout, "inspect")["inspect"]
     assert [p["split"] for p in info["passes"]] == ["train", "train_eval", "test", "train", "train_eval", "test"]
 
 

@@ -15,6 +15,7 @@ from fragility.analysis import analyze
 from fragility.testing import check_analyzer, make_random_store
 
 from .test_plugins import install_dist
+from .conftest import json_results
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fragility-classcount"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "writing-plugins.md"
@@ -95,12 +96,12 @@ def test_entry_point_plugin_is_listed_used_by_analyze_and_report(tmp_path, monke
 
     _install_example(tmp_path, monkeypatch)
     assert main(["plugins", "--json"]) == 0
-    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    rows = {r["name"]: r for r in json_results(capsys.readouterr().out, "plugins")["plugins"]}
     (ep_name,) = [n for n, r in rows.items() if r["source"] == "entry point"]
     assert rows[ep_name]["analyzers"] == ["classcount"] and rows[ep_name]["version"] == "fragility-classcount 1.2.3"
     path = make_random_store(tmp_path / "small.fragility", d=6)
     assert main(["analyze", path, "-a", "classcount", "--json"]) == 0  # default K=10 > D=6: not its business
-    assert "classcount" in json.loads(capsys.readouterr().out)
+    assert "classcount" in json_results(capsys.readouterr().out, "analyze")
     with pytest.raises(fragility.AnalyzerError, match=r"K=10 is out of range"):
         analyze(path, ["classcount", "topk"])  # topk uses K
     out = tmp_path / "rep"

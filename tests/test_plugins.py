@@ -12,6 +12,7 @@ import torch
 import fragility
 from fragility import Head, PluginError
 from fragility._manager import plugin_table
+from .conftest import json_results
 
 
 def install_dist(tmp_path, monkeypatch, dist: str, module: str, source: str, ep_name: str | None = None) -> None:
@@ -104,7 +105,7 @@ def test_broken_plugin_is_skipped_and_shown_as_broken(tmp_path, monkeypatch, cap
     assert "failed to load: ImportError: needs foo" in err
     # `fragility plugins` — the tool to find it — works and shows it as broken
     assert main(["plugins", "--json"]) == 0
-    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    rows = {r["name"]: r for r in json_results(capsys.readouterr().out, "plugins")["plugins"]}
     assert rows["frag_broken"]["source"] == "entry point (broken)" and "needs foo" in rows["frag_broken"]["error"]
     assert rows["fragility_plugins.topk"]["analyzers"] == ["topk"]
     monkeypatch.setenv("FRAGILITY_STRICT_PLUGINS", "1")

@@ -30,6 +30,7 @@ from fragility.remedies import (
 )
 from fragility.store import StoreWriter
 from fragility.testing import assert_results_equal, make_random_store
+from .conftest import json_results
 
 C, D = 4, 12
 COUNTS_TRAIN = (40, 20, 10, 5)
@@ -376,7 +377,7 @@ def test_bad_input_is_one_line_with_the_fix(tmp_path):
 def test_remedy_command_prints_and_writes_json(hand, tmp_path, capsys):
     path, _ = hand
     assert main(["remedy", path, "-r", "logit-adjust", "--tau", "0.5", "--json", "--out", os.fspath(tmp_path / "o")]) == 0
-    doc = json.loads(capsys.readouterr().out)["remedy"]
+    doc = json_results(capsys.readouterr().out, "remedy")["remedy"]
     direct = remedy(path, ["logit-adjust"], tau=0.5, out=tmp_path / "o")
     assert doc["data"]["remedies"]["logit-adjust"]["classes"] == json.loads(direct.to_json())["data"]["remedies"]["logit-adjust"]["classes"]
     assert main(["remedy", path, "-r", "tau-norm", "--tau", "0", "--out", os.fspath(tmp_path / "o")]) == 0

@@ -28,6 +28,7 @@ from fragility.reproduce import augment, recorded_epochs
 from fragility.store import Store
 
 from .test_cli import _check_report
+from .conftest import json_results
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -425,5 +426,5 @@ def test_inspect_names_the_pass_that_supersedes_an_interrupted_one(tmp_path):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert main(["inspect", str(path), "--json"]) == 0
-    info = json.loads(out.getvalue())
+    info = json_results(out.getvalue(), "inspect")["inspect"]
     assert [p["superseded_by"] for p in info["passes"]] == [None, "0002", None] and info["writer"] in ("none", "gone")

@@ -21,6 +21,7 @@ from fragility import FragilityError, Store, StoreError
 from fragility.analysis import analyze
 from fragility.cli import main
 from fragility.testing import make_random_store
+from .conftest import json_results
 
 SENTINEL = b"OUTSIDE-THE-STORE-" * 64
 
@@ -267,7 +268,7 @@ def test_verify_reports_each_corrupt_block(store, tmp_path):
     code, out, _ = _cli("verify", str(store))
     assert code == 1 and f"0000 (train@0) rows {block[0]}:{block[1]}: CORRUPT" in out
     code, out, _ = _cli("verify", str(store), "--json")
-    assert code == 1 and json.loads(out)["problems"] == found
+    assert code == 1 and json_results(out, "verify")["verify"]["problems"] == found
     with pytest.raises(StoreError, match=rf"pass 0000 \(train@0\) rows {block[0]}:{block[1]} fail their checksums"):
         analyze(store, ["topk"], k=2, verify=True)
     code, _, err = _cli("analyze", str(store), "-a", "topk", "--k", "2", "--verify")

@@ -11,23 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from .._light import SCHEMA_VERSION, jsonable  # noqa: F401 - jsonable is public here
 from .._safe import printable
 from ..errors import OutputError, output_dir
-
-
-def jsonable(obj: Any) -> Any:
-    """Convert numpy scalars/arrays (and NaN) into plain JSON values (NaN becomes ``None``)."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return jsonable(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def last_group(data: dict[str, Any], split: str) -> dict[str, Any] | None:
@@ -47,6 +33,9 @@ def _fmt(value: Any) -> str:
         return ",".join(_fmt(v) for v in value)
     return str(value)
 
+
+#: the JSON Schema of both, shipped with the package
+SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "output.schema.json")
 
 #: rows per table and tables per result a notebook's HTML view shows (the rest is counted, not rendered)
 HTML_MAX_ROWS = 50
@@ -195,9 +184,10 @@ class Result:
         return f"<Result {self.analyzer!r}: {len(self.tables)} tables, groups [{shown}], {len(self.notes)} notes>"
 
     def to_dict(self) -> dict[str, Any]:
-        return jsonable(
-            {"analyzer": self.analyzer, "notes": self.notes, "tables": [t.to_dict() for t in self.tables], "data": self.data}
-        )
+        """The result as JSON values, in the layout of ``fragility/schemas/output.schema.json`` (version
+        :data:`SCHEMA_VERSION`)."""
+        return jsonable({"schema_version": SCHEMA_VERSION, "analyzer": self.analyzer, "notes": self.notes,
+                         "tables": [t.to_dict() for t in self.tables], "data": self.data})
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), allow_nan=False, **kwargs)

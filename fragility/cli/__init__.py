@@ -35,10 +35,15 @@ def _consoles() -> tuple[Console, Console]:
     return Console(width=width, soft_wrap=False, emoji=False), Console(stderr=True, emoji=False, soft_wrap=True)
 
 
-def _json_out(obj: Any) -> None:
-    from ..analysis import jsonable
+def _json_out(command: str, results: dict[str, Any]) -> None:
+    """Every command's --json: one envelope, ``{"fragility_version", "schema_version", "command", "results"}``,
+    ``results`` keyed by what produced each part (an analyzer's name, ``compare``, ``inspect``, …); the layout
+    is ``fragility/schemas/output.schema.json``."""
+    from .. import __version__
+    from .._light import SCHEMA_VERSION, jsonable  # no torch: store commands stay light
 
-    sys.stdout.write(json.dumps(jsonable(obj), indent=1, allow_nan=False) + "\n")
+    doc = {"fragility_version": __version__, "schema_version": SCHEMA_VERSION, "command": command, "results": results}
+    sys.stdout.write(json.dumps(jsonable(doc), indent=1, allow_nan=False) + "\n")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -330,7 +335,7 @@ def cmd_inspect(args, out: Console, err: Console) -> int:
             "size_bytes": s.size_bytes(),
         }
     if args.json:
-        _json_out(info)
+        _json_out("inspect", {"inspect": info})
         return 0
     m = markup  # every value below may come from a shared store: shown literally
     out.print(f"[bold]{m(info['path'])}[/]  schema v{info['schema_version']} (fragility {m(info['fragility_version'])}), "
@@ -394,7 +399,7 @@ def cmd_verify(args, out: Console, err: Console) -> int:
         rows = sum(p.rows for p in s.passes)
     bad = [f for f in found if f["problem"] in ("corrupt", "damaged")]
     if args.json:
-        _json_out({"path": args.store, "rows": rows, "problems": found, "ok": not bad})
+        _json_out("verify", {"verify": {"path": args.store, "rows": rows, "problems": found, "ok": not bad}})
     else:
         for f in found:
             if f["problem"] == "damaged":
@@ -420,7 +425,7 @@ def cmd_repair(args, out: Console, err: Console) -> int:
         reports = repair(args.store, progress=advance)
     failed = [r for r in reports if r["outcome"] != "repaired"]
     if args.json:
-        _json_out({"path": args.store, "passes": reports, "ok": not failed})
+        _json_out("repair", {"repair": {"path": args.store, "passes": reports, "ok": not failed}})
         return 1 if failed else 0
     for r in reports:
         head = f"{markup(r['pass'])} ({markup(r['group'])})"
@@ -449,7 +454,7 @@ def cmd_analyze(args, out: Console, err: Console) -> int:
         knn_max_rows=args.knn_max_rows, options={"knn": args.knn, **({} if args.rarefy_m is None else {"rarefy_m": args.rarefy_m})},
     )
     if args.json:
-        _json_out({name: r.to_dict() for name, r in results.items()})
+        _json_out("analyze", {name: r.to_dict() for name, r in results.items()})
     else:
         from ..analysis._results import condensed
 
@@ -479,7 +484,7 @@ def cmd_compare(args, out: Console, err: Console) -> int:
     r = compare(args.store_a, args.store_b, k=args.k, embedding=args.embedding, labels=labels, progress=not args.json,
                 force_overlap=args.force_overlap)
     if args.json:  # keyed by its name, as `analyze --json` keys each analyzer's result
-        _json_out({r.analyzer: r.to_dict()})
+        _json_out("compare", {r.analyzer: r.to_dict()})
     else:
         out.print(r)
     if args.out:
@@ -506,7 +511,7 @@ def cmd_remedy(args, out: Console, err: Console) -> int:
     r = remedy(args.store, args.remedies, tau=args.tau, epoch=args.epoch, seed=args.seed, k=args.k, out=args.out,
                progress=not args.json or err.is_terminal)
     if args.json:
-        _json_out({r.analyzer: r.to_dict()})
+        _json_out("remedy", {r.analyzer: r.to_dict()})
     else:
         out.print(r)
     return 0
@@ -524,7 +529,7 @@ def cmd_plugins(args, out: Console, err: Console) -> int:
     for row in rows:
         row["analyzers"] = sorted(n for n, owner in reg.owners.items() if owner == row["name"])
     if args.json:
-        _json_out(rows)
+        _json_out("plugins", {"plugins": rows})
         return 0
     t = RichTable(title="plugins", title_justify="left")
     for col in ("plugin", "source", "version", "hooks", "analyzers"):
