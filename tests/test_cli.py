@@ -295,6 +295,20 @@ def test_piped_output_follows_columns(stores):
     assert max(len(line) for line in p.stdout.splitlines()) <= 160
 
 
+def test_narrow_terminals_get_every_feature_index(tmp_path):
+    """In 100 (or 70) columns no line is wider, and no top-K feature index is cut: the feature lists move to
+    their own table under the numbers when the whole table cannot fit (in 200 columns it stays one table)."""
+    path = make_random_store(tmp_path / "w.fragility", counts=(30, 20, 10), d=600, ties=False)
+    data = json_results(run("analyze", path, "-a", "topk", "--k", "10", "--json").stdout, "analyze")["topk"]["data"]
+    for cols in (100, 70, 200):
+        text = run("analyze", path, "-a", "topk", "--k", "10", env={"COLUMNS": str(cols)}).stdout
+        assert max(len(line) for line in text.splitlines()) <= cols
+        for g in data["groups"].values():
+            for c in g["classes"]:
+                assert ", ".join(map(str, c["topk"]["all"]["indices"])) in text, (cols, c["class"])
+        assert ("(continued)" in text) == (cols < 200)
+
+
 def test_analyze_explains_its_labels(stores):
     out = run("analyze", stores[0], "--k", "3").stdout
     assert "labels: train@9 = the passes of split train at epoch 9" in " ".join(out.split())

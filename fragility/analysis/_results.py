@@ -37,6 +37,9 @@ def _fmt(value: Any) -> str:
 #: the JSON Schema of both, shipped with the package
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "output.schema.json")
 
+#: the narrowest a column of lists (feature indices) gets in a terminal table: it wraps between items instead
+LIST_MIN_WIDTH = 12
+
 #: rows per table and tables per result a notebook's HTML view shows (the rest is counted, not rendered)
 HTML_MAX_ROWS = 50
 HTML_MAX_TABLES = 12
@@ -68,18 +71,41 @@ class Table:
         return (f"<div><p><b>{html.escape(printable(self.title))}</b></p><table><thead><tr>{head}</tr></thead>"
                 f"<tbody>{body}</tbody></table>{more}</div>")
 
-    def __rich__(self):
+    def _rich(self, keep: list[int], title: str):
         from rich.table import Table as RichTable
         from rich.text import Text
 
         # names in titles and cells come from stores: Text, so shown literally on any console — never as
         # markup, emoji codes (":b:") or control codes
-        t = RichTable(title=Text(printable(self.title)), title_justify="left", header_style="bold")
-        for c in self.columns:
-            t.add_column(Text(printable(c)), justify="left" if c in ("class", "group", "top-K features") else "right")
+        t = RichTable(title=Text(printable(title)), title_justify="left", header_style="bold")
+        lists = self._list_columns()
+        for i in keep:
+            c, many = self.columns[i], lists[i]
+            # a column of lists (feature indices) wraps between its items — never cut to "246,69,1…"
+            t.add_column(Text(printable(c)), justify="left" if c in ("class", "group", "top-K features") or many else "right",
+                         overflow="fold" if many else "ellipsis", min_width=LIST_MIN_WIDTH if many else None)
         for r in self.rows:
-            t.add_row(*(Text(printable(_fmt(v))) for v in r))
+            t.add_row(*(Text(printable(", ".join(_fmt(x) for x in r[i]) if lists[i] and isinstance(r[i], (list, tuple))
+                                       else _fmt(r[i] if i < len(r) else None))) for i in keep))
         return t
+
+    def _list_columns(self) -> list[bool]:
+        return [any(isinstance(r[i], (list, tuple)) for r in self.rows if i < len(r)) for i in range(len(self.columns))]
+
+    def __rich_console__(self, console, options):
+        """The table; where it cannot fit the terminal, its columns of lists (top-K features) move to a second
+        table under it, keyed by the first column, so that no column is cut."""
+        from rich.measure import Measurement
+
+        every = list(range(len(self.columns)))
+        whole = self._rich(every, self.title)
+        lists = self._list_columns()
+        natural = Measurement.get(console, options.update(max_width=1 << 20), whole).maximum  # its width unconstrained
+        if not any(lists) or all(lists[1:]) or natural <= options.max_width:
+            yield whole
+            return
+        yield self._rich([i for i in every if not lists[i]], self.title)
+        yield self._rich([0] + [i for i in every[1:] if lists[i]], f"{self.title} (continued)")
 
 
 def _flatten(row: dict[str, Any], prefix: str, entry: dict[str, Any]) -> None:
