@@ -40,6 +40,7 @@ from .analysis import Result, Table, analyze, check_memory
 from .analysis._maths import as_float32, nearest_rows
 from .errors import FragilityError, OutputError, SelectionError, close_matches, output_dir
 from .store import PassInfo, Store
+from .store._reader import row_filter
 
 __all__ = ["REMEDIES", "RemedyError", "Rescored", "eos_rows", "load_head", "logit_adjust", "remedy", "rescore", "tau_norm",
            "train_head"]
@@ -295,15 +296,11 @@ class Rescored(Store):
             first, last = (0, p.rows) if span is None else (max(0, span[0]), min(p.rows, span[1]))
             for start in range(first, last, chunk_rows):
                 stop = min(start + chunk_rows, last)
-                rows = self.read(p, need, start, stop)
-                mask = np.ones(stop - start, dtype=bool)
+                rows = self.read(p, need, start, stop)  # re-scored first: correctness is the new head's
+                mask = row_filter(rows["label"], rows["pred"], classes, correct)
                 for m in (keep, dedup):
                     if m is not None:
                         mask &= m[start:stop]
-                if classes is not None:
-                    mask &= np.isin(rows["label"], np.asarray(list(classes)))
-                if correct is not None:
-                    mask &= (rows["label"] == rows["pred"]) == bool(correct)
                 if not mask.any():
                     continue
                 out = {c: rows[c][mask] for c in columns}

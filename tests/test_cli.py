@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import fragility
+from fragility.cli import main
 from fragility.testing import make_random_store
 from .conftest import json_results
 
@@ -295,13 +296,16 @@ def test_piped_output_follows_columns(stores):
     assert max(len(line) for line in p.stdout.splitlines()) <= 160
 
 
-def test_narrow_terminals_get_every_feature_index(tmp_path):
+def test_narrow_terminals_get_every_feature_index(tmp_path, monkeypatch, capsys):
     """In 100 (or 70) columns no line is wider, and no top-K feature index is cut: the feature lists move to
     their own table under the numbers when the whole table cannot fit (in 200 columns it stays one table)."""
     path = make_random_store(tmp_path / "w.fragility", counts=(30, 20, 10), d=600, ties=False)
-    data = json_results(run("analyze", path, "-a", "topk", "--k", "10", "--json").stdout, "analyze")["topk"]["data"]
+    assert main(["analyze", str(path), "-a", "topk", "--k", "10", "--json"]) == 0
+    data = json_results(capsys.readouterr().out, "analyze")["topk"]["data"]
     for cols in (100, 70, 200):
-        text = run("analyze", path, "-a", "topk", "--k", "10", env={"COLUMNS": str(cols)}).stdout
+        monkeypatch.setenv("COLUMNS", str(cols))  # as piped output reads it
+        assert main(["analyze", str(path), "-a", "topk", "--k", "10"]) == 0
+        text = capsys.readouterr().out
         assert max(len(line) for line in text.splitlines()) <= cols
         for g in data["groups"].values():
             for c in g["classes"]:

@@ -282,6 +282,16 @@ def _is_hdf5(path: str) -> bool:
         return False
 
 
+def row_filter(label: np.ndarray, pred: np.ndarray, classes: Sequence[int] | None, correct: bool | None) -> np.ndarray:
+    """Rows whose true class is in ``classes`` and whose correctness is ``correct`` (``None``: any)."""
+    mask = np.ones(len(label), dtype=bool)
+    if classes is not None:
+        mask &= np.isin(label, np.asarray(list(classes)))
+    if correct is not None:
+        mask &= (label == pred) == bool(correct)
+    return mask
+
+
 class Store:
     """A read-only view of a store file.
 
@@ -646,11 +656,7 @@ class Store:
                     yield p, rows
                     continue
                 keys = self.read(p, ["label", "pred"], start, stop)
-                mask = np.ones(stop - start, dtype=bool)
-                if classes is not None:
-                    mask &= np.isin(keys["label"], np.asarray(list(classes)))
-                if correct is not None:
-                    mask &= (keys["label"] == keys["pred"]) == bool(correct)
+                mask = row_filter(keys["label"], keys["pred"], classes, correct)
                 if not mask.any():
                     continue
                 rest = [c for c in need if c not in keys]
