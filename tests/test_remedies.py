@@ -105,9 +105,9 @@ def test_tau_norm_and_logit_adjust_equal_their_formulas_and_rescore_exactly(hand
     b_la = np.array([float(bias[c]) - 0.7 * math.log(n[c] / n.sum()) for c in range(C)])
     w1, b1, _ = read_head(tmp_path / "heads" / "tau-norm.pt")
     w2, b2, _ = read_head(tmp_path / "heads" / "logit-adjust.pt")
-    np.testing.assert_allclose(w1, w_tau, rtol=1e-6)  # float64 formula -> float32 storage
+    assert np.array_equal(w1, w_tau.astype(np.float32))  # the float64 formula, stored as float32: exactly
     assert np.array_equal(b1, bias) and np.array_equal(w2, weight)
-    np.testing.assert_allclose(b2, b_la, rtol=1e-6)
+    assert np.array_equal(b2, b_la.astype(np.float32))
     for name, (w, b) in {"tau-norm": (w1, b1), "logit-adjust": (w2, b2)}.items():
         # per-class accuracy after = brute force over the test rows with that head
         pred = [max(range(C), key=lambda c: (sum(float(fte[i, j]) * float(w[c, j]) for j in range(D)) + float(b[c]), -c))
