@@ -23,10 +23,13 @@ bench: $(BIN)/fragility
 	$(BIN)/python benchmarks/bench_record.py
 	$(BIN)/python benchmarks/bench_analyze.py
 
-# the README's screenshot: the top of the demo's report (needs wkhtmltoimage: apt-get install wkhtmltopdf)
+# the README's screenshot: the top of the demo's report as a real headless browser renders it
+# (chromium: apt-get install chromium); also at 800 px, where the page must reflow (docs/report-screenshot-800.png)
 screenshot: demo
-	wkhtmltoimage --quiet --width 1280 --height 2200 demo-report/index.html docs/report-screenshot.png
-	$(BIN)/python -c "from PIL import Image; p = 'docs/report-screenshot.png'; Image.open(p).convert('RGB').quantize(128).save(p, optimize=True)"
+	@command -v chromium >/dev/null || { echo "make screenshot needs chromium (apt-get install chromium)"; exit 2; }
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,2200 --screenshot=docs/report-screenshot.png "file://$(CURDIR)/demo-report/index.html" 2>/dev/null
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=800,1600 --screenshot=docs/report-screenshot-800.png "file://$(CURDIR)/demo-report/index.html" 2>/dev/null
+	$(BIN)/python -c "from PIL import Image; [Image.open(p).convert('RGB').quantize(128).save(p, optimize=True) for p in ('docs/report-screenshot.png', 'docs/report-screenshot-800.png')]"
 
 clean:
 	rm -rf $(VENV) demo-report
