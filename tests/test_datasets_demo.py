@@ -76,7 +76,7 @@ def test_svhn_loader_reads_mat_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_end_to_end(tmp_path):
+def test_demo_end_to_end(tmp_path, monkeypatch):
     out = tmp_path / "demo"
     p = run("demo", "--epochs", "2", "--out", out, "--model", "test_resnet")
     assert "imbalanced (imb) vs balanced (bal)" in p.stdout.replace("\n", " ")
@@ -94,6 +94,28 @@ def test_demo_end_to_end(tmp_path):
     assert list(rem["remedies"]) == ["tau-norm", "eos"] and rem["remedies"]["tau-norm"]["options"]["tau"] == 1.0
     assert rem["test_rows"] == sum(c["n"] for c in rem["remedies"]["eos"]["classes"]) > 0  # every test row: tau given, no slice
     assert "Remedies: what a new head changes" in (out / "index.html").read_text()
+    # the README's analysis snippet and docs/remedies.md's Python block run against the demo's store
+    import re
+    import shutil
+    from pathlib import Path
+
+    import timm
+
+    import fragility
+
+    work = tmp_path / "docs"
+    shutil.copytree(out / "stores" / "imbalanced.fragility", work / "run.fragility")
+    monkeypatch.chdir(work)
+    root = Path(__file__).resolve().parents[1]
+    readme = re.findall(r"```python\n(.*?)```", (root / "README.md").read_text(), flags=re.S)[1]
+    remedies = re.findall(r"```python\n(.*?)```", (root / "docs" / "remedies.md").read_text(), flags=re.S)[0]
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=10)
+    namespace = {"fragility": fragility, "epochs": 2, "model": model}
+    exec(compile(readme, "README.md", "exec"), namespace)
+    assert isinstance(namespace["results"]["topk"].data["groups"]["test@1"]["classes"][9]["unique"], int)
+    exec(compile(remedies, "docs/remedies.md", "exec"), namespace)
+    w, _, _ = fragility.remedies.read_head("run.fragility.remedies/eos.pt")
+    assert torch.equal(model.get_classifier().weight.detach(), torch.from_numpy(w))  # the remedy is in the model
     cmp = json.loads((out / "results" / "compare.json").read_text())
     classes = cmp["data"]["classes"]
     n_imb = [c["n_train_imbalanced"] for c in classes]
