@@ -86,6 +86,18 @@ def _minorities(ctx) -> set[int]:
     return found
 
 
+#: head / middle / tail colours of figures that group many classes
+BAND_COLOURS = ("#4c72b0", "#937860", "#c44e52")
+
+
+def bands(counts: Sequence[int]) -> dict[str, list[int]]:
+    """Classes in thirds by training rows, largest first (ties: lower class first): head, middle, tail."""
+    order = sorted(range(len(counts)), key=lambda c: (-counts[c], c))
+    n = len(order)
+    cut = [0, -(-n // 3), -(-2 * n // 3), n]
+    return {name: sorted(order[cut[i] : cut[i + 1]]) for i, name in enumerate(("head", "middle", "tail"))}
+
+
 def _mean(values, idx) -> float:
     v = [values[i] for i in idx if math.isfinite(values[i])]
     return float(np.mean(v)) if v else float("nan")
@@ -546,10 +558,32 @@ def trajectory(ctx):
     fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.2 * len(runs)), squeeze=False, sharey=False if ratio else "col",
                              layout="constrained")
     cmap = plt.get_cmap("tab10")
+    counts = train_counts(ctx)
+    grouped = False
     for row, (lab, data) in enumerate(runs):
         traj = sorted(data["trajectory"].values(), key=lambda t: t["epoch"])
         epochs = [t["epoch"] for t in traj]
         C = len(traj[0]["identity_overlap"])
+        if C > MANY_CLASSES and len(counts.get(lab, [])) == C:  # a band of 100 lines says nothing: head / middle / tail
+            grouped = True
+            for col, key in enumerate(("identity_overlap", "magnitude")):
+                for b, (band, members) in enumerate(bands(counts[lab]).items()):
+                    vals = np.array([[_num(t[key][c]) for c in members] for t in traj])
+                    ok = np.isfinite(vals).any(axis=1)
+                    if not ok.any():
+                        continue
+                    ep = np.array(epochs)[ok]
+                    with np.errstate(all="ignore"):
+                        mean, lo, hi = np.nanmean(vals[ok], 1), np.nanmin(vals[ok], 1), np.nanmax(vals[ok], 1)
+                    colour = BAND_COLOURS[b]
+                    axes[row][col].fill_between(ep, lo, hi, color=colour, alpha=0.15, lw=0, gid=f"band-{band}")
+                    axes[row][col].plot(ep, mean, color=colour, lw=1.6, gid=f"band-{band}",
+                                        label=f"{band}: {len(members)} classes (mean; shaded: range)" if col == 1 else None)
+            axes[row][0].set_ylabel(f"{lab}\noverlap with final top-K", fontsize=8)
+            axes[row][1].set_ylabel("magnitude at final top-K", fontsize=8)
+            axes[row][0].set_title(f"{lab}: when do the final top-K features emerge?", fontsize=10)
+            axes[row][1].legend(fontsize=6, loc="best")
+            continue
         few = len(minor) <= 10  # a line per marked class in the legend; beyond, one entry for all of them
         for c in range(C):
             if c in minor:
@@ -576,7 +610,8 @@ def trajectory(ctx):
         if minor and math.isfinite(_mean(vals, minor)) and math.isfinite(_mean(vals, rest)):
             late.append(f"{lab}: halfway through the recorded epochs, the marked classes' top-K overlaps the final one by "
                         f"{_fmt(_mean(vals, minor))}, the others' by {_fmt(_mean(vals, rest))}.")
-    caption = "Marked (minority) classes in colour, the others grey. " + " ".join(late)
+    caption = ("Classes grouped into thirds by training rows (head, middle, tail): each band's mean, and its range shaded. "
+               if grouped else "Marked (minority) classes in colour, the others grey. ") + " ".join(late)
     if ratio:
         caption += f" Each run has its own magnitude axis: their scales differ ({ratio:.0f}×)."
     return [(caption, fig)]

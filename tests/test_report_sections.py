@@ -296,6 +296,15 @@ def test_a_100_class_report_stays_readable(tmp_path, monkeypatch):
     monkeypatch.setattr(report_mod, "_png", capture)
     index = report_mod.build_report([path], tmp_path / "rep", k=3)
     assert len(seen) >= 4 and index.endswith("index.html")
+    # the epoch trajectories group the 100 classes into head / middle / tail thirds by training rows: 3 lines a panel
+    (traj,) = [f for f in seen if any("when do the final top-K" in ax.get_title() for ax in f.axes)]
+    for ax in traj.axes:
+        assert sorted({line.get_gid() for line in ax.get_lines()}) == ["band-head", "band-middle", "band-tail"]
+    groups = rs.bands(counts)
+    assert [len(v) for v in groups.values()] == [34, 33, 33]
+    assert min(counts[c] for c in groups["head"]) >= max(counts[c] for c in groups["middle"])
+    assert min(counts[c] for c in groups["middle"]) >= max(counts[c] for c in groups["tail"])
+    assert "grouped into thirds by training rows" in open(index).read()
 
 
 def test_runs_of_different_scales_get_their_own_y_axes(tmp_path, monkeypatch):
