@@ -131,7 +131,7 @@ def test_topk_conformance_and_reference(random_store):
     for p in store.passes:
         rows = store.read(p, ["fe", "label"])
         finite = np.isfinite(rows["fe"]).all(1)
-        assert r.data["skipped"][f"{p.split}@{p.epoch}"] == {
+        assert r.skipped[f"{p.split}@{p.epoch}"] == {
             "nonfinite": int((~finite).sum()), "unlabelled": int((finite & (rows["label"] < 0)).sum())}
 
 
@@ -544,7 +544,7 @@ def test_an_unlabelled_split_alone_returns_its_group(tmp_path):
     for name in ("topk", "diversity"):
         g = res[name].data["groups"]["pool@0"]
         assert [c["n"] for c in g["classes"]] == [0, 0]
-        assert res[name].data["skipped"]["pool@0"] == {"nonfinite": 0, "unlabelled": 10}
+        assert res[name].skipped["pool@0"] == {"nonfinite": 0, "unlabelled": 10}
 
 
 def test_minimal_sets_can_be_skipped(random_store):

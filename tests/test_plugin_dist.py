@@ -46,7 +46,9 @@ def test_installed_plugin_runs_through_the_engine_next_to_builtins(tmp_path, mon
         want = np.zeros((5, 5), dtype=int)
         for y, q in zip(rows["label"], rows["pred"]):
             want[y, q] += 1
-        np.testing.assert_array_equal(results["classcount"].data[f"{p.split}@{p.epoch}"], want)
+        group = results["classcount"].data["groups"][f"{p.split}@{p.epoch}"]
+        np.testing.assert_array_equal([c["confusion"] for c in group["classes"]], want)
+        assert (group["split"], group["epoch"]) == (p.split, p.epoch)
         assert results["topk"].data["groups"][f"{p.split}@{p.epoch}"]["classes"][0]["n"] == want[0].sum()
     check_analyzer("classcount", path)
 

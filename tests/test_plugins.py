@@ -165,3 +165,51 @@ def test_explicit_classifier_via_recorder(store_path):
     with fragility.Recorder(model, store_path, classifier=model.linear) as rec:
         rec.evaluate([(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]))])
     assert fragility.Store(store_path).metadata["head"] == "CifarResNet.linear(Linear)"
+
+
+def test_a_plugin_written_to_the_earlier_example_keeps_working(tmp_path, pm):
+    """The earlier docs example stored `result.data[group] = m` and its report section iterated
+    `result.data.items()`: the engine's metadata used to sit in that dict (`data["skipped"]`) and broke it with
+    a KeyError inside the report. It sits beside `data` now, so such a plugin runs through analyze and report."""
+    import types
+
+    import numpy as np
+
+    from fragility.analysis import Analyzer, Result, Table
+    from fragility.report import build_report
+    from fragility.testing import make_random_store
+
+    class Old(Analyzer):
+        name = "oldstyle"
+        states = {"n": "sum"}
+
+        def columns(self):
+            return {"label"}
+
+        def update(self, chunk):
+            self.accumulate(chunk.group, "n", np.bincount(chunk["label"], minlength=self.spec.num_classes))
+
+        def compute(self):
+            result = Result(self.name)
+            for group, state in self.state.items():
+                result.data[group] = state["n"]
+                result.tables.append(Table(f"{group}: rows", ["class", "n"], [[c, int(v)] for c, v in enumerate(state["n"])]))
+            return result
+
+    def section(ctx):
+        out = []
+        for lab in ctx.labels:
+            for group, counts in ctx.results[lab]["oldstyle"].data.items():  # every value is one of its own arrays
+                out.append(Table(f"{group}: total", ["class", "n"], [["all", int(counts.sum())]]))
+        return out
+
+    plugin = types.SimpleNamespace(
+        fragility_register_analyzers=fragility.hookimpl(lambda registrar: registrar.add("oldstyle", Old)),
+        fragility_register_report_sections=fragility.hookimpl(lambda registrar: registrar.add("old", section, title="Old")),
+    )
+    pm.register(plugin, name="oldstyle-plugin")
+    path = make_random_store(tmp_path / "o.fragility", counts=(5, 4, 3), d=6, nonfinite=2, unlabelled=1)
+    res = fragility.analyze(path, ["oldstyle"], plugin_manager=pm)["oldstyle"]
+    assert set(res.data) == {"train@0", "test@0", "train@1", "test@1"} and res.skipped["test@0"]["unlabelled"] == 1  # beside data, not in it
+    page = open(build_report([path], tmp_path / "rep", analyzers=["oldstyle"], plugin_manager=pm)).read()
+    assert "test@1: total" in page and "test@1: rows" in page

@@ -23,13 +23,17 @@ class ClassCount(Analyzer):
 
     def compute(self):
         result = Result(self.name)
+        groups = result.data.setdefault("groups", {})  # the layout of every analyzer's data: one entry per group
         for group, state in self.state.items():
             m = state["confusion"]
             wrong = m - np.diag(np.diag(m))
-            rows = [[name, int(m[c].sum()), int(wrong[c].sum()), int(wrong[c].argmax()) if wrong[c].any() else None]
-                    for c, name in enumerate(self.spec.class_names)]
+            g = self.spec.group(group)
+            classes = [{"class": name, "n": int(m[c].sum()), "errors": int(wrong[c].sum()),
+                        "most_confused_with": int(wrong[c].argmax()) if wrong[c].any() else None, "confusion": m[c].tolist()}
+                       for c, name in enumerate(self.spec.class_names)]
+            groups[group] = {"split": g.split, "epoch": g.epoch, "classes": classes}
+            rows = [[e["class"], e["n"], e["errors"], e["most_confused_with"]] for e in classes]
             result.tables.append(Table(f"{group}: errors", ["class", "n", "errors", "most confused with"], rows))
-            result.data[group] = m
         return result
 
 

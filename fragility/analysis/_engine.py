@@ -400,7 +400,7 @@ class Plan:
                     r.notes.append(f"{counts['nonfinite']} rows of {g} with non-finite values were skipped")
                 if counts["unlabelled"]:
                     r.notes.append(f"{counts['unlabelled']} rows of {g} without a label were skipped (per-class quantities need labels)")
-            r.data["skipped"] = {g: dict(counts) for g, counts in sorted(skipped.items())}
+            r.skipped = {g: dict(counts) for g, counts in sorted(skipped.items())}  # beside the analyzer's data, never in it
             r.notes.extend(self.notes)
             results[a.name] = r
         return results

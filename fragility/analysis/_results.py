@@ -201,8 +201,12 @@ class Result:
 
     analyzer: str
     tables: list[Table] = field(default_factory=list)
+    #: the analyzer's own numbers, in its own layout (the built-ins': ``data["groups"]["<split>@<epoch>"]``);
+    #: the engine never writes into it
     data: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: engine metadata: rows left out per group, ``{"test@2": {"nonfinite": n, "unlabelled": m}}``
+    skipped: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # short: the data can be megabytes (print(result) renders the tables)
         groups = list((self.data or {}).get("groups", {}))
@@ -213,7 +217,7 @@ class Result:
         """The result as JSON values, in the layout of ``fragility/schemas/output.schema.json`` (version
         :data:`SCHEMA_VERSION`)."""
         return jsonable({"schema_version": SCHEMA_VERSION, "analyzer": self.analyzer, "notes": self.notes,
-                         "tables": [t.to_dict() for t in self.tables], "data": self.data})
+                         "skipped": self.skipped, "tables": [t.to_dict() for t in self.tables], "data": self.data})
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), allow_nan=False, **kwargs)
@@ -361,4 +365,4 @@ def condensed(r: Result) -> Result:
                                 ["class", *(f"@{e}" for e, _ in chosen)], rows))
     notes = [*r.notes, f"{len(groups)} groups selected: {dropped} per-group tables not printed (each split's last epoch is); "
                        f"--json and --out hold every group, --epoch A:B:S selects epochs"] if dropped else list(r.notes)
-    return Result(r.analyzer, tables, r.data, notes)
+    return Result(r.analyzer, tables, r.data, notes, r.skipped)
