@@ -16,7 +16,7 @@ import torch
 
 import fragility
 from fragility.analysis import Analyzer, Chunk, Result, Table
-from fragility.analysis._maths import as_float32, class_sums, instance_counts, topk_order
+from fragility.functional import as_float32, class_sums, instance_counts, topk_order
 
 #: rows per block of the row-wise sort (bounds the float64 work arrays at BLOCK · D · 8 bytes)
 BLOCK = 2048

@@ -9,8 +9,8 @@ import torch
 import fragility
 from fragility.analysis import Analyzer, Chunk, Result, Table, check_memory
 from fragility.errors import AnalyzerError
-from fragility.analysis._kernels import diversity_sums
-from fragility.analysis._maths import (
+from fragility.functional import (
+    moment_sums,
     class_sums,
     instance_counts,
     knn_same_class,
@@ -79,7 +79,7 @@ class Diversity(Analyzer):
         self.accumulate(g, "n", np.bincount(y, minlength=C))
         fast = chunk.fused()  # topk's kernel results for this chunk when it ran, else computed here
         self.accumulate(g, "count", fast["count"] if fast is not None else instance_counts(y, chunk.topk_mask(), C))
-        sums = diversity_sums(chunk["fe"], y, C) or self._sums(chunk["fe"], y)
+        sums = moment_sums(chunk["fe"], y, C) or self._sums(chunk["fe"], y)
         for key, value in sums.items():
             self.accumulate(g, key, value)
         rows = self.spec.group(g).rows
@@ -89,7 +89,7 @@ class Diversity(Analyzer):
         self.accumulate(g, "fe", np.asarray(chunk["fe"][keep], dtype=np.float32))
 
     def _sums(self, fe16: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-        """The numpy path of :func:`fragility.analysis._kernels.diversity_sums` (float32 stores, no kernels)."""
+        """The numpy path of :func:`fragility.functional.moment_sums` (float32 stores, no kernels)."""
         C, D = self.spec.num_classes, self.spec.feature_dim
         fe = torch.from_numpy(np.ascontiguousarray(fe16)).double()
         norms = torch.linalg.vector_norm(fe, dim=1)

@@ -7,13 +7,12 @@ import numpy as np
 
 import fragility
 from fragility.analysis import Analyzer, Chunk, Result, Table
-from fragility.analysis._kernels import row_means
-from fragility.analysis._maths import bootstrap_mean_ratio, class_sums, class_topk, overlap, wilson
+from fragility.functional import bootstrap_mean_ratio, class_row_means, class_sums, class_topk, overlap, wilson
 
 
 def row_magnitudes(v: np.ndarray, labels: np.ndarray, identity: np.ndarray) -> np.ndarray:
     """``m_n`` = mean of ``v_n`` over its true class's training top-K indices."""
-    fast = row_means(v, labels, identity)  # float16 rows: the compiled gather, the same numbers
+    fast = class_row_means(v, labels, identity)  # float16 rows: the compiled gather, the same numbers
     if fast is not None:
         return fast
     idx = identity[labels]  # (N, K)

@@ -17,7 +17,7 @@ import numpy as np
 
 import fragility
 from fragility.analysis import last_group
-from fragility.analysis._maths import wilson
+from fragility.functional import wilson
 
 
 class _LazyPyplot:

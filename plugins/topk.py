@@ -7,7 +7,7 @@ import numpy as np
 
 import fragility
 from fragility.analysis import Analyzer, Chunk, Result, Table
-from fragility.analysis._maths import class_sums, class_topk, instance_counts, jaccard, minimal_sets, overlap, rarefied_unique, rarefy_size, wilson
+from fragility.functional import class_sums, class_topk, instance_counts, jaccard, minimal_sets, overlap, rarefied_unique, rarefy_size, wilson
 
 
 class TopK(Analyzer):

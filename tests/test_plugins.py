@@ -213,3 +213,23 @@ def test_a_plugin_written_to_the_earlier_example_keeps_working(tmp_path, pm):
     assert set(res.data) == {"train@0", "test@0", "train@1", "test@1"} and res.skipped["test@0"]["unlabelled"] == 1  # beside data, not in it
     page = open(build_report([path], tmp_path / "rep", analyzers=["oldstyle"], plugin_manager=pm)).read()
     assert "test@1: total" in page and "test@1: rows" in page
+
+
+def test_builtin_plugins_use_only_public_modules():
+    """The built-in plugins use exactly what a third party can: no private module of fragility (the exact maths
+    is public in fragility.functional, the very functions the built-ins call)."""
+    import ast
+    from pathlib import Path
+
+    import fragility.functional as F
+    from fragility.analysis import _kernels, _maths
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "plugins").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for name in names:
+                parts = name.split(".")
+                assert not (parts[0] == "fragility" and any(p.startswith("_") for p in parts[1:])), (path.name, name)
+    assert F.topk_mask is _maths.topk_mask and F.minimal_sets is _maths.minimal_sets and F.fused_topk is _kernels.topk_update
+    assert set(F.__all__) == {n for n in dir(F) if not n.startswith("_") and callable(getattr(F, n))} - {"annotations"}
