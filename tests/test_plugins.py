@@ -216,15 +216,16 @@ def test_a_plugin_written_to_the_earlier_example_keeps_working(tmp_path, pm):
 
 
 def test_builtin_plugins_use_only_public_modules():
-    """The built-in plugins use exactly what a third party can: no private module of fragility (the exact maths
-    is public in fragility.functional, the very functions the built-ins call)."""
+    """The built-in plugins and examples/ use exactly what a third party can: no private module of fragility
+    (the exact maths is public in fragility.functional, the very functions the built-ins call)."""
     import ast
     from pathlib import Path
 
     import fragility.functional as F
     from fragility.analysis import _kernels, _maths
 
-    for path in sorted((Path(__file__).resolve().parents[1] / "plugins").glob("*.py")):
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.glob("plugins/*.py")) + sorted(root.glob("examples/**/*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
                 [a.name for a in node.names] if isinstance(node, ast.Import) else []
