@@ -234,3 +234,44 @@ def test_builtin_plugins_use_only_public_modules():
                 assert not (parts[0] == "fragility" and any(p.startswith("_") for p in parts[1:])), (path.name, name)
     assert F.topk_mask is _maths.topk_mask and F.minimal_sets is _maths.minimal_sets and F.fused_topk is _kernels.topk_update
     assert set(F.__all__) == {n for n in dir(F) if not n.startswith("_") and callable(getattr(F, n))} - {"annotations"}
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_the_docs_functional_analyzer_is_exact_with_kernels_on_and_off(tmp_path, pm, monkeypatch, dtype):
+    """docs/writing-plugins.md's analyzer on fragility.functional, copied from the page: the same results with the
+    compiled kernels and without (float16: the kernel runs; float32: numpy both times), equal to a brute-force
+    count of each row's own top-K (ties: the lower index)."""
+    import re
+    import types
+    from pathlib import Path
+
+    import numpy as np
+
+    from fragility.testing import assert_results_equal, make_random_store
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "writing-plugins.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", page, flags=re.S) if "fragility.functional import" in b]
+    module = types.ModuleType("topcount_doc")
+    exec(compile(block, "writing-plugins.md", "exec"), module.__dict__)
+    pm.register(module, name="topcount_doc")
+    path = make_random_store(tmp_path / "t.fragility", counts=(30, 12, 5), d=10, dtype=dtype, ties=True)
+    monkeypatch.setenv("FRAGILITY_NO_KERNELS", "0")
+    from fragility.analysis import _kernels
+
+    real, ran = _kernels.topk_update, []
+    monkeypatch.setattr(module, "fused_topk", lambda *a, **kw: ran.append(real(*a, **kw)) or ran[-1])
+    on = fragility.analyze(path, ["topcount"], k=3, plugin_manager=pm)["topcount"]
+    assert ran and all((r is not None) == (dtype == "float16") for r in ran)  # the kernel ran exactly where it applies
+    monkeypatch.setenv("FRAGILITY_NO_KERNELS", "1")
+    off = fragility.analyze(path, ["topcount"], k=3, plugin_manager=pm)["topcount"]
+    assert_results_equal(on, off, rtol=0, atol=0)
+    with fragility.Store(path) as st:
+        p = st.select(split="test", epoch=1)[0]
+        rows = st.read(p, ["ce_pred", "label"])
+    count = np.zeros((3, 10), dtype=int)
+    for v, y in zip(rows["ce_pred"].astype(np.float32), rows["label"]):
+        for j in sorted(range(10), key=lambda j: (-float(v[j]), j))[:3]:
+            count[y, j] += 1
+    for c, entry in enumerate(on.data["groups"]["test@1"]["classes"]):
+        want = sorted(range(10), key=lambda j: (-count[c, j], j))[:3]
+        assert entry["features"] == want and entry["rows"] == [int(count[c, j]) for j in want]
