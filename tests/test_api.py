@@ -140,3 +140,21 @@ def test_results_render_as_bounded_escaped_html(tmp_path):
     html = t._repr_html_()
     assert "&lt;b&gt;" in html and "<c0>" not in html and "&lt;c0&gt;" in html
     assert html.count("<tr>") == HTML_MAX_ROWS + 1 and "7 more rows" in html
+
+
+def test_the_public_api_is_exactly_what_users_and_plugin_authors_need():
+    """An accidental export fails here: the public names are listed, and each one is documented."""
+    import fragility.analysis
+    import fragility.functional
+
+    assert sorted(fragility.__all__) == sorted([
+        "Analyzer", "AnalyzerError", "DataError", "FragilityError", "Head", "HeadError", "OutputError", "PassInfo",
+        "PluginError", "Recorder", "RecorderError", "Result", "SelectionError", "Store", "StoreError", "StoreVersionError",
+        "__version__", "affine_of", "analyze", "compare", "hookimpl", "make_plugin_manager", "model_name"])
+    assert sorted(fragility.analysis.__all__) == sorted([
+        "AnalysisSpec", "Analyzer", "AnalyzerRegistrar", "Chunk", "Group", "Result", "Table", "analyze", "analyze_dask",
+        "check_memory", "compare", "compare_results", "jsonable", "last_group", "tidy_records", "to_frame"])
+    for module in (fragility, fragility.analysis, fragility.functional):
+        for name in module.__all__:
+            if name != "__version__":
+                assert (getattr(module, name).__doc__ or "").strip(), f"{module.__name__}.{name} has no docstring"

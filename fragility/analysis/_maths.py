@@ -427,5 +427,6 @@ def overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """``|A ∩ B| / |A ∪ B|`` of two index sets (NaN when both are empty)."""
     sa, sb = set(map(int, a)), set(map(int, b))
     return len(sa & sb) / len(sa | sb) if sa | sb else float("nan")
