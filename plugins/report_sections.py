@@ -629,15 +629,27 @@ def remedy_caption(name: str, classes: list[dict], names: list[str], minor: set[
     text = f"{name}: " + (f"helps {', '.join(up[:6])}" if up else "helps no class beyond its 95 % interval")
     if down:
         text += f"; hurts {', '.join(down[:6])}"
-    p5 = [(_num((e.get("share_below_p5") or [None, None])[0]), _num((e.get("share_below_p5") or [None, None])[1]))
-          for e in classes if isinstance(e.get("share_below_p5"), list) and len(e["share_below_p5"]) == 2]
-    pick = [p5[c] for c in sorted(minor) if c < len(p5)] or p5
-    before, after = _mean([a for a, _ in pick], range(len(pick))), _mean([b for _, b in pick], range(len(pick)))
-    if math.isfinite(before) and math.isfinite(after):
+    # pooled over the (minority) classes: rows below p5 / rows, each side with its Wilson interval; a change is
+    # called one only where the intervals separate
+    idx = [c for c in sorted(minor) if c < len(classes)] or list(range(len(classes)))
+    pooled = []
+    for side in (0, 1):
+        below = total = 0
+        for c in idx:
+            e, share = classes[c], classes[c].get("share_below_p5")
+            n = _num(e.get("n"))
+            v = _num(share[side]) if isinstance(share, list) and len(share) == 2 else float("nan")
+            if math.isfinite(n) and math.isfinite(v) and n > 0:
+                below, total = below + round(v * n), total + int(n)
+        pooled.append((below, total))
+    if pooled[0][1] and pooled[1][1]:
+        (b0, n0), (b1, n1) = pooled
+        ci0, ci1 = wilson(b0, n0), wilson(b1, n1)
         which = "minority classes'" if minor else "classes'"
-        text += (f". The {which} mean share of test rows below the training p5 goes {before:.2f} → {after:.2f}: "
-                 + ("the magnitude symptom shrinks with it" if after < before - 0.02 else
-                    "it grows" if after > before + 0.02 else "the magnitude symptom stays, so the remedy moves the decision, not why it failed"))
+        text += (f". The {which} pooled share of test rows below the training p5 goes {_ci(b0 / n0, ci0)} → {_ci(b1 / n1, ci1)}: "
+                 + ("the magnitude symptom shrinks with it (the intervals separate)" if ci1[1] < ci0[0] else
+                    "it grows (the intervals separate)" if ci1[0] > ci0[1] else
+                    "not shown to move (the intervals overlap), so the remedy changes the decision, not shown to change why it failed"))
     return text + "."
 
 

@@ -402,6 +402,17 @@ def test_report_shows_remedies_saved_next_to_the_store_and_distrusts_the_file(ha
         for e in entry["classes"]:
             if e["accuracy_changed"]:
                 assert f"{e['class']}" in page and f"{e['accuracy'][0]:.2f} → {e['accuracy'][1]:.2f}" in page
+    # the caption's pooled share below p5 of the minority classes, by hand, with its Wilson intervals
+    from fragility.analysis._maths import wilson
+    from fragility_plugins.report_sections import minority
+
+    minor = sorted(minority(r.data["train_counts"]))
+    for name, entry in r.data["remedies"].items():
+        for side in (0, 1):
+            below = sum(round(entry["classes"][c]["share_below_p5"][side] * entry["classes"][c]["n"]) for c in minor)
+            n = sum(entry["classes"][c]["n"] for c in minor)
+            lo, hi = wilson(below, n)
+            assert f"{below / n:.3g} [{lo:.3g}–{hi:.3g}]" in page, (name, side)
     saved = path + ".remedies/remedy.json"
     doc = json.load(open(saved))
     # a tampered file: markup in a name, strings for numbers, a remedy that does not exist
