@@ -37,6 +37,7 @@ import numpy as np
 
 from ._light import TRAIN_EVAL, _progress
 from .analysis import Result, Table, analyze, check_memory
+from .analysis._results import _fmt
 from .analysis._maths import as_float32, nearest_rows
 from .errors import FragilityError, OutputError, SelectionError, close_matches, output_dir
 from .store import PassInfo, Store
@@ -458,13 +459,13 @@ def _choose_tau(s: _Setup) -> tuple[float, list[list[Any]]]:
     return best[0], rows
 
 
-def _fingerprint(s: _Setup) -> str:
-    """What a saved head depends on: the store's sweeps (names, rows, file identity) and the original head."""
+def _fingerprint(passes: Sequence[PassInfo], weight: np.ndarray, bias: np.ndarray) -> str:
+    """What a saved head depends on: the store's sweeps (names, rows, times) and the original head."""
     h = hashlib.sha256()
-    for p in s.test + s.train:
+    for p in passes:
         h.update(f"{p.name}:{p.rows}:{p.started}:{p.finished};".encode())
-    h.update(s.weight.tobytes())
-    h.update(s.bias.tobytes())
+    h.update(weight.tobytes())
+    h.update(bias.tobytes())
     return h.hexdigest()[:16]
 
 
@@ -629,7 +630,7 @@ def _remedy(st, names, tau, epoch, seed, k, out, device, progress) -> Result:
             raise RemedyError(f"class {empty[0]!r} has no rows in the {TRAIN_EVAL}@{s.epoch} sweep, so its prior is 0 and logit "
                               f"adjustment is undefined; record the sweep over the whole training set")
         notes.append(f"classes without training rows ({', '.join(empty[:5])}) get no retraining rows")
-    fp = _fingerprint(s)
+    fp = _fingerprint(s.test + s.train, s.weight, s.bias)
     heads: dict[str, tuple[np.ndarray, np.ndarray, dict[str, Any]]] = {}
     fe = y = None
     tuning = None
@@ -734,12 +735,7 @@ def _remedy(st, names, tau, epoch, seed, k, out, device, progress) -> Result:
 
 
 def _pair(a: Any, b: Any) -> str:
-    def f(x: Any) -> str:
-        if x is None or (isinstance(x, float) and not math.isfinite(x)):
-            return "-"
-        return str(x) if isinstance(x, (int, np.integer)) else f"{x:.3g}" if abs(x) >= 10 else f"{x:.3f}"
-
-    return f"{f(a)} → {f(b)}"
+    return f"{_fmt(a)} → {_fmt(b)}"
 
 
 def _fmt_summary(s: dict[str, float]) -> list[str]:
@@ -771,7 +767,7 @@ def saved_results(store: Store) -> dict[str, Any] | None:
         epoch = data["epoch"]
         test, train = _sweep(store, "test", epoch), _sweep(store, TRAIN_EVAL, epoch)
         weight, bias = store.classifier(test[-1])
-        fp = _fingerprint(_Setup(store, epoch, test, train, None, {}, weight, bias, np.zeros(0)))
+        fp = _fingerprint(test + train, weight, bias)
         C = store.num_classes
         kept = {}
         for name, entry in data["remedies"].items():
