@@ -20,9 +20,10 @@ from .conftest import json_results
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def run(*args, env=None, check=True):
+def run(*args, env=None, check=True, cwd=None):
     e = {**os.environ, "NO_COLOR": "1", "FRAGILITY_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})}
-    p = subprocess.run([sys.executable, "-m", "fragility", *map(str, args)], capture_output=True, text=True, env=e, timeout=600)
+    p = subprocess.run([sys.executable, "-m", "fragility", *map(str, args)], capture_output=True, text=True, env=e, timeout=600,
+                       cwd=cwd)
     if check and p.returncode != 0:
         raise AssertionError(f"exit {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}")
     return p
