@@ -57,6 +57,7 @@ class Diversity(Analyzer):
     """Latent class diversity: unique share, entropy, participation ratio, cosine, k-NN archetypes."""
 
     name = "diversity"
+    finish_in_parts = True  # finish_group runs in each task (in parallel on Dask workers); merge carries its results
     uses_k = True
     states = {
         "n": "sum",
@@ -120,8 +121,10 @@ class Diversity(Analyzer):
         self.summaries: dict[str, dict] = {}  # finished groups: their results; the large state is dropped
 
     def merge(self, other: Analyzer) -> Analyzer:
-        if other.summaries or set(other.state) & set(self.summaries):
-            raise AnalyzerError("diversity: a finished group cannot take more rows (merge parts before finish_group)")
+        finished = set(self.summaries) | set(other.summaries)
+        if set(self.summaries) & set(other.summaries) or (set(other.state) | set(self.state)) & finished:
+            raise AnalyzerError("diversity: a finished group cannot take more rows (merge a group's parts before finish_group)")
+        self.summaries.update(other.summaries)  # groups a part finished (a task of whole groups)
         return super().merge(other)
 
     def finish_group(self, group: str) -> None:

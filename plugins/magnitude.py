@@ -7,7 +7,7 @@ import numpy as np
 
 import fragility
 from fragility.analysis import Analyzer, Chunk, Result, Table
-from fragility.functional import bootstrap_mean_ratio, class_row_means, class_sums, class_topk, overlap, wilson
+from fragility.functional import bootstrap_mean_ratio, class_row_means, class_sums, class_topk, overlap, resample_means, wilson
 
 
 def row_magnitudes(v: np.ndarray, labels: np.ndarray, identity: np.ndarray) -> np.ndarray:
@@ -27,6 +27,7 @@ class Magnitude(Analyzer):
     """Magnitude at the training top-K features: train vs correct/incorrect test, percentiles, trajectory."""
 
     name = "magnitude"
+    finish_in_parts = True  # finish_group runs in each task (in parallel on Dask workers); merge carries its results
     uses_k = True
     uses_reference = True
     reference_states = {"sum": "sum", "n": "sum"}
@@ -67,6 +68,35 @@ class Magnitude(Analyzer):
                         else class_sums(chunk.labels, chunk[self.spec.embedding], C))
         self.accumulate(g, "n", np.bincount(chunk.labels, minlength=C))
 
+    def merge(self, other: Analyzer) -> Analyzer:
+        self.resampled.update(other.resampled)  # groups a part finished (a task of whole groups)
+        return super().merge(other)
+
+    def reset(self) -> None:
+        super().reset()
+        self.resampled: dict[str, list] = {}  # finished groups: each class's bootstrap resample means (correct, misclassified)
+
+    def _draws(self) -> int:
+        return int(self.spec.options.get("bootstrap", 200))  # replicates of the ratio intervals (options={"bootstrap": n})
+
+    def _selections(self, group: str):
+        """Per class: the group's magnitudes, and the masks of its correct and misclassified rows that have a reference."""
+        empty = np.zeros(0)
+        lab, ok, m = (self.gathered(group, s) if group in self.state else empty for s in ("label", "correct", "m"))
+        lab, ok = lab.astype(np.int64), ok.astype(bool)
+        ref_ok = self.ref["n"] > 0
+        return lab, ok, m, [(lab == c) & ref_ok[c] for c in range(self.spec.num_classes)]
+
+    def finish_group(self, group: str) -> None:
+        # the bootstrap's resampled means need only this group's rows: computed now, while later groups are still
+        # being read (on a Dask cluster, while the workers fold them); compute() divides them by the training mean
+        if group == self.spec.reference.name:
+            return
+        _, ok, m, sels = self._selections(group)
+        draws = self._draws()
+        self.resampled[group] = [(resample_means(m[sel & ok], draws, seed=c), resample_means(m[sel & ~ok], draws, seed=c))
+                                 for c, sel in enumerate(sels)]
+
     def compute(self) -> Result:
         spec = self.spec
         C, k, names = spec.num_classes, spec.k, spec.class_names
@@ -89,18 +119,17 @@ class Magnitude(Analyzer):
             "groups": {},
         }
         no_ref = f"no training rows of this class in the reference {ref.name}, so it has no training top-{k} to measure"
-        draws = int(spec.options.get("bootstrap", 200))  # replicates of the ratio intervals (options={"bootstrap": n})
+        draws = self._draws()
         for g in spec.groups:
             if g.name == ref.name:  # the reference against itself says nothing
                 continue
-            empty = np.zeros(0)
-            lab, ok, m = (self.gathered(g.name, s) if g.name in self.state else empty for s in ("label", "correct", "m"))
-            lab, ok = lab.astype(np.int64), ok.astype(bool)
+            lab, ok, m, sels = self._selections(g.name)
+            early = self.resampled.get(g.name) or [(None, None)] * C
             classes, rows = [], []
             for c in range(C):
                 in_c = lab == c
                 n = int(in_c.sum())
-                sel = in_c & ref_ok[c]
+                sel = sels[c]
 
                 def mean(mask):
                     return float(m[mask].mean()) if mask.any() else None
@@ -116,8 +145,8 @@ class Magnitude(Analyzer):
                     "mean_incorrect": mi,
                     "ratio_correct": None if mc is None or not train_mean[c] else mc / train_mean[c],
                     # seeded percentile bootstrap over the class's correct rows (the training mean held fixed)
-                    "ratio_correct_ci": bootstrap_mean_ratio(m[sel & ok], train_mean[c], draws=draws, seed=c),
-                    "ratio_incorrect_ci": bootstrap_mean_ratio(m[sel & ~ok], train_mean[c], draws=draws, seed=c),
+                    "ratio_correct_ci": bootstrap_mean_ratio(m[sel & ok], train_mean[c], draws=draws, seed=c, means=early[c][0]),
+                    "ratio_incorrect_ci": bootstrap_mean_ratio(m[sel & ~ok], train_mean[c], draws=draws, seed=c, means=early[c][1]),
                     "ratio_incorrect": None if mi is None or not train_mean[c] else mi / train_mean[c],
                     "share_below_p5": float(below.sum() / n) if sel.any() else None,
                     # 95 % Wilson interval; with no drift the share is 0.05 (the training rows' own share)

@@ -178,6 +178,10 @@ class Analyzer:
     uses_reference: ClassVar[bool] = False
     #: whether the analyzer uses ``spec.k`` (K is validated against D only when one selected analyzer does)
     uses_k: ClassVar[bool] = False
+    #: whether :meth:`finish_group` may run on a part (a task's analyzer holding whole groups — on a Dask worker,
+    #: in parallel) whose :meth:`merge` then carries what it produced into the result; otherwise it runs on the
+    #: merged analyzer only
+    finish_in_parts: ClassVar[bool] = False
 
     def __init__(self, spec: AnalysisSpec) -> None:
         self.spec = spec

@@ -1,8 +1,8 @@
-"""Run analyzers on a Dask cluster: workers fold row ranges, the driver merges their states.
+"""Run analyzers on a Dask cluster: workers fold and finish runs of whole groups, the driver merges their states.
 
 The analyzers' ``merge`` is the reduction: each task opens the store (read-only; HDF5
-files are read by many processes at once), folds one unit ``(pass, start, stop)`` into fresh analyzer
-instances and returns them; the driver merges them in unit order and computes. Analyzers with a reference
+files are read by many processes at once), folds its units ``(pass, start, stop)`` in order into fresh analyzer
+instances, finishes its groups and returns them; the driver merges them in task order and computes. Analyzers with a reference
 (``magnitude``) get two rounds: reference units first, their merged reference state is sent back out
 with the main units.
 """
@@ -53,9 +53,8 @@ def _reference_task(plan: Plan, kinds: list, batch: list) -> list[list[Analyzer]
     return [plan.reference_part(st, unit, kinds) for unit in batch]
 
 
-def _main_task(plan: Plan, kinds: list, refs: dict[str, Any], batch: list) -> list[tuple[list[Analyzer], dict[str, dict[str, int]]]]:
-    st = _store(plan.path)
-    return [plan.main_part(st, refs, unit, kinds) for unit in batch]
+def _main_task(plan: Plan, kinds: list, refs: dict[str, Any], task: list) -> tuple[list[Analyzer], dict[str, dict[str, int]]]:
+    return plan.main_task(_store(plan.path), refs, task, kinds)
 
 
 def analyze_dask(
@@ -67,15 +66,21 @@ def analyze_dask(
     **options: Any,
 ) -> dict[str, Result]:
     """Like :func:`fragility.analyze`, with the units of work spread over the workers of a Dask ``client``:
-    bit-identical to :func:`fragility.analyze` with the same ``unit_rows`` (both merge the units' analyzer
-    states in unit order, :meth:`Plan.run`).
+    bit-identical to :func:`fragility.analyze` with the same ``unit_rows`` and ``task_rows`` (both reduce the
+    analyzer states in the same tree, :meth:`Plan.run`).
 
-    Workers build their own plugin manager, so third-party analyzers must be installed on them too.
+    Workers build their own plugin manager, so third-party analyzers must be installed on them too. A task is
+    a run of whole groups (:meth:`Plan.tasks`), folded and — for analyzers that allow it — finished on its worker,
+    so the per-group work (bootstrap intervals, moments, k-NN) runs in parallel too.
+
+    Dask starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` by default, which turns off glibc's adaptive
+    mmap threshold and made the per-group work 1.5x slower in each worker here; start the cluster without it
+    (``dask.config.set({"distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": 1}})``) for speed.
 
     Args:
         store: path of the store (visible to every worker).
         client: a ``dask.distributed.Client``.
-        unit_rows: rows per task (the same default as :func:`fragility.analyze`).
+        unit_rows: rows per unit of work (the same default as :func:`fragility.analyze`).
         **options: as for :func:`fragility.analyze` (split, epoch, k, classes, …).
 
     Example:
@@ -93,11 +98,10 @@ def analyze_dask(
             yield from future.result()
             future.release()
 
-    def main_parts(units, refs):
-        batches = _batches(units, plan.unit_rows)
-        futures = client.map(_main_task, [plan] * len(batches), [kinds] * len(batches), [refs] * len(batches), batches, pure=False)
+    def main_parts(tasks, refs):
+        futures = client.map(_main_task, [plan] * len(tasks), [kinds] * len(tasks), [refs] * len(tasks), tasks, pure=False)
         for future in futures:
-            yield from future.result()  # in unit order, one task at a time: the driver holds the open groups only
+            yield future.result()  # in task order: whole groups, finished on the worker where the analyzer allows it
             future.release()
 
     return plan.finish(heads, plan.run(heads, reference_parts, main_parts))

@@ -265,6 +265,9 @@ class Plan:
     #: rows per unit of work: each unit is folded into fresh analyzers, which are merged in unit order —
     #: in one process and on a Dask cluster alike, so both give bit-identical results
     unit_rows: int = 262144
+    #: rows per task of whole groups (:meth:`tasks`): small enough that a few workers get many tasks each (a task's
+    #: groups are finished where it runs), large enough to amortise a task's overhead; the same in every runner
+    task_rows: int = 65536
 
     @property
     def extra(self) -> list[PassInfo]:
@@ -308,21 +311,60 @@ class Plan:
     def main_part(self, store: Store, refs: dict[str, Any], unit: tuple, kinds: Sequence[type] | None = None,
                   advance: Callable[[int], None] = lambda n: None) -> tuple[list[Analyzer], dict[str, dict[str, int]]]:
         """Fresh analyzers (with the merged reference state ``refs``) holding the rows of one unit."""
+        parts = self._fresh(refs, kinds)
+        skipped: dict[str, dict[str, int]] = {}
+        self.fold_main(store, parts, [unit], skipped, advance)
+        return parts, skipped
+
+    def _fresh(self, refs: dict[str, Any], kinds: Sequence[type] | None = None) -> list[Analyzer]:
+        """New analyzers holding the merged reference state ``refs``."""
         parts = [k(self.spec) for k in kinds] if kinds is not None else self.instances()
         for a in parts:
             if a.uses_reference:
                 a.ref = refs[a.name]
                 _call(a, "end_reference")
+        return parts
+
+    def tasks(self, units: list) -> list[list]:
+        """The main units in tasks of whole groups, consecutive, of about ``task_rows`` rows (at least one group
+        each): a task finishes its groups itself (:attr:`Analyzer.finish_in_parts`). It depends on the units only,
+        so :func:`analyze` and :func:`analyze_dask` reduce in the same tree."""
+        out: list[list] = []
+        size = self.task_rows
+        for i, u in enumerate(units):
+            new_group = i == 0 or _group_name(u[0]) != _group_name(units[i - 1][0])
+            if new_group and size >= self.task_rows:
+                out.append([])
+                size = 0
+            out[-1].append(u)
+            size += u[2] - u[1]
+        return out
+
+    def main_task(self, store: Store, refs: dict[str, Any], units: list, kinds: Sequence[type] | None = None,
+                  advance: Callable[[int], None] = lambda n: None) -> tuple[list[Analyzer], dict[str, dict[str, int]]]:
+        """One task of :meth:`run`: its units' parts merged in unit order, each of its groups finished (by the
+        analyzers that finish in parts) after its last unit."""
+        acc = self._fresh(refs, kinds)  # merged into like the final analyzers: each unit's state is copied in
         skipped: dict[str, dict[str, int]] = {}
-        self.fold_main(store, parts, [unit], skipped, advance)
-        return parts, skipped
+        ends = self.group_ends(units)
+        for i, unit in enumerate(units):
+            parts, part_skipped = self.main_part(store, refs, unit, kinds, advance)
+            for a, part in zip(acc, parts):
+                a.merge(part)
+            merge_skipped(skipped, part_skipped)
+            for g in ends.get(i, []):
+                for a in acc:
+                    if a.finish_in_parts:
+                        _call(a, "finish_group", g)
+        return acc, skipped
 
     def run(self, heads: list[Analyzer], reference_parts: Callable[[list], Iterator[list[Analyzer]]],
             main_parts: Callable[[list, dict], Iterator[tuple[list[Analyzer], dict]]]) -> dict[str, dict[str, int]]:
         """The reduction: the reference units' parts merged into ``heads`` in unit order, then the main
-        units' parts, each group finished after its last unit. ``reference_parts(units)`` and
-        ``main_parts(units, refs)`` yield the parts in unit order — computed here (:func:`analyze`) or on
-        workers (:func:`analyze_dask`): the same float operations in the same order, so the same bits."""
+        tasks' parts (:meth:`tasks`, :meth:`main_task`) in task order, each group finished after its last unit.
+        ``reference_parts(units)`` and ``main_parts(tasks, refs)`` yield the parts in order — computed here
+        (:func:`analyze`) or on workers (:func:`analyze_dask`): the same float operations in the same order, so
+        the same bits."""
         if any(a.uses_reference for a in heads):
             for parts in reference_parts(self.units(self.reference, rows=self.unit_rows)):
                 for head, part in zip(heads, parts):
@@ -332,14 +374,15 @@ class Plan:
                 if a.uses_reference:
                     _call(a, "end_reference")
         refs = {a.name: a.ref for a in heads if a.uses_reference}
-        units = self.units(self.passes + self.extra, rows=self.unit_rows)
-        ends = self.group_ends(units)
+        tasks = self.tasks(self.units(self.passes + self.extra, rows=self.unit_rows))
         skipped: dict[str, dict[str, int]] = {}
-        for i, (parts, part_skipped) in enumerate(main_parts(units, refs)):
+        for task, (parts, part_skipped) in zip(tasks, main_parts(tasks, refs)):
+            ends = [g for gs in self.group_ends(task).values() for g in gs]
             for head, part in zip(heads, parts):
                 head.merge(part)
-                for g in ends.get(i, []):
-                    _call(head, "finish_group", g)
+                if not head.finish_in_parts:
+                    for g in ends:
+                        _call(head, "finish_group", g)
             merge_skipped(skipped, part_skipped)
         return skipped
 
@@ -426,6 +469,7 @@ def make_plan(
     plugin_manager: pluggy.PluginManager | None = None,
     options: dict[str, Any] | None = None,
     unit_rows: int = 262144,
+    task_rows: int = 65536,
 ) -> Plan:
     """Validate an analysis request against a store (see :func:`analyze` for the arguments)."""
     reg = registry(plugin_manager)
@@ -488,9 +532,11 @@ def make_plan(
                 f"columns: {', '.join(ALL_COLUMNS)}"
             )
     notes += [f"pass {d.name} ({d.label}) is damaged and was left out: {d.reason}" for d in damaged]
-    if isinstance(unit_rows, bool) or not isinstance(unit_rows, (int, np.integer)) or unit_rows < 1:
-        raise AnalyzerError(f"unit_rows={unit_rows!r} must be a positive number of rows (rows per unit of work)")
-    return Plan(store.path, names, passes_sel, reference, spec, class_ids, correct, chunk_rows, notes, damaged, int(unit_rows))
+    for what, rows in (("unit_rows", unit_rows), ("task_rows", task_rows)):
+        if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
+            raise AnalyzerError(f"{what}={rows!r} must be a positive number of rows (rows per {what[:4]} of work)")
+    return Plan(store.path, names, passes_sel, reference, spec, class_ids, correct, chunk_rows, notes, damaged, int(unit_rows),
+                int(task_rows))
 
 
 def analyze(
@@ -518,6 +564,9 @@ def analyze(
             default ``"train_eval"`` (an eval sweep of the training split) when the store holds one, else
             ``"train"`` — with a note when that pass was recorded in train mode.
         chunk_rows: rows per read; results do not depend on it.
+        unit_rows, task_rows: rows per unit of work (folded into fresh analyzers) and per task (a run of whole
+            groups whose units are merged in order; :func:`analyze_dask` sends one to a worker). The reduction
+            follows them; the built-in analyzers give the same bits for any task_rows.
         knn_k, knn_max_rows: k-NN archetypes (diversity); groups above the cap are sampled.
         progress: show a progress bar on stderr.
         verify: strict: first check the rows to analyze against the writer's checksums (one more read);
@@ -558,9 +607,9 @@ def analyze(
                 for unit in units:
                     yield plan.reference_part(st, unit, kinds, advance)
 
-            def main_parts(units, refs):
-                for unit in units:
-                    yield plan.main_part(st, refs, unit, kinds, advance)
+            def main_parts(tasks, refs):
+                for task in tasks:
+                    yield plan.main_task(st, refs, task, kinds, advance)
 
             skipped = plan.run(instances, reference_parts, main_parts)
         return plan.finish(instances, skipped)

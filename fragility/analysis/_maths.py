@@ -236,10 +236,13 @@ def participation_ratio(sum_x: np.ndarray, sum_xx: np.ndarray, n: int) -> float:
 BOOTSTRAP_MAX_ROWS = 20000
 
 
-def bootstrap_mean_ratio(x: np.ndarray, scale: float, draws: int = 200, seed: int = 0) -> list[float] | None:
+def bootstrap_mean_ratio(x: np.ndarray, scale: float, draws: int = 200, seed: int = 0,
+                         means: np.ndarray | None = None) -> list[float] | None:
     """95 % interval of ``mean(x) / scale``: a seeded percentile bootstrap (``draws`` resamples of ``x`` with
     replacement, 16 at a time so memory stays small) up to BOOTSTRAP_MAX_ROWS values, the normal
-    approximation ``mean ± 1.96 sd / sqrt(n)`` beyond. None for fewer than 2 values or a zero/non-finite scale."""
+    approximation ``mean ± 1.96 sd / sqrt(n)`` beyond. None for fewer than 2 values or a zero/non-finite scale.
+    ``means``: the resamples' means, :func:`resample_means` ``(x, draws, seed)`` computed earlier (the same
+    numbers: the costly part can run as soon as ``x`` is known, before ``scale`` is)."""
     x = np.asarray(x, dtype=np.float64)
     n = len(x)
     if n < 2 or not scale or not np.isfinite(scale) or draws < 1:
@@ -248,9 +251,19 @@ def bootstrap_mean_ratio(x: np.ndarray, scale: float, draws: int = 200, seed: in
         half = 1.959963984540054 * float(np.std(x, ddof=1)) / np.sqrt(n)
         lo, hi = (float(x.mean()) - half) / scale, (float(x.mean()) + half) / scale
         return [min(lo, hi), max(lo, hi)]
-    rng = np.random.default_rng(seed)
-    means = np.concatenate([x[rng.integers(0, n, size=(min(16, draws - i), n))].mean(axis=1) for i in range(0, draws, 16)]) / scale
+    means = (resample_means(x, draws, seed) if means is None else means) / scale
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def resample_means(x: np.ndarray, draws: int = 200, seed: int = 0) -> np.ndarray | None:
+    """The means of :func:`bootstrap_mean_ratio`'s ``draws`` seeded resamples of ``x`` (float64), or None where
+    it needs none (fewer than 2 values, more than BOOTSTRAP_MAX_ROWS, no draws)."""
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    if n < 2 or n > BOOTSTRAP_MAX_ROWS or draws < 1:
+        return None
+    rng = np.random.default_rng(seed)
+    return np.concatenate([x[rng.integers(0, n, size=(min(16, draws - i), n))].mean(axis=1) for i in range(0, draws, 16)])
 
 
 #: rows above which the mean cosine's interval is the U-statistic's normal approximation, not a bootstrap

@@ -182,9 +182,10 @@ class _PassCache:
         self.dirty = False
 
 
-def _open_h5(path: str, what: str) -> h5py.File:
+def _open_h5(path: str, what: str, checked: bool = False) -> h5py.File:
     """Open one HDF5 file of a store read-only (live or killed writers included), after the validation
-    layer checked that it is a regular file and before anything else of it is read: every object is checked.
+    layer checked that it is a regular file and before anything else of it is read: every object is checked
+    (``checked``: not again — the caller saw this very state of the file pass the checks, :func:`file_key`).
     Every open is bounded (see :mod:`._hdf5`): a damaged file fails in milliseconds, it never hangs.
     """
     regular_file(path, what)
@@ -192,7 +193,8 @@ def _open_h5(path: str, what: str) -> h5py.File:
         raise StoreError(f"{what} {path} is not an HDF5 file, so not part of a fragility store{_fix(what)}")
     f = open_raw(path, what)
     try:
-        check_objects(f, what)
+        if not checked:
+            check_objects(f, what)
     except BaseException as exc:
         f.close()
         if isinstance(exc, StoreError):
@@ -355,8 +357,21 @@ class Store:
     def _pass_file(self, name: str) -> h5py.File:
         f = self._files.get(name)
         if f is None:
-            f = self._files[name] = _open_h5(os.path.join(self.path, PASSES_DIR, f"{name}.h5"), "pass file")
+            path = os.path.join(self.path, PASSES_DIR, f"{name}.h5")
+            f = self._files[name] = _open_h5(path, "pass file", checked=self._validated(path, name))
         return f
+
+    def _validated(self, path: str, name: str) -> bool:
+        """Whether the pass file is, now, the very file (:func:`file_key`) that passed every check when this store
+        opened it (here or in an earlier process): then opening it to read rows need not check its objects again."""
+        key = self._keys.get(name)
+        hit = _VALIDATED.get(path)
+        if key is None or hit is None or hit[0] != key or not isinstance(hit[1], PassInfo):
+            return False
+        try:
+            return file_key(path, self.metadata) == key
+        except OSError:
+            return False
 
     def _read_passes(self) -> list[PassInfo]:
         """Validate every pass file; one that fails is quarantined in :attr:`damaged`, never fatal to the rest.
