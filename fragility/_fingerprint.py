@@ -9,10 +9,10 @@ when it is created — before training, that is the initialisation — and ``com
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # only fingerprints() needs torch: comparing stores does not load it
+    from torch import nn
 
 #: root attributes of a store (docs/format.md)
 ARCHITECTURE = "architecture_fingerprint"
@@ -22,6 +22,8 @@ INITIAL_WEIGHTS = "initial_weights_fingerprint"
 def fingerprints(model: nn.Module) -> dict[str, str]:
     """``{ARCHITECTURE: …, INITIAL_WEIGHTS: …}``: BLAKE2b of the model class and every state tensor's name,
     shape and dtype; and of those plus the tensors' bytes (the weights at this moment)."""
+    import torch
+
     arch = hashlib.blake2b(digest_size=16)
     weights = hashlib.blake2b(digest_size=16)
     cls = type(model)

@@ -12,7 +12,6 @@ tables, next to fragility's definitions (docs/analyzers.md, "The authors' conven
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 import fragility
 from fragility.analysis import Analyzer, Chunk, Result, Table
@@ -32,6 +31,8 @@ def both_minimal_sets(
     most the positive ones. Authors: start ``bias_true + Σ neg``; the same, but a row the positive entries
     cannot settle takes all ``D`` entries (``capped``). A row whose start already reaches it has none.
     """
+    import torch  # loaded when this analyzer runs, not when the plugins are
+
     ce = torch.from_numpy(as_float32(ce_pred))
     n, d = ce.shape
     ours, theirs, capped = (np.zeros((n, d), bool), np.zeros((n, d), bool), np.zeros(n, bool))

@@ -4,7 +4,6 @@ entropy, participation ratio of the class FE covariance, mean pairwise cosine, k
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 import fragility
 from fragility.analysis import Analyzer, Chunk, Result, Table, check_memory
@@ -91,6 +90,8 @@ class Diversity(Analyzer):
 
     def _sums(self, fe16: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
         """The numpy path of :func:`fragility.functional.moment_sums` (float32 stores, no kernels)."""
+        import torch  # the fallback only: the kernels need no torch
+
         C, D = self.spec.num_classes, self.spec.feature_dim
         fe = torch.from_numpy(np.ascontiguousarray(fe16)).double()
         norms = torch.linalg.vector_norm(fe, dim=1)

@@ -8,12 +8,14 @@ recorder's self-check hold exactly as for an ``nn.Linear``.
 from __future__ import annotations
 
 import sys
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 import fragility
-from fragility import Head, model_name
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from fragility import Head
 
 
 @fragility.hookimpl
@@ -21,6 +23,8 @@ def fragility_resolve_head(model: nn.Module, classifier: Any) -> Head | None:
     models = sys.modules.get("fragility.models")  # a NormedLinear exists only once that module was imported
     if models is None:
         return None
+    from fragility import Head, model_name
+
     if classifier is None:
         get = getattr(model, "get_classifier", None)
         classifier = get() if get is not None else None

@@ -7,16 +7,19 @@ that they reproduce the model's logits, and refuses the head otherwise.
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 import fragility
-from fragility import Head, HeadError, model_name
-from fragility.taps import final_affine
+
+if TYPE_CHECKING:  # torch, timm and the taps load when a head is resolved (a Recorder), never for store commands
+    from torch import nn
+
+    from fragility import Head
 
 
 def _modules(classifier: Any) -> list[Any]:
+    from torch import nn
+
     if isinstance(classifier, (tuple, list, nn.ModuleList)):
         out: list[Any] = []
         for c in classifier:
@@ -34,6 +37,11 @@ def _qualname(model: nn.Module, module: nn.Module) -> str:
 
 @fragility.hookimpl(trylast=True)
 def fragility_resolve_head(model: nn.Module, classifier: Any) -> Head | None:
+    from torch import nn
+
+    from fragility import Head, HeadError, model_name
+    from fragility.taps import final_affine
+
     name = model_name(model)
     if classifier is None:
         get_classifier = getattr(model, "get_classifier", None)

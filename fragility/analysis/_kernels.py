@@ -23,6 +23,7 @@ that are added at the end. ``FRAGILITY_NO_KERNELS=1`` turns the kernels off.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -44,10 +45,15 @@ def enabled() -> bool:
 
 
 def threads() -> int:
-    """Threads for the kernels: torch's setting (``OMP_NUM_THREADS`` / ``torch.set_num_threads``)."""
-    import torch
-
-    return max(1, torch.get_num_threads())
+    """Threads for the kernels: torch's setting (``OMP_NUM_THREADS`` / ``torch.set_num_threads``) when torch is
+    loaded; else ``OMP_NUM_THREADS`` or the CPUs this process may use (results never depend on it)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return max(1, torch.get_num_threads())
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 def _executor(t: int) -> ThreadPoolExecutor:

@@ -1,15 +1,22 @@
 """The maths of the analyzers as pure functions (docs/analyzers.md). Ties are broken by lower feature index.
 
 The analyzer classes wrap these; the same functions serve live and offline use. Heavy per-row work
-(top-K selection) runs through torch's multi-threaded kernels; results are exact and tie-stable.
+(top-K selection) runs through torch's multi-threaded kernels; results are exact and tie-stable. torch is
+imported by the functions that use it, when they run: the compiled kernels' path (float16 stores) needs none,
+so store commands such as ``watch`` never load it.
 """
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from . import _kernels
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "class_sums",
@@ -28,13 +35,17 @@ __all__ = [
 
 
 def _t(a: np.ndarray | torch.Tensor) -> torch.Tensor:
+    import torch
+
     t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
     return t.float() if t.dtype == torch.float16 else t  # torch converts float16 ~7x faster than numpy
 
 
 def as_float32(a: np.ndarray) -> np.ndarray:
-    """``a`` as float32 (fast conversion from float16)."""
-    return _t(a).float().numpy()
+    """``a`` as float32 (fast conversion from float16 through torch when it is loaded; numpy's gives the same values)."""
+    if "torch" in sys.modules:
+        return _t(a).float().numpy()
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def topk_order(values: np.ndarray, k: int) -> np.ndarray:
@@ -46,6 +57,8 @@ def topk_order(values: np.ndarray, k: int) -> np.ndarray:
 
 def topk_mask(v: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
     """Boolean ``(N, D)`` mask of each row's top-``k`` entries (ties at the boundary: lower index wins)."""
+    import torch
+
     t = _t(v)
     if t.shape[0] == 0:
         return np.zeros(tuple(t.shape), dtype=bool)
@@ -64,6 +77,8 @@ def topk_mask(v: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
 
 def class_sums(labels: np.ndarray, v: np.ndarray | torch.Tensor, num_classes: int) -> np.ndarray:
     """Per-class sums of the rows of ``v`` (float64, ``(C, D)``); float16 rows through the exact kernel."""
+    import torch
+
     if isinstance(v, np.ndarray) and (out := _kernels.class_sums(v, labels, num_classes)) is not None:
         return out
     t = _t(v).double()
@@ -74,6 +89,8 @@ def class_sums(labels: np.ndarray, v: np.ndarray | torch.Tensor, num_classes: in
 
 def instance_counts(labels: np.ndarray, mask: np.ndarray, num_classes: int) -> np.ndarray:
     """``count[c, j]`` = rows of class ``c`` whose mask holds ``j`` (int64, ``(C, D)``)."""
+    import torch
+
     out = np.zeros((num_classes, mask.shape[1]), dtype=np.int64)
     lab = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     m = torch.from_numpy(mask)
@@ -116,6 +133,8 @@ def minimal_sets(ce_pred: np.ndarray, logits: np.ndarray, pred: np.ndarray, bias
     The ``probe`` largest entries of each row settle almost every row; rows they do not settle (or whose
     cut falls inside a run of equal values at the probe's edge) are redone with a full stable sort.
     """
+    import torch
+
     ce = _t(ce_pred)
     n, d = ce.shape
     out = torch.zeros((n, d), dtype=torch.bool)
@@ -346,6 +365,8 @@ def knn_same_class(x: np.ndarray, labels: np.ndarray, k: int = 5, block: int = 1
     row), which every block updates; the torch path takes each block's ``k`` nearest per row and merges them.
     Both give the ``k`` nearest overall: the order is total, so the parts' smallest contain the whole's.
     """
+    import torch
+
     t = _t(x).float()
     n = t.shape[0]
     if n < 2:
@@ -384,6 +405,8 @@ def nearest_rows(x: np.ndarray, rows: np.ndarray, k: int, block: int = 1024, col
     """For each of ``rows`` (indices into ``x``), the indices of its ``k`` nearest *other* rows of ``x``, nearest
     first: Euclidean distance in float32 as in :func:`knn_same_class`, ties broken by the lower row. Memory:
     one ``block x col_block`` block of distances at a time."""
+    import torch
+
     t = _t(x).float()
     n = t.shape[0]
     rows = np.asarray(rows, dtype=np.int64)
@@ -414,6 +437,8 @@ def _nearest(g: torch.Tensor, sq_rows: torch.Tensor, sq_cols: torch.Tensor, kk: 
     (clamped at 0; the row itself excluded where ``diag``, or column ``skip[i]`` of row ``i`` where that is
     not negative) under the order (value, column): ``(values, columns + col0)``. The float32 operations of
     the compiled ``knn_block``, in its order."""
+    import torch
+
     dist = (g * -2).add_(sq_rows[:, None]).add_(sq_cols[None, :]).clamp_(min=0)
     if diag:
         dist.fill_diagonal_(torch.inf)
