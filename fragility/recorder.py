@@ -6,6 +6,7 @@ import contextlib
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,66 @@ from .errors import HeadError, RecorderError
 from .store import FLOAT_COLUMNS, StoreWriter
 from .taps import Head, affine_error, check_tolerance, model_name
 
-__all__ = ["Recorder"]
+__all__ = ["Recorder", "build_columns", "class_cap"]
+
+
+@dataclass
+class OpenPass:
+    """The Recorder's open pass: what the store says of it, and the bookkeeping of its batches."""
+
+    name: str
+    split: str
+    epoch: int
+    mode: str  # train/eval: what its forwards ran in (until the first one: the model's mode at start)
+    rank: int
+    expected_mode: str | None  # the mode= given to start_pass
+    per_class: np.ndarray  # rows kept per true class (max_rows_per_class; the class counts of a training pass)
+    rows: int = 0
+    labelled: bool | None = None  # whether its batches carry labels (all or none)
+    mode_seen: str | None = None
+    checked: bool = False  # the head's self-check ran on its first batch
+
+    def info(self) -> dict[str, Any]:
+        """What hooks and integrations see: name, split, epoch, mode, rank, rows."""
+        return {"name": self.name, "split": self.split, "epoch": self.epoch, "mode": self.mode, "rank": self.rank,
+                "rows": self.rows}
+
+
+def build_columns(fe: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, logits: torch.Tensor,
+                  labels: torch.Tensor | None = None, index: torch.Tensor | None = None, *, step: int = 0,
+                  rank: int = 0) -> dict[str, torch.Tensor]:
+    """The stored columns of one batch, from what its forward saw: ``fe`` (N, D) the head's input, its
+    ``weight`` (C, D) and ``bias`` (C,), the ``logits`` (N, C) the model returned, true ``labels`` and sample
+    ``index`` (``-1`` where not given). ``pred`` is the logits' argmax; CE is computed in float32 (also under
+    autocast): ``ce_pred = fe · W[pred]``, ``ce_target = fe · W[label]`` (labelled batches only),
+    ``bias_pred = b[pred]``; ``nonfinite`` flags rows with a non-finite FE or logit. Pure: no recorder state."""
+    n, device = fe.shape[0], fe.device
+    pred = logits.argmax(dim=1)
+    fe32, w32, b32 = fe.float(), weight.float(), bias.float()
+    cols: dict[str, torch.Tensor] = {"fe": fe, "ce_pred": fe32 * w32[pred], "bias_pred": b32[pred], "logits": logits}
+    if labels is not None:
+        cols["ce_target"] = fe32 * w32[labels]
+    cols["label"] = labels if labels is not None else torch.full((n,), -1, dtype=torch.int64, device=device)
+    cols["pred"] = pred
+    cols["index"] = index if index is not None else torch.full((n,), -1, dtype=torch.int64, device=device)
+    cols["step"] = torch.full((n,), step, dtype=torch.int64, device=device)
+    cols["rank"] = torch.full((n,), rank, dtype=torch.int32, device=device)
+    cols["nonfinite"] = ~(torch.isfinite(fe).all(1) & torch.isfinite(logits).all(1))
+    return cols
+
+
+def class_cap(labels: np.ndarray, counts: np.ndarray, cap: int) -> np.ndarray:
+    """Rows to keep under a per-class cap, the first ones seen: row ``i`` is kept while fewer than ``cap`` rows
+    of its class were kept before it (``counts``: kept so far, updated in place). Returns the boolean mask."""
+    labels = np.asarray(labels, dtype=np.int64)
+    order = np.argsort(labels, kind="stable")  # each class's rows in batch order
+    sorted_labels = labels[order]
+    first = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    seen = np.empty(len(labels), dtype=np.int64)
+    seen[order] = np.arange(len(labels)) - first  # rows of the same class before this one in the batch
+    keep = counts[labels] + seen < cap
+    counts += np.bincount(labels[keep], minlength=len(counts))
+    return keep
 
 
 def _as_tensor(value: Any, name: str, n: int) -> torch.Tensor:
@@ -192,8 +252,7 @@ class Recorder:
         self._check_open()
         if self._pass is not None:
             raise RecorderError(
-                f"pass {self._pass['split']}@{self._pass['epoch']} is still open; call end_pass() before starting "
-                f"{split}@{epoch}"
+                f"pass {self._pass.split}@{self._pass.epoch} is still open; call end_pass() before starting {split}@{epoch}"
             )
         if not isinstance(split, str) or not split:
             raise RecorderError(f"split={split!r} must be a non-empty string such as 'train' or 'test'")
@@ -203,15 +262,11 @@ class Recorder:
         mode = mode or ("train" if self.model.training else "eval")  # until the first forward says
         name = f"{self._n_passes:04d}"
         self._n_passes += 1
-        info = {"name": name, "split": split, "epoch": int(epoch), "mode": mode, "rank": self.rank}
-        self._writer.begin_pass(name, {k: v for k, v in info.items() if k != "name"}, rows=rows)
-        self._pass = {
-            **info, "rows": 0, "per_class": np.zeros(self.num_classes, dtype=np.int64), "labelled": None,
-            "expected_mode": expected, "mode_seen": None, "checked": False,
-        }
+        self._writer.begin_pass(name, {"split": split, "epoch": int(epoch), "mode": mode, "rank": self.rank}, rows=rows)
+        self._pass = OpenPass(name, split, int(epoch), mode, self.rank, expected, np.zeros(self.num_classes, dtype=np.int64))
         self.head.clear()
         self.head.active = True
-        self.hooks.pass_start(pass_info=self._public_info())
+        self.hooks.pass_start(pass_info=self._pass.info())
         return name
 
     def end_pass(self) -> None:
@@ -221,14 +276,14 @@ class Recorder:
         if p is None:
             raise RecorderError("end_pass() called with no open pass; call start_pass() or use capture()")
         weight = bias = None
-        if p["rows"]:
+        if p.rows:
             weight, bias = self.head.weight_bias()  # the writer copies them before this returns
         self.head.active = False
         self.head.clear()
-        self._writer.end_pass(p["name"], weight, bias)
-        if p["mode"] == "train" and p["labelled"] and self.every == 1 and self.max_rows_per_class is None:
-            self._writer.set_root_attrs({"class_counts": [int(c) for c in p["per_class"]]})
-        info = {**self._public_info(), "store": self.path}
+        self._writer.end_pass(p.name, weight, bias)
+        if p.mode == "train" and p.labelled and self.every == 1 and self.max_rows_per_class is None:
+            self._writer.set_root_attrs({"class_counts": [int(c) for c in p.per_class]})
+        info = {**p.info(), "store": self.path}
         self._pass = None
         self._writer.flush()  # pass_end promises a committed, readable pass
         self.hooks.pass_end(pass_info=info)
@@ -240,13 +295,19 @@ class Recorder:
         try:
             yield name
         except BaseException:
-            self._abandon_pass()
+            self.abort_pass()
             raise
         if self._pass is not None and not self._closed:
             self.end_pass()
 
-    def _abandon_pass(self) -> None:
-        """The loop raised: keep the rows recorded so far, leave the pass marked incomplete."""
+    @property
+    def current_pass(self) -> dict[str, Any] | None:
+        """The open pass — ``{name, split, epoch, mode, rank, rows}`` — or ``None`` between passes."""
+        return None if self._pass is None else self._pass.info()
+
+    def abort_pass(self) -> None:
+        """End the open pass without completing it (as when the loop raises): its rows recorded so far are kept
+        and the store marks it incomplete (a later pass of the same split and epoch supersedes it)."""
         p = self._pass
         if p is None or self._closed:
             return
@@ -254,7 +315,7 @@ class Recorder:
         self.head.active = False
         self.head.clear()
         try:
-            self._writer.abort_pass(p["name"])
+            self._writer.abort_pass(p.name)
         except Exception:  # noqa: BLE001 - the loop's own exception is the one to show
             pass
 
@@ -277,37 +338,52 @@ class Recorder:
         finally:
             self.head.active = was and self._pass is not None
 
-    def _public_info(self) -> dict[str, Any]:
-        p = self._pass or {}
-        return {k: p[k] for k in ("name", "split", "epoch", "mode", "rank", "rows") if k in p}
 
     # ------------------------------------------------------------------ rows
 
-    def record(
-        self,
-        labels: Any = None,
-        *,
-        index: Any = None,
-        logits: torch.Tensor | None = None,
-    ) -> int:
-        """Record the batch of the last forward pass. Returns the number of rows queued.
+    def record(self, labels: Any = None, *, index: Any = None, logits: torch.Tensor | None = None) -> int:
+        """Record the batch of the last forward pass (its columns: :func:`build_columns`). Returns the rows queued.
 
         Every stored value comes from that forward: FE, the classifier's weights and the logits are what the
         head saw and returned then, so ``record()`` may be called before or after ``backward()`` and
-        ``optimizer.step()``. One ``record()`` per forward: a second forward since the last ``record()``
-        is refused (record each view, or run forwards you do not want recorded under :meth:`paused`).
+        ``optimizer.step()``. One ``record()`` per forward: a second forward since the last one is refused
+        (record each view, or run forwards you do not want recorded under :meth:`paused`).
 
         Args:
-            labels: true class per row (tensor/array of ints), or ``None`` when unknown. Pass them as they
-                come from the DataLoader (on the host): they are validated there, without a device sync.
-            index: dataset sample id per row (lets DDP padding duplicates be dropped); ``-1`` if omitted.
+            labels: true class per row (ints, as the DataLoader gives them: checked on the host, no device sync),
+                or ``None`` when unknown. index: sample id per row (drops DDP padding duplicates); ``-1`` if omitted.
             logits: the model's logits, when its forward returns something else than an ``(N, C)`` tensor.
 
         Raises:
-            RecorderError: no open pass, several forwards, a pass mixing train and eval forwards, labels out
-                of ``[0, C)``, or lengths that do not match the batch.
-            HeadError: on the first batch of a pass, the head's affine map does not reproduce the logits.
+            RecorderError: no open pass, several forwards, train and eval forwards in one pass, labels out of
+                ``[0, C)``, lengths that do not match the batch. HeadError: the head's affine map does not
+                reproduce the logits (checked on the first batch of a pass).
         """
+        p, forward = self._take_forward()
+        if not self._sampled(p, forward):
+            return 0
+        with torch.no_grad():
+            fe, weight, bias, logits = self._head_outputs(p, forward, logits)
+            y, y_host = self._labels(p, labels, fe)
+            idx = None if index is None else _as_tensor(index, "index", fe.shape[0]).to(fe.device, non_blocking=True)
+            cols = build_columns(fe, weight, bias, logits, y, idx, step=self._step, rank=self.rank)
+            keep = self._count_classes(p, y_host, training=forward.training)
+            if keep is not None:
+                cols = {k: v[torch.from_numpy(keep).to(fe.device)] for k, v in cols.items()}
+            if not (rows := int(cols["pred"].shape[0])):
+                return 0
+            self._check_feature_dim(fe)
+            if p.rows == 0:
+                self._writer.write_classifier(p.name, weight, bias)
+            self.hooks.batch_recorded(pass_info=p.info(), batch={k: v for k, v in cols.items() if k != "nonfinite"})
+            host, event = self._to_host(cols)
+        self._writer.append(p.name, host, event)
+        p.rows += rows
+        self._rows_total += rows
+        return rows
+
+    def _take_forward(self) -> tuple[OpenPass, Any]:
+        """The open pass and the one forward since the last record() (none, or several, is refused)."""
         self._check_open()
         p = self._pass
         if p is None:
@@ -324,116 +400,84 @@ class Recorder:
                 f"head {self.head.name}: no forward pass of the model reached the classifier since the last record(); "
                 f"call model(x) before record(), and attach the recorder before torch.compile"
             )
-        mode = "train" if forward.training else "eval"
-        self._set_mode(p, mode)
-        training = mode == "train"
-        if training:
-            self._step += 1
-            kept = (self._step - 1) % self.every == 0  # counts training steps only: eval sweeps don't shift it
-            self.head.armed = self._step % self.every == 0  # will the next training forward be kept?
-            if not kept:
-                return 0
-        with torch.no_grad():
-            fe = self.head.features(forward)
-            n, device = fe.shape[0], fe.device
-            if n == 0:
-                raise RecorderError("the batch of the last forward has 0 rows; call record() only after a non-empty batch")
-            weight, bias = self.head.weight_bias(forward)
-            if logits is None:
-                logits = forward.logits if forward.logits is not None else self.head.head_logits(forward)
-            logits = logits.detach()
-            if logits.shape != (n, self.num_classes):
-                raise RecorderError(f"logits have shape {tuple(logits.shape)}, expected ({n}, {self.num_classes})")
-            if not p["checked"]:
-                self._check_head(fe, weight, bias, logits)
-                p["checked"] = True
-            labelled = labels is not None
-            if p["labelled"] is None:
-                p["labelled"] = labelled
-            elif p["labelled"] != labelled:
-                raise RecorderError(
-                    f"pass {p['split']}@{p['epoch']} mixes batches with and without labels; pass labels for every batch or none"
-                )
-            y = _as_tensor(labels, "labels", n) if labelled else None
-            if y is not None:
-                # checked on the host copy: labels from a DataLoader are there already (a GPU copy would sync)
-                y_cpu = y.cpu()
-                y = y.to(device, non_blocking=True)
-                lo, hi = int(y_cpu.min()), int(y_cpu.max())
-                if lo < 0 or hi >= self.num_classes:
-                    bad = lo if lo < 0 else hi
-                    raise RecorderError(
-                        f"label {bad} is outside [0, {self.num_classes}) for classifier {self.head.name}; "
-                        f"check the dataset's targets or the model's num_classes"
-                    )
-            if index is not None:
-                idx = _as_tensor(index, "index", n).to(device, non_blocking=True)
-            else:
-                idx = torch.full((n,), -1, dtype=torch.int64, device=device)
-            keep = None
-            if training and self.max_rows_per_class is not None and y is not None:
-                keep_np = np.zeros(n, dtype=bool)
-                counts = p["per_class"]
-                for i, c in enumerate(y_cpu.numpy()):
-                    if counts[c] < self.max_rows_per_class:
-                        counts[c] += 1
-                        keep_np[i] = True
-                keep = torch.from_numpy(keep_np).to(device)
-            elif y is not None:
-                p["per_class"] += np.bincount(y_cpu.numpy(), minlength=self.num_classes)
-            pred = logits.argmax(dim=1)
-            # CE in float32 from what the head consumed, also under autocast
-            fe32, w32, b32 = fe.float(), weight.float(), bias.float()
-            cols: dict[str, torch.Tensor] = {
-                "fe": fe,
-                "ce_pred": fe32 * w32[pred],
-                "bias_pred": b32[pred],
-                "logits": logits,
-            }
-            if y is not None:
-                cols["ce_target"] = fe32 * w32[y]
-                cols["label"] = y
-            else:
-                cols["label"] = torch.full((n,), -1, dtype=torch.int64, device=device)
-            cols["pred"] = pred
-            cols["index"] = idx
-            cols["step"] = torch.full((n,), self._step, dtype=torch.int64, device=device)
-            cols["rank"] = torch.full((n,), self.rank, dtype=torch.int32, device=device)
-            cols["nonfinite"] = ~(torch.isfinite(fe).all(1) & torch.isfinite(logits).all(1))
-            if keep is not None:
-                cols = {k: v[keep] for k, v in cols.items()}
-            rows = int(cols["pred"].shape[0])
-            if rows == 0:
-                return 0
-            if self._feature_dim is None:
-                self._feature_dim = int(fe.shape[1])
-                self._writer.set_root_attrs({"feature_dim": self._feature_dim, "head_shared_input": bool(self.head.shared_input)})
-            elif fe.shape[1] != self._feature_dim:
-                raise RecorderError(f"feature dim changed from {self._feature_dim} to {fe.shape[1]}; one store holds one head")
-            if p["rows"] == 0:
-                self._writer.write_classifier(p["name"], weight, bias)
-            self.hooks.batch_recorded(pass_info=self._public_info(), batch={k: v for k, v in cols.items() if k != "nonfinite"})
-            host, event = self._to_host(cols)
-        self._writer.append(p["name"], host, event)
-        p["rows"] += rows
-        self._rows_total += rows
-        return rows
+        return p, forward
 
-    def _set_mode(self, p: dict[str, Any], mode: str) -> None:
-        """The pass's mode is the mode its forwards ran in; one pass, one mode."""
-        if p["mode_seen"] is None:
-            if p["expected_mode"] not in (None, mode):
-                raise RecorderError(
-                    f"pass {p['split']}@{p['epoch']} was started with mode={p['expected_mode']!r} but the model ran in "
-                    f"{mode} mode; call model.{'train' if p['expected_mode'] == 'train' else 'eval'}() first, or drop mode="
-                )
-            p["mode_seen"] = mode
-            if mode != p["mode"]:
-                p["mode"] = mode
-                self._writer.set_pass_attrs(p["name"], {"mode": mode})
-        elif p["mode_seen"] != mode:
+    def _sampled(self, p: OpenPass, forward: Any) -> bool:
+        """The pass's mode from the forward; in training, whether this step is one of every N-th kept."""
+        self._set_mode(p, "train" if forward.training else "eval")
+        if not forward.training:
+            return True
+        self._step += 1
+        self.head.armed = self._step % self.every == 0  # will the next training forward be kept?
+        return (self._step - 1) % self.every == 0  # counts training steps only: eval sweeps don't shift it
+
+    def _head_outputs(self, p: OpenPass, forward: Any, logits: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """FE, weight, bias and logits of the forward (its logits checked against the head on a pass's first batch)."""
+        fe = self.head.features(forward)
+        n = fe.shape[0]
+        if n == 0:
+            raise RecorderError("the batch of the last forward has 0 rows; call record() only after a non-empty batch")
+        weight, bias = self.head.weight_bias(forward)
+        if logits is None:
+            logits = forward.logits if forward.logits is not None else self.head.head_logits(forward)
+        logits = logits.detach()
+        if logits.shape != (n, self.num_classes):
+            raise RecorderError(f"logits have shape {tuple(logits.shape)}, expected ({n}, {self.num_classes})")
+        if not p.checked:
+            self._check_head(fe, weight, bias, logits)
+            p.checked = True
+        return fe, weight, bias, logits
+
+    def _labels(self, p: OpenPass, labels: Any, fe: torch.Tensor) -> tuple[torch.Tensor | None, np.ndarray | None]:
+        """The labels on the batch's device and on the host, checked (all batches of a pass labelled or none)."""
+        labelled = labels is not None
+        if p.labelled is None:
+            p.labelled = labelled
+        elif p.labelled != labelled:
+            raise RecorderError(f"pass {p.split}@{p.epoch} mixes batches with and without labels; pass labels for every batch or none")
+        if not labelled:
+            return None, None
+        y = _as_tensor(labels, "labels", fe.shape[0])
+        y_host = y.cpu().numpy()  # checked on the host copy: labels from a DataLoader are there already (no GPU sync)
+        lo, hi = int(y_host.min()), int(y_host.max())
+        if lo < 0 or hi >= self.num_classes:
             raise RecorderError(
-                f"pass {p['split']}@{p['epoch']} mixes {p['mode_seen']}-mode and {mode}-mode forwards (was model.train()/eval() "
+                f"label {lo if lo < 0 else hi} is outside [0, {self.num_classes}) for classifier {self.head.name}; "
+                f"check the dataset's targets or the model's num_classes"
+            )
+        return y.to(fe.device, non_blocking=True), y_host
+
+    def _count_classes(self, p: OpenPass, y_host: np.ndarray | None, training: bool) -> np.ndarray | None:
+        """Rows per class of the pass; in training under ``max_rows_per_class``, the rows to keep."""
+        if y_host is None:
+            return None
+        if training and self.max_rows_per_class is not None:
+            return class_cap(y_host, p.per_class, self.max_rows_per_class)
+        p.per_class += np.bincount(y_host, minlength=self.num_classes)
+        return None
+
+    def _check_feature_dim(self, fe: torch.Tensor) -> None:
+        if self._feature_dim is None:
+            self._feature_dim = int(fe.shape[1])
+            self._writer.set_root_attrs({"feature_dim": self._feature_dim, "head_shared_input": bool(self.head.shared_input)})
+        elif fe.shape[1] != self._feature_dim:
+            raise RecorderError(f"feature dim changed from {self._feature_dim} to {fe.shape[1]}; one store holds one head")
+
+    def _set_mode(self, p: OpenPass, mode: str) -> None:
+        """The pass's mode is the mode its forwards ran in; one pass, one mode."""
+        if p.mode_seen is None:
+            if p.expected_mode not in (None, mode):
+                raise RecorderError(
+                    f"pass {p.split}@{p.epoch} was started with mode={p.expected_mode!r} but the model ran in "
+                    f"{mode} mode; call model.{'train' if p.expected_mode == 'train' else 'eval'}() first, or drop mode="
+                )
+            p.mode_seen = mode
+            if mode != p.mode:
+                p.mode = mode
+                self._writer.set_pass_attrs(p.name, {"mode": mode})
+        elif p.mode_seen != mode:
+            raise RecorderError(
+                f"pass {p.split}@{p.epoch} mixes {p.mode_seen}-mode and {mode}-mode forwards (was model.train()/eval() "
                 f"switched inside the pass?); set the mode before capture(), and record eval sweeps in their own pass "
                 f"(recorder.evaluate)"
             )
@@ -528,7 +572,7 @@ class Recorder:
         self._summary = {"passes": self._n_passes - self._writer.first_pass, "rows": self._rows_total, "nonfinite_rows": 0}
         try:
             if self._pass is not None:
-                self._abandon_pass() if abandon else self.end_pass()
+                self.abort_pass() if abandon else self.end_pass()
         finally:
             self.head.remove()
             self._closed = True

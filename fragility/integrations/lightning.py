@@ -126,7 +126,7 @@ class FragilityCallback(pl.Callback):
             resuming = getattr(trainer, "ckpt_path", None) is not None
             options = dict(self.options)
             if self.live_metrics:
-                from .._manager import make_plugin_manager
+                from .. import make_plugin_manager
                 from ..live import LiveMetrics
 
                 def log(tag: str, value: float, step: int) -> None:
@@ -152,13 +152,14 @@ class FragilityCallback(pl.Callback):
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         if self.recorder is not None:  # rows so far are kept; the open pass stays incomplete
             self._leave_pause()
-            self.recorder._close(abandon=True)
+            self.recorder.abort_pass()  # the rows so far are kept, the pass marked incomplete
+            self.recorder.close()
             self.recorder = None
 
     # ------------------------------------------------------------------ training
     def _open(self, split: str, epoch: int) -> None:
         rec = self.recorder
-        if rec._pass is not None:
+        if rec.current_pass is not None:
             rec.end_pass()
         rec.start_pass(split, epoch)
 
@@ -177,7 +178,7 @@ class FragilityCallback(pl.Callback):
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         rec = self.recorder
         self._continue_train = None
-        if rec._pass is not None:
+        if rec.current_pass is not None:
             rec.end_pass()
         epoch = trainer.current_epoch
         sweeps = {"train_eval": self._train_eval_loader(trainer), **self.sweeps}
@@ -210,14 +211,15 @@ class FragilityCallback(pl.Callback):
         rec = self.recorder
         if rec is None:
             return
-        open_train = rec._pass is not None and rec._pass["split"] == "train"
+        current = rec.current_pass
+        open_train = current is not None and current["split"] == "train"
         if trainer.sanity_checking or not self.validation:
             # not recorded: keep its forwards out of the training pass
             self._paused = rec.paused()
             self._paused.__enter__()
             return
         if open_train:
-            self._continue_train = rec._pass["epoch"]
+            self._continue_train = current["epoch"]
             rec.end_pass()
         self._val_loader = None
 
@@ -242,6 +244,6 @@ class FragilityCallback(pl.Callback):
         if self._paused is not None:
             self._leave_pause()
             return
-        if self.recorder._pass is not None:
+        if self.recorder.current_pass is not None:
             self.recorder.end_pass()
         self._val_loader = None
