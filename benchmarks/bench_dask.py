@@ -17,6 +17,7 @@ Usage: python benchmarks/bench_dask.py STORE [--workers 4] [--repeat 2] [--analy
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 
@@ -37,8 +38,11 @@ def main() -> None:
     registry()
     dask.config.set({"distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}})
     names = args.analyzers.split(",")
+    saved = dict(os.environ)
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
+        os.environ.clear()  # starting the cluster leaves its workers' OMP_NUM_THREADS=1 here: one process keeps all cores
+        os.environ.update(saved)
         analyze_dask(args.store, names, client=client)  # warm-up: workers import fragility and its plugins
         one, many = [], []
         for _ in range(args.repeat):

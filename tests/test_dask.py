@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from fragility.analysis import analyze, analyze_dask
 from fragility.testing import assert_results_equal, make_random_store
 
+ENV_BEFORE = dict(os.environ)  # at collection, before any cluster started
+
 
 @pytest.fixture(scope="module")
 def client():
     from dask.distributed import Client, LocalCluster
 
+    saved = dict(os.environ)
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    # starting the cluster leaves Dask's worker environment (OMP_NUM_THREADS=1, MALLOC_TRIM_THRESHOLD_) in this
+    # process's os.environ: every later subprocess (the demo, reproduce) would train on one thread, other floats
+    os.environ.clear()
+    os.environ.update(saved)
     c = Client(cluster)
     yield c
     c.close()
     cluster.close()
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_dask_cluster_matches_single_process(tmp_path, client):
@@ -62,3 +73,9 @@ def test_tasks_of_whole_groups_are_finished_where_they_run(tmp_path, client):
             assert_results_equal(want[name], got[name], rtol=0, atol=0)
     with pytest.raises(Exception, match=r"task_rows=0 must be a positive number of rows"):
         analyze(path, task_rows=0)
+
+
+def test_the_cluster_leaves_this_process_environment_as_it_was(client):
+    """Subprocesses started after the Dask tests (the demo's training) must see the environment the suite began with."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_"):
+        assert os.environ.get(name) == ENV_BEFORE.get(name), name

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 
@@ -52,11 +53,15 @@ def test_pass_files_are_validated_once(tmp_path, monkeypatch):
     # a change anywhere in a file gives another key (ctime): it is validated again, and its damage is seen
     target = os.path.join(path, "passes", "0001.h5")
     key = _reader.file_key(target, fragility.Store(path).metadata)
-    with open(target, "r+b") as fh:
-        fh.seek(os.path.getsize(target) // 2)
-        b = fh.read(1)
-        fh.seek(-1, os.SEEK_CUR)
-        fh.write(b)  # the same byte: content unchanged, but the file was written
+    for _ in range(200):  # the kernel stamps ctime from a coarse clock: write until a tick has passed (ms)
+        with open(target, "r+b") as fh:
+            fh.seek(os.path.getsize(target) // 2)
+            b = fh.read(1)
+            fh.seek(-1, os.SEEK_CUR)
+            fh.write(b)  # the same byte: content unchanged, but the file was written
+        if _reader.file_key(target, fragility.Store(path).metadata) != key:
+            break
+        time.sleep(0.01)
     assert _reader.file_key(target, fragility.Store(path).metadata) != key
     with open(target, "r+b") as fh:
         fh.write(b"\0" * 64)  # the superblock
