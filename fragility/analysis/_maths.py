@@ -77,10 +77,10 @@ def topk_mask(v: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
 
 def class_sums(labels: np.ndarray, v: np.ndarray | torch.Tensor, num_classes: int) -> np.ndarray:
     """Per-class sums of the rows of ``v`` (float64, ``(C, D)``); float16 rows through the exact kernel."""
-    import torch
-
     if isinstance(v, np.ndarray) and (out := _kernels.class_sums(v, labels, num_classes)) is not None:
         return out
+    import torch
+
     t = _t(v).double()
     out = torch.zeros((num_classes, t.shape[1]), dtype=torch.float64)
     out.index_add_(0, torch.from_numpy(np.asarray(labels, dtype=np.int64)), t)
