@@ -149,6 +149,10 @@ def build_report(
         The path of ``index.html``.
     """
     out = os.fspath(out)
+    if plugin_manager is None:  # one for the analyses and the report sections
+        from ._manager import make_plugin_manager
+
+        plugin_manager = make_plugin_manager()
     labels = list(labels or [run_label(s) for s in stores])
     if len(set(labels)) != len(labels):
         labels = [f"{lab} ({i + 1})" for i, lab in enumerate(labels)]

@@ -275,3 +275,27 @@ def test_the_docs_functional_analyzer_is_exact_with_kernels_on_and_off(tmp_path,
     for c, entry in enumerate(on.data["groups"]["test@1"]["classes"]):
         want = sorted(range(10), key=lambda j: (-count[c, j], j))[:3]
         assert entry["features"] == want and entry["rows"] == [int(count[c, j]) for j in want]
+
+
+def test_one_plugin_manager_per_call(tmp_path, monkeypatch):
+    """analyze, compare and build_report each build one plugin manager (entry points scanned once), not one per
+    run, registry or section list."""
+    import fragility._manager as manager
+    from fragility.report import build_report
+    from fragility.testing import make_random_store
+
+    built = []
+    real = manager.make_plugin_manager
+
+    def counted(*args, **kwargs):
+        built.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(manager, "make_plugin_manager", counted)
+    a = make_random_store(tmp_path / "a.fragility", seed=1)
+    b = make_random_store(tmp_path / "b.fragility", seed=2)
+    for call in (lambda: fragility.analyze(a, k=3), lambda: fragility.compare(a, b, k=3),
+                 lambda: build_report([a, b], tmp_path / "r", k=3)):
+        built.clear()
+        call()
+        assert len(built) == 1, len(built)

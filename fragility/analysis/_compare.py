@@ -45,6 +45,10 @@ def compare(
             with Store(store) as s:
                 metas.append(s.metadata)
     why = _incomparable(*metas)
+    if plugin_manager is None:  # one for both runs
+        from .._manager import make_plugin_manager
+
+        plugin_manager = make_plugin_manager()
     runs = [
         analyze(
             store, ["topk", "magnitude"], split=[train_split, test_split], epoch=epoch, k=k, embedding=embedding,

@@ -582,6 +582,10 @@ def analyze(
     """
     own = not isinstance(store, Store)
     st = Store(store) if own else store
+    if plugin_manager is None:  # one per call: the plan and the analyzers come from the same registry
+        from .._manager import make_plugin_manager
+
+        plugin_manager = make_plugin_manager()
     try:
         plan = make_plan(st, analyzers, plugin_manager=plugin_manager, **options)
         if verify and plan.damaged:
