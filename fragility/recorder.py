@@ -367,9 +367,8 @@ class Recorder:
             y, y_host = self._labels(p, labels, fe)
             idx = None if index is None else _as_tensor(index, "index", fe.shape[0]).to(fe.device, non_blocking=True)
             cols = build_columns(fe, weight, bias, logits, y, idx, step=self._step, rank=self.rank)
-            keep = self._count_classes(p, y_host, training=forward.training)
-            if keep is not None:
-                cols = {k: v[torch.from_numpy(keep).to(fe.device)] for k, v in cols.items()}
+            if (keep := self._count_classes(p, y_host, forward.training, fe.device)) is not None:
+                cols = {k: v[keep] for k, v in cols.items()}
             if not (rows := int(cols["pred"].shape[0])):
                 return 0
             self._check_feature_dim(fe)
@@ -447,12 +446,12 @@ class Recorder:
             )
         return y.to(fe.device, non_blocking=True), y_host
 
-    def _count_classes(self, p: OpenPass, y_host: np.ndarray | None, training: bool) -> np.ndarray | None:
-        """Rows per class of the pass; in training under ``max_rows_per_class``, the rows to keep."""
+    def _count_classes(self, p: OpenPass, y_host: np.ndarray | None, training: bool, device: Any) -> torch.Tensor | None:
+        """Rows per class of the pass; in training under ``max_rows_per_class``, the rows to keep (a mask on ``device``)."""
         if y_host is None:
             return None
         if training and self.max_rows_per_class is not None:
-            return class_cap(y_host, p.per_class, self.max_rows_per_class)
+            return torch.from_numpy(class_cap(y_host, p.per_class, self.max_rows_per_class)).to(device)
         p.per_class += np.bincount(y_host, minlength=self.num_classes)
         return None
 
