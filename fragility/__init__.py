@@ -7,7 +7,7 @@ Analysis: :func:`analyze` with analyzer plugins (:mod:`fragility.analysis`). Plu
 
 from __future__ import annotations
 
-__version__ = "0.2.0"
+from ._version import __version__
 
 from .errors import (
     AnalyzerError,

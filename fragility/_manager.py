@@ -1,8 +1,10 @@
-"""The plugin manager factory (never built at import time) and the typed hook-call wrapper."""
+"""The plugin manager (never built at import time): it owns the analyzer and report-section registries of
+its plugins, and a typed hook-call wrapper."""
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from typing import Any
@@ -10,14 +12,70 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
+from ._version import __version__
 from .errors import PluginError
+from .registrars import AnalyzerRegistrar, ReportSectionRegistrar
 
 ENV_DISABLE_AUTOLOAD = "FRAGILITY_DISABLE_PLUGIN_AUTOLOAD"
 ENV_ONLY = "FRAGILITY_PLUGINS"
 ENV_STRICT = "FRAGILITY_STRICT_PLUGINS"
 
 
-def make_plugin_manager(*, autoload: bool | None = None, only: list[str] | None = None) -> pluggy.PluginManager:
+class PluginManager(pluggy.PluginManager):
+    """A pluggy plugin manager with fragility's hook specs that owns its plugins' registries.
+
+    ``analyzers()`` and ``report_sections()`` call the registration hooks once and keep the result until a
+    plugin is registered or unregistered; ``sources`` maps an entry point to ``"dist version"`` and ``broken``
+    holds the third-party plugins that were skipped (shown by ``fragility plugins``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self.add_hookspecs(hookspecs)
+        self.sources: dict[str, str] = {}
+        self.broken: dict[str, dict[str, str]] = {}
+        self._analyzers: AnalyzerRegistrar | None = None
+        self._sections: ReportSectionRegistrar | None = None
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        self._analyzers = self._sections = None
+        return super().register(plugin, name)
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
+        self._analyzers = self._sections = None
+        return super().unregister(plugin, name)
+
+    def analyzers(self) -> AnalyzerRegistrar:
+        """Every analyzer the plugins register (``fragility_register_analyzers``, called once)."""
+        if self._analyzers is None:
+            reg = AnalyzerRegistrar()
+            Hooks(self).register_analyzers(reg)
+            self._analyzers = reg
+        return self._analyzers
+
+    def report_sections(self) -> ReportSectionRegistrar:
+        """Every report section the plugins register (``fragility_register_report_sections``, called once)."""
+        if self._sections is None:
+            reg = ReportSectionRegistrar()
+            Hooks(self).register_report_sections(reg)
+            self._sections = reg
+        return self._sections
+
+
+def manager(pm: pluggy.PluginManager | None) -> PluginManager:
+    """``pm``, or a fresh manager where it is ``None``.
+
+    Raises:
+        PluginError: ``pm`` was not built by :func:`make_plugin_manager`.
+    """
+    if pm is None:
+        return make_plugin_manager()
+    if not isinstance(pm, PluginManager):
+        raise PluginError(f"plugin_manager={type(pm).__name__} was not built by fragility.make_plugin_manager(); build it with that")
+    return pm
+
+
+def make_plugin_manager(*, autoload: bool | None = None, only: list[str] | None = None) -> PluginManager:
     """Build a fresh plugin manager: built-ins from ``fragility_plugins.BUILTINS``, then third parties.
 
     Args:
@@ -34,10 +92,7 @@ def make_plugin_manager(*, autoload: bool | None = None, only: list[str] | None 
         >>> "fragility_plugins.timm_taps" in [name for name, _ in pm.list_name_plugin()]
         True
     """
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
-    pm.fragility_sources = {}  # type: ignore[attr-defined]  # entry-point name -> "dist version"
-    pm.fragility_broken = {}  # type: ignore[attr-defined]  # entry-point name -> where, error
+    pm = PluginManager()
     builtins = importlib.import_module("fragility_plugins")
     for modname in builtins.BUILTINS:
         pm.register(importlib.import_module(modname), name=modname)
@@ -61,20 +116,50 @@ def _strict() -> bool:
     return os.environ.get(ENV_STRICT, "").strip().lower() in {"1", "true", "yes"}
 
 
-_WARNED: set[str] = set()
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record arrives (a test's capture, a redirected CLI)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
 
 
-def _skip(pm: pluggy.PluginManager, name: str, where: str, error: str) -> None:
+class _OncePerMessage(logging.Filter):
+    """Lets each distinct message through once, so a broken plugin is reported once per process however many
+    plugin managers are built."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+#: broken-plugin warnings: one line on stderr each, once per process (a logger users can reconfigure)
+log = logging.getLogger("fragility.plugins")
+if not log.handlers:
+    _handler = _Stderr()
+    _handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    log.addHandler(_handler)
+    log.addFilter(_OncePerMessage())
+    log.propagate = False
+
+
+def _skip(pm: PluginManager, name: str, where: str, error: str) -> None:
     """A broken third-party plugin: one warning line, recorded for `fragility plugins` (an error if strict)."""
     if _strict():
         raise PluginError(f"plugin {name!r} ({where}) is broken: {error}; fix or uninstall it ({ENV_STRICT}=1 is set)")
-    pm.fragility_broken[name] = {"where": where, "error": error}  # type: ignore[attr-defined]
-    if name not in _WARNED:
-        _WARNED.add(name)
-        sys.stderr.write(
-            f"warning: plugin {name!r} ({where}) was skipped: {error}; fix or uninstall it, or set "
-            f"{ENV_STRICT}=1 to make this an error\n"
-        )
+    pm.broken[name] = {"where": where, "error": error}
+    log.warning("plugin %r (%s) was skipped: %s; fix or uninstall it, or set %s=1 to make this an error", name, where, error, ENV_STRICT)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -82,7 +167,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300]
 
 
-def _load_entry_points(pm: pluggy.PluginManager, only: list[str]) -> None:
+def _load_entry_points(pm: PluginManager, only: list[str]) -> None:
     """Load third-party plugins one by one: a broken one is skipped with a warning, never fatal by default."""
     from importlib.metadata import entry_points
 
@@ -107,14 +192,14 @@ def _load_entry_points(pm: pluggy.PluginManager, only: list[str]) -> None:
             detail = str(exc).splitlines()[0].split(" in plugin ")[0] if isinstance(exc, pluggy.PluginValidationError) else _one_line(exc)
             _skip(pm, ep.name, where, f"{detail} (hook names must match fragility.hookspecs)")
             continue
-        pm.fragility_sources[ep.name] = dist  # type: ignore[attr-defined]
+        pm.sources[ep.name] = dist
 
 
-def plugin_table(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
-    """Describe plugins: name, source, distribution/version, hooks implemented; broken ones with their error."""
-    from . import __version__
-
-    sources = getattr(pm, "fragility_sources", {})
+def plugin_table(pm: PluginManager) -> list[dict[str, Any]]:
+    """Describe plugins: name, source, distribution/version, hooks implemented, analyzers registered; broken
+    ones with their error."""
+    sources = pm.sources
+    owners = pm.analyzers().owners
     rows = []
     for name, plugin in pm.list_name_plugin():
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
@@ -125,11 +210,13 @@ def plugin_table(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
                 "source": "built-in" if builtin else "entry point",
                 "version": __version__ if builtin else sources.get(name, "?"),
                 "hooks": hooks,
+                "analyzers": sorted(n for n, owner in owners.items() if owner == name),
                 "error": None,
             }
         )
-    for name, info in getattr(pm, "fragility_broken", {}).items():
-        rows.append({"name": name, "source": "entry point (broken)", "version": info["where"], "hooks": [], "error": info["error"]})
+    for name, info in pm.broken.items():
+        rows.append({"name": name, "source": "entry point (broken)", "version": info["where"], "hooks": [], "analyzers": [],
+                     "error": info["error"]})
     return rows
 
 
@@ -137,7 +224,7 @@ class Hooks:
     """Small typed wrapper around ``pm.hook`` so every call site passes keyword arguments."""
 
     def __init__(self, pm: pluggy.PluginManager | None = None) -> None:
-        self.pm = pm if pm is not None else make_plugin_manager()
+        self.pm = manager(pm)
 
     def resolve_head(self, model: Any, classifier: Any) -> Any:
         return self.pm.hook.fragility_resolve_head(model=model, classifier=classifier)

@@ -10,16 +10,28 @@ A plugin is any object or module with functions named like these hooks, decorate
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import importlib
+from typing import Any
 
 import pluggy
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
+from .registrars import AnalyzerRegistrar, ReportSectionRegistrar
 
-    from .analysis import AnalyzerRegistrar
-    from .report import ReportSectionRegistrar
-    from .taps import Head
+
+class _Deferred:
+    """A module imported when one of its attributes is first read. The specs' annotations name ``nn.Module``
+    and ``taps.Head`` through it, so ``typing.get_type_hints`` resolves them to the real classes while importing
+    this module — which every store command does — loads no torch."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+nn = _Deferred("torch.nn")
+taps = _Deferred("fragility.taps")
 
 PROJECT = "fragility"
 
@@ -33,7 +45,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec(firstresult=True)
-def fragility_resolve_head(model: torch.nn.Module, classifier: Any) -> Head | None:
+def fragility_resolve_head(model: nn.Module, classifier: Any) -> taps.Head | None:
     """Find the final affine layer(s) of ``model``'s head so their input (FE) and weights can be tapped.
 
     Called once when a :class:`fragility.Recorder` attaches to a model. The returned :class:`fragility.Head`
@@ -95,7 +107,7 @@ def fragility_register_report_sections(registrar: ReportSectionRegistrar) -> Non
 
 
 @hookspec
-def fragility_recording_start(store_path: str, model: torch.nn.Module, metadata: dict) -> None:
+def fragility_recording_start(store_path: str, model: nn.Module, metadata: dict) -> None:
     """Called when a recorder opens its store, before any pass starts.
 
     Args:

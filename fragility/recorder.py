@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pluggy
 import torch
 from torch import nn
 
-from ._manager import Hooks
+from ._manager import Hooks, PluginManager
 from .errors import HeadError, RecorderError
 from .store import FLOAT_COLUMNS, StoreWriter
 from .taps import Head, affine_error, check_tolerance, model_name
@@ -160,7 +159,7 @@ class Recorder:
         flush_interval: float = 1.0,
         chunk_rows: int = 1024,
         queue_size: int = 16,
-        plugin_manager: pluggy.PluginManager | None = None,
+        plugin_manager: PluginManager | None = None,
         check_head: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):

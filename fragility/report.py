@@ -15,42 +15,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pluggy
 
-from ._manager import Hooks
+from ._manager import PluginManager, manager
+from .registrars import ReportContext, ReportSectionRegistrar
 from ._fingerprint import incomparable
 from .analysis import Result, Table, analyze, compare_results, jsonable, last_group
 from .analysis._engine import TRAIN_EVAL
 from .errors import OutputError, PluginError, output_dir
 from .store import Store
-
-
-@dataclass
-class ReportContext:
-    """What report sections see: the runs' labels, stores and analyzer results, and the comparison."""
-
-    labels: list[str]
-    stores: dict[str, Store]
-    results: dict[str, dict[str, Result]]
-    comparison: Result | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class ReportSectionRegistrar:
-    """Collects report sections; a name registered twice names both owners."""
-
-    def __init__(self) -> None:
-        self.sections: dict[str, tuple[int, str, Callable[[ReportContext], list]]] = {}
-        self.owners: dict[str, str] = {}
-        self.plugin: str | None = None
-
-    def add(self, name: str, func: Callable[[ReportContext], list], *, title: str | None = None, order: int = 100) -> None:
-        """Register a report section: ``func(ctx)`` returns ``(caption, Figure)`` pairs and ``Table`` objects."""
-        owner = self.plugin or getattr(func, "__module__", "?")
-        if name in self.sections:
-            raise PluginError(f"report section {name!r} is registered twice: by {self.owners[name]} and by {owner}; rename one")
-        self.sections[name] = (order, title or name, func)
-        self.owners[name] = owner
 
 
 def run_label(path: str | os.PathLike) -> str:
@@ -126,7 +98,7 @@ def build_report(
     headline: Table | Sequence[Table] | None = None,
     k: int = 10,
     analyzers: Sequence[str] | None = None,
-    plugin_manager: pluggy.PluginManager | None = None,
+    plugin_manager: PluginManager | None = None,
     progress: bool = False,
     knn_max_rows: int = 10000,
     options: dict[str, Any] | None = None,
@@ -149,10 +121,7 @@ def build_report(
         The path of ``index.html``.
     """
     out = os.fspath(out)
-    if plugin_manager is None:  # one for the analyses and the report sections
-        from ._manager import make_plugin_manager
-
-        plugin_manager = make_plugin_manager()
+    plugin_manager = manager(plugin_manager)  # one for the analyses and the report sections
     labels = list(labels or [run_label(s) for s in stores])
     if len(set(labels)) != len(labels):
         labels = [f"{lab} ({i + 1})" for i, lab in enumerate(labels)]
@@ -177,8 +146,7 @@ def build_report(
         # remedies tried on a store (`fragility remedy`, saved next to it) and still describing its sweeps
         remedies = {lab: found for lab in labels if (found := saved_results(opened[lab])) is not None}
         ctx = ReportContext(labels, opened, results, comparison, {"remedies": remedies})
-        reg = ReportSectionRegistrar()
-        Hooks(plugin_manager).register_report_sections(reg)
+        reg = manager(plugin_manager).report_sections()
         output_dir(os.path.join(out, "plots"))
         for lab in labels:
             for r in results[lab].values():

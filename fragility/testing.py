@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import pluggy
 
+from ._manager import PluginManager
 from .analysis import Result, analyze
 from .analysis._engine import make_plan
 from .store import Store, StoreWriter
@@ -135,7 +135,7 @@ def assert_results_equal(r1: Result, r2: Result, **tol: float) -> None:
     assert_close(r1.to_dict(), r2.to_dict(), where=r1.analyzer, **tol)
 
 
-def _merged_result(name: str, store: Store, kwargs: dict[str, Any], pm: pluggy.PluginManager | None, parts: int) -> Result:
+def _merged_result(name: str, store: Store, kwargs: dict[str, Any], pm: PluginManager | None, parts: int) -> Result:
     """Split the work into 5-row units dealt round-robin to ``parts`` analyzers, merge their states, compute."""
     plan = make_plan(store, [name], plugin_manager=pm, **kwargs)
     workers = [plan.instances(pm) for _ in range(parts)]
@@ -162,7 +162,7 @@ def check_analyzer(
     store_path: str | os.PathLike,
     *,
     expected: Callable[[Store], dict[str, Any]] | None = None,
-    plugin_manager: pluggy.PluginManager | None = None,
+    plugin_manager: PluginManager | None = None,
     rtol: float = 1e-9,
     **kwargs: Any,
 ) -> Result:

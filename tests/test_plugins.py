@@ -299,3 +299,40 @@ def test_one_plugin_manager_per_call(tmp_path, monkeypatch):
         built.clear()
         call()
         assert len(built) == 1, len(built)
+
+
+def test_the_manager_owns_its_registries_built_once_and_rebuilt_when_plugins_change():
+    import types
+
+    from fragility._manager import manager
+    from fragility.analysis import Analyzer
+
+    calls = []
+
+    class Counter(Analyzer):
+        name = "counter"
+
+    def register(registrar):
+        calls.append(1)
+        registrar.add("counter", Counter)
+
+    pm = fragility.make_plugin_manager(autoload=False)
+    pm.register(types.SimpleNamespace(fragility_register_analyzers=fragility.hookimpl(register)), name="counting")
+    first = pm.analyzers()
+    assert pm.analyzers() is first and "counter" in first.analyzers and len(calls) == 1  # the hooks ran once
+    assert pm.report_sections() is pm.report_sections() and "fragile" in pm.report_sections().sections
+    pm.unregister(name="counting")
+    assert "counter" not in pm.analyzers().analyzers  # a plugin leaving rebuilds the registry
+    import pluggy
+
+    with pytest.raises(PluginError, match=r"plugin_manager=PluginManager was not built by fragility.make_plugin_manager\(\)"):
+        manager(pluggy.PluginManager("fragility"))
+
+
+def test_a_broken_plugin_is_reported_once_per_process(tmp_path, monkeypatch, capsys):
+    install_dist(tmp_path, monkeypatch, "fragility-broken-twice", "frag_broken_twice", "raise ImportError('needs bar')\n")
+    monkeypatch.delenv("FRAGILITY_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    managers = [fragility.make_plugin_manager() for _ in range(3)]
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and err.startswith("warning: plugin 'frag_broken_twice'")  # one line, not three
+    assert all("frag_broken_twice" in pm.broken for pm in managers)  # every manager still knows it is broken

@@ -6,9 +6,9 @@ import os
 from typing import Any
 
 import numpy as np
-import pluggy
 
 from .._fingerprint import incomparable as _incomparable
+from .._manager import PluginManager, manager
 from ..errors import AnalyzerError
 from ..store import Store
 from ._maths import overlap, rarefied_unique
@@ -26,7 +26,7 @@ def compare(
     train_split: str = "train",
     epoch: int | str = "last",
     labels: tuple[str, str] = ("A", "B"),
-    plugin_manager: pluggy.PluginManager | None = None,
+    plugin_manager: PluginManager | None = None,
     progress: bool = False,
     force_overlap: bool = False,
 ) -> Result:
@@ -45,10 +45,7 @@ def compare(
             with Store(store) as s:
                 metas.append(s.metadata)
     why = _incomparable(*metas)
-    if plugin_manager is None:  # one for both runs
-        from .._manager import make_plugin_manager
-
-        plugin_manager = make_plugin_manager()
+    plugin_manager = manager(plugin_manager)  # one for both runs
     runs = [
         analyze(
             store, ["topk", "magnitude"], split=[train_split, test_split], epoch=epoch, k=k, embedding=embedding,

@@ -8,55 +8,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pluggy
 
-from .._manager import Hooks
+from .._manager import PluginManager, manager
 from ..errors import AnalyzerError, FragilityError, PluginError, SelectionError, StoreError, close_matches
 from .._light import TRAIN_EVAL, _progress, sound_reference_split  # noqa: F401 - re-exported
 from ..store import ALL_COLUMNS, PassInfo, Store
 from . import _kernels
 from ._base import EMBEDDINGS, AnalysisSpec, Analyzer, Chunk, Group, check_memory
 from ._results import Result
+from ..registrars import AnalyzerRegistrar
 
 DEFAULT_ANALYZERS = ("topk", "magnitude", "diversity")
 
 
-class AnalyzerRegistrar:
-    """Collects analyzer registrations from ``fragility_register_analyzers`` and validates them."""
-
-    def __init__(self) -> None:
-        self.analyzers: dict[str, type[Analyzer]] = {}
-        self.descriptions: dict[str, str] = {}
-        #: analyzer name -> the plugin that registered it (its name in the plugin manager)
-        self.owners: dict[str, str] = {}
-        #: the plugin whose registration hook is running (set by the hook caller)
-        self.plugin: str | None = None
-
-    def add(self, name: str, cls: type[Analyzer], *, description: str | None = None) -> None:
-        """Register ``cls`` under ``name``.
-
-        Raises:
-            PluginError: the name is taken (names both owners) or ``cls`` is not an Analyzer.
-        """
-        owner = self.plugin or getattr(cls, "__module__", "?")
-        if not (isinstance(cls, type) and issubclass(cls, Analyzer)):
-            raise PluginError(f"{owner}: analyzer {name!r} must be a subclass of fragility.analysis.Analyzer, got {cls!r}")
-        if not name or not name.replace("_", "").replace("-", "").isalnum():
-            raise PluginError(f"{owner}: analyzer name {name!r} must be a non-empty identifier")
-        if name in self.analyzers:
-            raise PluginError(
-                f"analyzer {name!r} is registered twice: by {self.owners[name]} and by {owner}; rename one of them"
-            )
-        self.analyzers[name] = cls
-        self.owners[name] = owner
-        self.descriptions[name] = description or ((cls.__doc__ or "").strip().splitlines() or [""])[0]
-
-
-def registry(plugin_manager: pluggy.PluginManager | None = None) -> AnalyzerRegistrar:
+def registry(plugin_manager: PluginManager | None = None) -> AnalyzerRegistrar:
     """All analyzers the loaded plugins register."""
-    reg = AnalyzerRegistrar()
-    Hooks(plugin_manager).register_analyzers(reg)
-    return reg
+    return manager(plugin_manager).analyzers()
 
 
 def resolve_names(names: Sequence[str] | None, reg: AnalyzerRegistrar) -> list[str]:
@@ -275,7 +242,7 @@ class Plan:
         selected = {p.name for p in self.passes}
         return [p for p in self.reference if p.name not in selected]
 
-    def instances(self, plugin_manager: pluggy.PluginManager | None = None) -> list[Analyzer]:
+    def instances(self, plugin_manager: PluginManager | None = None) -> list[Analyzer]:
         reg = registry(plugin_manager)
         return [reg.analyzers[n](self.spec) for n in self.names]
 
@@ -466,7 +433,7 @@ def make_plan(
     chunk_rows: int = 16384,
     knn_k: int = 5,
     knn_max_rows: int = 10000,
-    plugin_manager: pluggy.PluginManager | None = None,
+    plugin_manager: PluginManager | None = None,
     options: dict[str, Any] | None = None,
     unit_rows: int = 262144,
     task_rows: int = 65536,
@@ -545,7 +512,7 @@ def analyze(
     *,
     progress: bool = False,
     verify: bool = False,
-    plugin_manager: pluggy.PluginManager | None = None,
+    plugin_manager: PluginManager | None = None,
     **options: Any,
 ) -> dict[str, Result]:
     """Run analyzers over a store in one read of each dataset they need.
@@ -582,10 +549,7 @@ def analyze(
     """
     own = not isinstance(store, Store)
     st = Store(store) if own else store
-    if plugin_manager is None:  # one per call: the plan and the analyzers come from the same registry
-        from .._manager import make_plugin_manager
-
-        plugin_manager = make_plugin_manager()
+    plugin_manager = manager(plugin_manager)  # one per call: the plan and the analyzers come from the same registry
     try:
         plan = make_plan(st, analyzers, plugin_manager=plugin_manager, **options)
         if verify and plan.damaged:

@@ -521,13 +521,8 @@ def cmd_plugins(args, out: Console, err: Console) -> int:
     from rich.table import Table as RichTable
 
     from .._manager import make_plugin_manager, plugin_table
-    from ..analysis import registry
 
-    pm = make_plugin_manager()
-    rows = plugin_table(pm)
-    reg = registry(pm)
-    for row in rows:
-        row["analyzers"] = sorted(n for n, owner in reg.owners.items() if owner == row["name"])
+    rows = plugin_table(make_plugin_manager())
     if args.json:
         _json_out("plugins", {"plugins": rows})
         return 0
