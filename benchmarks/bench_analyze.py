@@ -207,7 +207,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--store-dir", default=None, help="reuse/keep generated stores here")
     ap.add_argument("--chunk-rows", type=int, default=16384)
-    ap.add_argument("--pandas-rows", type=int, default=20000)
+    ap.add_argument("--pandas-rows", type=int, default=20000, help="rows of (c), the CSV + pandas comparison (0: skip it)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each analysis (fresh processes); the best counts, as for the read")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp()
@@ -225,8 +225,10 @@ def main() -> None:
                 generate(path, rows, args.dim, quantum=quantum, epochs=epochs)
                 print(f"generated {label} x {args.dim} float16 store in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
             bench_store(label, path, args.chunk_rows, args.repeat)
-        rng = np.random.default_rng(1)
         n = args.pandas_rows
+        if n <= 0:  # (c) not asked for
+            return
+        rng = np.random.default_rng(1)
         ce = np.maximum(rng.normal(size=(n, args.dim)), 0).astype(np.float32)
         y = rng.integers(0, 10, n)
         import pandas  # noqa: F401 - both sides start with their libraries imported

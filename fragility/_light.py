@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-#: loss name -> (what it is, whether the model uses LDAM's normalised head); :mod:`fragility.losses` builds them
+#: loss name -> (what it is, whether the model uses LDAM's normalised head); :mod:`fragility.paper.losses` builds them
 LOSSES = {
     "ce": ("cross-entropy", False),
     "focal": ("focal loss (gamma: --focal-gamma, default 2 as in the authors' code)", False),
@@ -38,7 +38,7 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
-#: the data sets :func:`fragility.datasets.load` reads
+#: the data sets :func:`fragility.paper.datasets.load` reads
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "svhn", "celeba")
 
 #: the split of an eval-mode sweep of the training set: the sound reference of training magnitudes

@@ -1,4 +1,4 @@
-"""Tap plugin for normalised (cosine) classifiers: :class:`fragility.models.NormedLinear`, LDAM-DRW's head.
+"""Tap plugin for normalised (cosine) classifiers: :class:`fragility.paper.models.NormedLinear`, LDAM-DRW's head.
 
 Its logits are ``scale · (x/‖x‖) @ (W/‖W‖_col)``: an affine map of the *normalised* input, with weight
 ``scale · (W/‖W‖_col)ᵀ`` and no bias. The Head records that FE and that weight, so the CE identity and the
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 @fragility.hookimpl
 def fragility_resolve_head(model: nn.Module, classifier: Any) -> Head | None:
-    models = sys.modules.get("fragility.models")  # a NormedLinear exists only once that module was imported
+    models = sys.modules.get("fragility.paper.models")  # a NormedLinear exists only once that module was imported
     if models is None:
         return None
     from fragility import Head, model_name

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fragility.datasets import exponential_counts, imbalance, load
+from fragility.paper.datasets import exponential_counts, imbalance, load
 from fragility.errors import DataError
 
 from .test_cli import _check_report, run

@@ -139,3 +139,38 @@ def test_type_hints_of_the_hook_specs_resolve():
 
     assert specs["fragility_resolve_head"]["model"] is torch.nn.Module
     assert specs["fragility_resolve_head"]["return"] == Head | None
+
+
+def test_every_imported_package_is_declared():
+    """Each third-party package the code imports is a dependency or an extra of pyproject.toml (an import in an
+    ``except ImportError:`` fallback is an alternative, not a requirement); nothing declared goes unused."""
+    import importlib.metadata
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=\[; ]", d, maxsplit=1)[0].lower().replace("_", "-")
+                for d in project["dependencies"] + [d for k, ds in project["optional-dependencies"].items() if k != "test" for d in ds]}
+    dists = importlib.metadata.packages_distributions()
+    used: dict[str, str] = {}
+    for n, (path, _) in modules().items():
+        if path.suffix != ".py":
+            continue
+        tree = ast.parse(path.read_text())
+        fallback = {id(i) for t in ast.walk(tree) if isinstance(t, ast.Try) for h in t.handlers for i in ast.walk(h)}
+        for node in ast.walk(tree):
+            if id(node) in fallback:
+                continue
+            if isinstance(node, ast.Import):
+                tops = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                tops = [node.module.split(".")[0]]
+            else:
+                continue
+            for top in tops:
+                if top not in sys.stdlib_module_names and top not in PACKAGES:
+                    used[dists[top][0].lower()] = n
+    assert {"torch", "h5py", "pillow", "scikit-learn", "scipy", "pandas", "lightning"} <= set(used)  # the walk sees them
+    assert set(used) - declared == set(), {d: used[d] for d in set(used) - declared}
+    # extras for what the caller brings: tensorboard (the Lightning logger imports it), dask (analyze_dask's client)
+    assert declared - set(used) - {"tensorboard", "dask"} == set()

@@ -14,10 +14,10 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from fragility import models
-from fragility.datasets import PEERS_CIFAR, imbalance, imbalanced_indices, load
+from fragility.paper import models
+from fragility.paper.datasets import PEERS_CIFAR, imbalance, imbalanced_indices, load
 from fragility.errors import DataError
-from fragility.reproduce import augment
+from fragility.paper.reproduce import augment
 
 
 def _write_cifar(root, name: str, per_class: int = 5000, test: int = 20, seed: int = 0) -> dict[str, np.ndarray]:

@@ -269,7 +269,7 @@ def test_a_100_class_report_stays_readable(tmp_path, monkeypatch):
 
     matplotlib.use("Agg")
     from fragility import report as report_mod
-    from fragility.datasets import exponential_counts
+    from fragility.paper.datasets import exponential_counts
     from fragility.testing import make_random_store
 
     counts = exponential_counts(60, 100, 30)

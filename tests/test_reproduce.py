@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 
 import fragility
-from fragility import models
-from fragility.datasets import exponential_counts, imbalance, imbalance_counts, load, step_counts
+from fragility.paper import models
+from fragility.paper.datasets import exponential_counts, imbalance, imbalance_counts, load, step_counts
 from fragility.errors import DataError
-from fragility.losses import FocalLoss, LDAMLoss, class_balanced_weights, lr_at, make_loss
-from fragility.reproduce import augment, recorded_epochs
+from fragility.paper.losses import FocalLoss, LDAMLoss, class_balanced_weights, lr_at, make_loss
+from fragility.paper.reproduce import augment, recorded_epochs
 from fragility.store import Store
 
 from .test_cli import _check_report
@@ -242,7 +242,7 @@ def test_schedule_is_ldam_drws_at_200_epochs():
     # LDAM-DRW: epoch+1 <= 5 -> lr*(epoch+1)/5; > 180 -> lr*1e-4; > 160 -> lr*1e-2
     assert [lr_at(e, 200, 0.1) for e in (0, 4, 5, 159, 160, 179, 180, 199)] == pytest.approx(
         [0.02, 0.1, 0.1, 0.1, 0.001, 0.001, 1e-5, 1e-5])
-    from fragility.losses import Recipe
+    from fragility.paper.losses import Recipe
 
     assert Recipe(200).drw_epoch == 160
     assert recorded_epochs(10, 4) == [3, 7, 9] and recorded_epochs(3, 20) == [2]
@@ -260,7 +260,7 @@ def _cli(*args, **kw):
 def test_checkpoint_selection_against_brute_force(tmp_path):
     """--select picks the recorded epoch with the best test accuracy / macro-F1 (first on ties) or the last,
     scored from the stored test sweeps; macro-F1 by hand: mean over the labels present of 2tp / (2tp + fp + fn)."""
-    from fragility.reproduce import select_epoch
+    from fragility.paper.reproduce import select_epoch
     from fragility.testing import make_random_store
 
     path = make_random_store(tmp_path / "s.fragility", counts=(30, 20, 10, 5), passes=[("test", e) for e in (0, 2, 4, 6, 8)] + [("train", 8)])
@@ -347,7 +347,7 @@ def test_grid_is_killed_resumed_and_reported(tmp_path):
     if left:
         assert any("recorded again" in n for n in res["topk"].notes)
     # a damaged summary of a finished configuration is refused in one line, naming the fix
-    from fragility.reproduce import _done_summary
+    from fragility.paper.reproduce import _done_summary
 
     (tmp_path / "bad.json").write_text('{"test_accuracy": "[red]x"}')
     with pytest.raises(DataError, match=r"bad.json is not a summary this command wrote .*; delete it"):

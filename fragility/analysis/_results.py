@@ -188,7 +188,7 @@ def to_frame(results: Result | dict[str, Result] | list[Result]):
     try:
         import pandas as pd
     except ImportError:
-        raise ImportError("to_frame() needs pandas (pip install pandas); Result.records() gives per-class rows as dicts") from None
+        raise ImportError("to_frame() needs pandas (pip install 'fragility[dataframe]'); Result.records() gives per-class rows as dicts") from None
     many = [results] if isinstance(results, Result) else list(results.values()) if isinstance(results, dict) else list(results)
     rows = [r for res in many for r in tidy_records(res)]
     frame = pd.DataFrame.from_records(rows, columns=list(TIDY_COLUMNS))

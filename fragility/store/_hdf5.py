@@ -188,7 +188,7 @@ def create(path: str) -> Iterator[h5py.File]:
 #
 # While HDF5's C code runs, h5py holds the GIL: no Python thread of this process can act on a deadline. A
 # watchdog must therefore live outside the process (the command line's runs in a helper process, see
-# fragility/cli/_bounds.py); here the operations it bounds are only marked.
+# fragility/_bounds.py); here the operations it bounds are only marked.
 
 _WATCHDOG: Any = None
 _DEPTH = threading.local()

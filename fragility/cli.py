@@ -13,9 +13,9 @@ from typing import Any
 
 from rich.console import Console
 
-from .._safe import markup
-from .._light import DATASET_NAMES as DATASETS, LOSSES
-from ..errors import output_dir
+from ._safe import markup
+from ._light import DATASET_NAMES as DATASETS, LOSSES
+from .errors import output_dir
 
 EXIT_ERROR = 2
 #: printed under `analyze`'s tables: what their labels mean
@@ -39,8 +39,8 @@ def _json_out(command: str, results: dict[str, Any]) -> None:
     """Every command's --json: one envelope, ``{"fragility_version", "schema_version", "command", "results"}``,
     ``results`` keyed by what produced each part (an analyzer's name, ``compare``, ``inspect``, …); the layout
     is ``fragility/schemas/output.schema.json``."""
-    from .. import __version__
-    from .._light import SCHEMA_VERSION, jsonable  # no torch: store commands stay light
+    from ._version import __version__
+    from ._light import SCHEMA_VERSION, jsonable  # no torch: store commands stay light
 
     doc = {"fragility_version": __version__, "schema_version": SCHEMA_VERSION, "command": command, "results": results}
     sys.stdout.write(json.dumps(jsonable(doc), indent=1, allow_nan=False) + "\n")
@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         "Results go to stdout, progress and errors to stderr; NO_COLOR disables colours.",
         formatter_class=_Formatter,
     )
-    from .. import __version__
+    from ._version import __version__
 
     p.add_argument("--version", action="version", version=f"fragility {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -304,7 +304,7 @@ def _epoch(value: str | None, default: str | None = None) -> int | str | range |
             return range(start or 0, stop if stop is not None else 2**62, step or 1)
         return int(value)
     except ValueError:
-        from ..errors import SelectionError
+        from .errors import SelectionError
 
         raise SelectionError(f"--epoch {value!r} must be an integer, 'last', 'all' or a range A:B or A:B:S (e.g. 0:200:20)") from None
 
@@ -315,7 +315,7 @@ def _epoch(value: str | None, default: str | None = None) -> int | str | range |
 def cmd_inspect(args, out: Console, err: Console) -> int:
     from rich.table import Table as RichTable
 
-    from ..store import Store
+    from .store import Store
 
     with Store(args.store) as s:
         counts = s.metadata.get("class_counts")
@@ -383,14 +383,14 @@ def cmd_inspect(args, out: Console, err: Console) -> int:
 
 def _writer(path: str) -> str:
     """``writing`` while a live process holds the store, else ``none`` / ``gone`` (see fragility.watch)."""
-    from ..watch import writer_state
+    from .watch import writer_state
 
     return writer_state(path)
 
 
 def cmd_verify(args, out: Console, err: Console) -> int:
-    from .._light import _progress
-    from ..store import Store
+    from ._light import _progress
+    from .store import Store
 
     with Store(args.store) as s:
         total = sum(p.rows for p in s.passes)
@@ -416,8 +416,8 @@ def cmd_verify(args, out: Console, err: Console) -> int:
 
 
 def cmd_repair(args, out: Console, err: Console) -> int:
-    from .._light import _progress
-    from ..store import Store, repair
+    from ._light import _progress
+    from .store import Store, repair
 
     with Store(args.store) as s:
         total = sum(p.rows for p in s.passes)
@@ -442,7 +442,7 @@ def cmd_repair(args, out: Console, err: Console) -> int:
 
 
 def cmd_analyze(args, out: Console, err: Console) -> int:
-    from ..analysis import analyze
+    from .analysis import analyze
 
     if args.out:
         output_dir(args.out)  # before the work, not after it
@@ -456,13 +456,13 @@ def cmd_analyze(args, out: Console, err: Console) -> int:
     if args.json:
         _json_out("analyze", {name: r.to_dict() for name, r in results.items()})
     else:
-        from ..analysis._results import condensed
+        from .analysis._results import condensed
 
         for r in results.values():
             out.print(condensed(r))
         out.print(GLOSSARY, style="dim", highlight=False)
     if args.out:
-        from ..report import build_report, run_label
+        from .report import build_report, run_label
 
         for r in results.values():
             r.save(os.path.join(args.out, "results"))
@@ -472,8 +472,8 @@ def cmd_analyze(args, out: Console, err: Console) -> int:
 
 
 def cmd_compare(args, out: Console, err: Console) -> int:
-    from ..analysis import compare
-    from ..report import run_label
+    from .analysis import compare
+    from .report import run_label
 
     if args.out:
         output_dir(args.out)
@@ -494,7 +494,7 @@ def cmd_compare(args, out: Console, err: Console) -> int:
 
 
 def cmd_report(args, out: Console, err: Console) -> int:
-    from ..report import build_report, run_label
+    from .report import build_report, run_label
 
     output_dir(args.out)
     stores = [args.store] + ([args.compare] if args.compare else [])
@@ -506,7 +506,7 @@ def cmd_report(args, out: Console, err: Console) -> int:
 
 
 def cmd_remedy(args, out: Console, err: Console) -> int:
-    from ..remedies import remedy
+    from .remedies import remedy
 
     r = remedy(args.store, args.remedies, tau=args.tau, epoch=args.epoch, seed=args.seed, k=args.k, out=args.out,
                progress=not args.json or err.is_terminal)
@@ -520,7 +520,7 @@ def cmd_remedy(args, out: Console, err: Console) -> int:
 def cmd_plugins(args, out: Console, err: Console) -> int:
     from rich.table import Table as RichTable
 
-    from .._manager import make_plugin_manager, plugin_table
+    from ._manager import make_plugin_manager, plugin_table
 
     rows = plugin_table(make_plugin_manager())
     if args.json:
@@ -537,7 +537,7 @@ def cmd_plugins(args, out: Console, err: Console) -> int:
 
 
 def cmd_demo(args, out: Console, err: Console) -> int:
-    from ..demo import run_demo
+    from .paper.demo import run_demo
 
     run_demo(data=args.data, root=args.root, model=args.model, epochs=args.epochs, imbalance_ratio=args.imbalance,
              seed=args.seed, out=args.out, k=args.k, stdout=out, stderr=err)
@@ -545,7 +545,7 @@ def cmd_demo(args, out: Console, err: Console) -> int:
 
 
 def cmd_reproduce(args, out: Console, err: Console) -> int:
-    from ..reproduce import FULL, QUICK, run_checkpoints, run_reproduce
+    from .paper.reproduce import FULL, QUICK, run_checkpoints, run_reproduce
 
     base = QUICK if args.quick else FULL
 
@@ -571,10 +571,10 @@ def cmd_reproduce(args, out: Console, err: Console) -> int:
 def cmd_watch(args, out: Console, err: Console) -> int:
     import time
 
-    from ..watch import Watcher, render
+    from .watch import Watcher, render
 
     if args.interval <= 0:
-        from ..errors import SelectionError
+        from .errors import SelectionError
 
         raise SelectionError(f"--interval {args.interval} must be a positive number of seconds")
     watcher = Watcher(args.store, k=args.k)
@@ -596,7 +596,7 @@ def cmd_watch(args, out: Console, err: Console) -> int:
                 out.file.flush()
             if (args.count is not None and n >= args.count) or (args.until_idle and snap.writer != "writing"):
                 if snap.error:  # the store never became readable: an error after all
-                    from ..errors import StoreError
+                    from .errors import StoreError
 
                     raise StoreError(snap.error)
                 return 0
@@ -614,7 +614,7 @@ COMMANDS = {"demo": cmd_demo, "reproduce": cmd_reproduce, "inspect": cmd_inspect
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fragility`` command."""
-    from ..errors import FragilityError
+    from .errors import FragilityError
 
     parser = _parser()
     args = parser.parse_args(argv)

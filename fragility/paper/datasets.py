@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._light import DATASET_NAMES
-from .errors import DataError
+from .._light import DATASET_NAMES
+from ..errors import DataError
 
 __all__ = [
     "DATASETS", "HALF", "PEERS_CIFAR", "PROFILES", "ImageData", "exponential_counts", "imbalance", "imbalance_counts",

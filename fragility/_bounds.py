@@ -26,8 +26,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..errors import SelectionError
-from ..store import _hdf5
+from .errors import SelectionError
+from .store import _hdf5
 
 #: seconds one operation on a store's files may take before the command is ended (FRAGILITY_IO_TIMEOUT)
 DEFAULT_IO_TIMEOUT = 60.0

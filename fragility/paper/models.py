@@ -1,6 +1,6 @@
 """The CIFAR ResNets of the paper and its follow-ups (He et al. 2016, §4.2), registered as timm models.
 
-``import fragility.models`` (``fragility reproduce`` does it) registers ``cifar_resnet20``, ``32``, ``44``,
+``import fragility.paper.models`` (``fragility reproduce`` does it) registers ``cifar_resnet20``, ``32``, ``44``,
 ``56`` and ``110``: three stages of basic blocks with 16/32/64 channels, parameter-free "option A"
 shortcuts (stride-2 subsampling, zero-padded channels), global average pooling and a 64-d FE into the final
 layer ``linear``. The module layout — ``conv1``, ``bn1``, ``layer1..3``, ``linear`` — is the one of the
@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import DataError
-from .taps import AffineMap, model_name
+from ..errors import DataError
+from ..taps import AffineMap, model_name
 
 __all__ = ["CifarResNet", "NormedLinear", "NormedLinearMap", "load_checkpoint", "read_checkpoint", "DEPTHS"]
 
@@ -162,7 +162,7 @@ def _register() -> None:
             if pretrained:
                 raise DataError(
                     f"cifar_resnet{depth} has no downloadable weights; create it with pretrained=False and load a "
-                    f"checkpoint with fragility.models.load_checkpoint(model, path)"
+                    f"checkpoint with fragility.paper.models.load_checkpoint(model, path)"
                 )
             for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
                 kwargs.pop(key, None)

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._light import LOSSES  # the names live where the command line reads them without torch
-from .errors import DataError
+from .._light import LOSSES  # the names live where the command line reads them without torch
+from ..errors import DataError
 
 __all__ = ["LOSSES", "FocalLoss", "LDAMLoss", "Recipe", "class_balanced_weights", "lr_at", "make_loss"]
 
@@ -57,7 +57,7 @@ def make_loss(name: str, counts: Sequence[int], epoch: int, drw_epoch: int, foca
     """The loss ``name`` for ``epoch`` (DRW switches the class-balanced weights on at ``drw_epoch``; the focal
     loss uses ``focal_gamma``)."""
     if name not in LOSSES:
-        from .errors import close_matches
+        from ..errors import close_matches
 
         raise DataError(f"loss {name!r} is unknown{close_matches(name, list(LOSSES))}; use {', '.join(LOSSES)}")
     drw = class_balanced_weights(counts) if epoch >= drw_epoch else None

@@ -16,13 +16,13 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from ._fingerprint import incomparable
-from .analysis import Result, Table, analyze, compare_results, last_group
+from .._fingerprint import incomparable
+from ..analysis import Result, Table, analyze, compare_results, last_group
 from .datasets import ImageData, imbalance, load
-from ._safe import markup
-from .errors import DataError, close_matches, output_dir
-from .recorder import Recorder
-from .store import Store
+from .._safe import markup
+from ..errors import DataError, close_matches, output_dir
+from ..recorder import Recorder
+from ..store import Store
 
 
 class _PlainProgress:
@@ -261,12 +261,12 @@ def run_demo(
     cmp = compare_results(results[labels[0]], results[labels[1]], labels=labels, incomparable=why)  # no second read
     table = findings(results, labels)
     stdout.print(table)
-    from .remedies import remedy
+    from ..remedies import remedy
 
     stderr.print(f"trying remedies on the {labels[0]} run …")
     remedies = remedy_table(remedy(runs[labels[0]]["store"], DEMO_REMEDIES, tau=1.0, k=k, progress=True), results[labels[1]], labels)
     stdout.print(remedies)
-    from .report import build_report
+    from ..report import build_report
 
     stderr.print("writing report …")
     index = build_report([runs[lab]["store"] for lab in labels], out, labels=list(labels), results=results, comparison=cmp,

@@ -18,14 +18,14 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from ._safe import markup
-from ._fingerprint import incomparable
-from .analysis import Result, Table, analyze, compare_results, last_group
-from .analysis._engine import TRAIN_EVAL
+from .._safe import markup
+from .._fingerprint import incomparable
+from ..analysis import Result, Table, analyze, compare_results, last_group
+from .._light import TRAIN_EVAL
 from .datasets import DATASETS, ImageData, imbalance, load
-from .errors import DataError, close_matches, output_dir
+from ..errors import DataError, close_matches, output_dir
 from .losses import LOSSES, Recipe
-from .recorder import Recorder
+from ..recorder import Recorder
 
 BALANCED = "balanced"
 #: per data set: whether a horizontal flip is a valid augmentation (digits and house numbers: no)
@@ -86,7 +86,7 @@ def select_epoch(store: str, how: str) -> tuple[int, list[dict[str, float]]]:
     import numpy as np
     from sklearn.metrics import f1_score
 
-    from .store import Store
+    from ..store import Store
 
     scores = []
     with Store(store) as s:
@@ -284,7 +284,7 @@ def _done_summary(path: str) -> dict[str, Any]:
 
 
 def _passes_after(store: str, epoch: int) -> list[str]:
-    from .store import Store
+    from ..store import Store
 
     try:
         with Store(store) as s:
@@ -524,8 +524,8 @@ def _analyse_and_report(grid: Grid, configs: list[str], chosen: dict[str, dict[s
                         stdout: Console, stderr: Console) -> tuple[dict[str, dict[str, Result]], Table, str]:
     """Analyse each store up to its kept epoch (magnitudes against that epoch's eval sweep of the training
     set), print the grid table, write the report; returns the results, the table and the report's path."""
-    from .report import build_report
-    from .store import Store
+    from ..report import build_report
+    from ..store import Store
 
     results = {}
     for cfg in configs:
