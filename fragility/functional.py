@@ -15,6 +15,11 @@ Example (a per-class count of each feature's presence in the rows' own top-K, as
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .analysis import _kernels
 from .analysis._kernels import diversity_sums as moment_sums
 from .analysis._kernels import row_means as class_row_means
 from .analysis._kernels import topk_update as fused_topk
@@ -43,10 +48,36 @@ from .analysis._maths import (
     wilson,
 )
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .analysis._base import Chunk
+
+
+def chunk_topk_mask(chunk: Chunk) -> np.ndarray:
+    """Each row's top-K features of ``chunk.v`` (K = ``chunk.spec.k``; :func:`topk_mask`), computed once per chunk
+    and shared by every analyzer that asks."""
+    return chunk.cached("topk_mask", lambda: topk_mask(chunk.v, chunk.spec.k))
+
+
+def chunk_topk_sums(chunk: Chunk, bias: np.ndarray | None = None) -> dict[str, np.ndarray] | None:
+    """The fused kernel's sums over a chunk (:func:`fused_topk`): per-class top-K counts and class sums of the
+    analysed embedding and, given each row's ``bias``, the minimal sufficient sets; computed once per chunk and
+    shared by the analyzers (a call without ``bias`` reuses a call with it). ``None`` where the exact numpy
+    functions must run instead."""
+    emb, C, k = chunk[chunk.spec.embedding], chunk.spec.num_classes, chunk.spec.k
+    if bias is None:
+        if chunk.is_cached("fused+mscs"):
+            return chunk.cached("fused+mscs", lambda: None)
+        return chunk.cached("fused", lambda: _kernels.topk_update(emb, None, chunk.labels, chunk.correct, k, C))
+    return chunk.cached("fused+mscs", lambda: _kernels.topk_update(emb, chunk["ce_pred"], chunk.labels, chunk.correct, k, C,
+                                                        chunk["logits"], chunk["pred"], bias))
+
+
 __all__ = [
     "as_float32",
     "bootstrap_mean_cosine",
     "bootstrap_mean_ratio",
+    "chunk_topk_mask",
+    "chunk_topk_sums",
     "class_row_means",
     "class_sums",
     "class_topk",

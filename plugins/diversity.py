@@ -9,6 +9,8 @@ import fragility
 from fragility.analysis import Analyzer, Chunk, Result, Table, check_memory
 from fragility.errors import AnalyzerError
 from fragility.functional import (
+    chunk_topk_mask,
+    chunk_topk_sums,
     moment_sums,
     class_sums,
     instance_counts,
@@ -77,8 +79,8 @@ class Diversity(Analyzer):
         C, g = self.spec.num_classes, chunk.group
         y = chunk.labels
         self.accumulate(g, "n", np.bincount(y, minlength=C))
-        fast = chunk.fused()  # topk's kernel results for this chunk when it ran, else computed here
-        self.accumulate(g, "count", fast["count"] if fast is not None else instance_counts(y, chunk.topk_mask(), C))
+        fast = chunk_topk_sums(chunk)  # topk's kernel results for this chunk when it ran, else computed here
+        self.accumulate(g, "count", fast["count"] if fast is not None else instance_counts(y, chunk_topk_mask(chunk), C))
         sums = moment_sums(chunk["fe"], y, C) or self._sums(chunk["fe"], y)
         for key, value in sums.items():
             self.accumulate(g, key, value)

@@ -7,7 +7,16 @@ import numpy as np
 
 import fragility
 from fragility.analysis import Analyzer, Chunk, Result, Table
-from fragility.functional import bootstrap_mean_ratio, class_row_means, class_sums, class_topk, overlap, resample_means, wilson
+from fragility.functional import (
+    bootstrap_mean_ratio,
+    chunk_topk_sums,
+    class_row_means,
+    class_sums,
+    class_topk,
+    overlap,
+    resample_means,
+    wilson,
+)
 
 
 def row_magnitudes(v: np.ndarray, labels: np.ndarray, identity: np.ndarray) -> np.ndarray:
@@ -63,7 +72,7 @@ class Magnitude(Analyzer):
         self.accumulate(g, "label", chunk.labels)
         self.accumulate(g, "correct", chunk.correct)
         self.accumulate(g, "m", self._magnitudes(chunk))
-        fast = chunk.fused()  # topk's kernel sums of this chunk (exact), when it ran
+        fast = chunk_topk_sums(chunk)  # topk's kernel sums of this chunk (exact), when it ran
         self.accumulate(g, "sum", fast["sum_correct"] + fast["sum_incorrect"] if fast is not None
                         else class_sums(chunk.labels, chunk[self.spec.embedding], C))
         self.accumulate(g, "n", np.bincount(chunk.labels, minlength=C))

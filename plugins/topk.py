@@ -7,7 +7,19 @@ import numpy as np
 
 import fragility
 from fragility.analysis import Analyzer, Chunk, Result, Table
-from fragility.functional import class_sums, class_topk, instance_counts, jaccard, minimal_sets, overlap, rarefied_unique, rarefy_size, wilson
+from fragility.functional import (
+    chunk_topk_mask,
+    chunk_topk_sums,
+    class_sums,
+    class_topk,
+    instance_counts,
+    jaccard,
+    minimal_sets,
+    overlap,
+    rarefied_unique,
+    rarefy_size,
+    wilson,
+)
 
 
 class TopK(Analyzer):
@@ -36,14 +48,14 @@ class TopK(Analyzer):
         self.accumulate(g, "n_correct", np.bincount(y[ok], minlength=C))
         bias = self.spec.group(g).bias_pred(chunk)
         mscs = bias is not None and self.spec.options.get("minimal_sets", True)  # options={"minimal_sets": False} skips them
-        fast = chunk.fused(bias if mscs else None)  # the fused kernel, where it is exact; else numpy below
+        fast = chunk_topk_sums(chunk, bias if mscs else None)  # the fused kernel, where it is exact; else numpy below
         if fast is not None:
             for key in ("sum_correct", "sum_incorrect", "count"):
                 self.accumulate(g, key, fast[key])
         else:
             self.accumulate(g, "sum_correct", class_sums(y[ok], chunk.v[ok], C))
             self.accumulate(g, "sum_incorrect", class_sums(y[~ok], chunk.v[~ok], C))
-            self.accumulate(g, "count", instance_counts(y, chunk.topk_mask(), C))
+            self.accumulate(g, "count", instance_counts(y, chunk_topk_mask(chunk), C))
         if mscs:
             if fast is not None and "mscs_count" in fast:
                 self.accumulate(g, "mscs_count", fast["mscs_count"])

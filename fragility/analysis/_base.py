@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import AnalyzerError
-from ._maths import as_float32, topk_mask
+from ._maths import as_float32
 from ._results import Result
 
 EMBEDDINGS = {"ce": "ce_pred", "ce_pred": "ce_pred", "ce_target": "ce_target", "fe": "fe"}
@@ -90,7 +90,9 @@ class AnalysisSpec:
 
 
 class Chunk:
-    """A block of rows of one group, with lazily computed quantities shared by all analyzers.
+    """A block of rows of one group, with lazily computed quantities shared by all analyzers (``cached``;
+    :func:`fragility.functional.chunk_topk_mask` and :func:`~fragility.functional.chunk_topk_sums` share
+    the top-K work of a chunk through it).
 
     Attributes:
         group: the group's name (``"test@2"``).
@@ -111,7 +113,12 @@ class Chunk:
     def __getitem__(self, column: str) -> np.ndarray:
         return self.rows[column]
 
+    def is_cached(self, key: str) -> bool:
+        """Whether :meth:`cached` already holds a value under ``key``."""
+        return key in self._cache
+
     def cached(self, key: str, fn: Callable[[], Any]) -> Any:
+        """The value under ``key``, computed by ``fn()`` on the first call for this chunk."""
         if key not in self._cache:
             self._cache[key] = fn()
         return self._cache[key]
@@ -128,24 +135,6 @@ class Chunk:
     def v(self) -> np.ndarray:
         """The analysed embedding as float32."""
         return self.cached("v", lambda: as_float32(self.rows[self.spec.embedding]))
-
-    def topk_mask(self) -> np.ndarray:
-        """Each row's top-K features of ``v`` (shared by every analyzer that needs it)."""
-        return self.cached("topk_mask", lambda: topk_mask(self.v, self.spec.k))
-
-    def fused(self, bias: np.ndarray | None = None) -> dict[str, np.ndarray] | None:
-        """The fused kernel's per-chunk sums (:func:`._kernels.topk_update`): top-K counts and class sums of
-        ``v`` and, given each row's ``bias``, the minimal sufficient sets; ``None`` where the exact numpy
-        path must run instead. Computed once per chunk and shared by the analyzers."""
-        from ._kernels import topk_update
-
-        emb, C, k = self.rows[self.spec.embedding], self.spec.num_classes, self.spec.k
-        if bias is None:
-            if "fused+mscs" in self._cache:
-                return self._cache["fused+mscs"]
-            return self.cached("fused", lambda: topk_update(emb, None, self.labels, self.correct, k, C))
-        return self.cached("fused+mscs", lambda: topk_update(emb, self.rows["ce_pred"], self.labels, self.correct, k, C,
-                                                            self.rows["logits"], self.rows["pred"], bias))
 
     def subset(self, mask: np.ndarray) -> Chunk:
         return Chunk(self.group, {k: v[mask] for k, v in self.rows.items()}, self.keys[mask], self.spec)
