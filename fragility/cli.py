@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  fragility demo\n  fragility demo --epochs 20 --imbalance 50 --out demo-report\n"
         "  fragility demo --data cifar10 --root ~/data --model resnet18 --epochs 30",
     )
-    d.add_argument("--data", default="digits", choices=list(DATASETS), help="data set (default: digits, bundled)")
+    d.add_argument("--data", dest="dataset", default="digits", choices=list(DATASETS), help="data set (default: digits, bundled)")
     d.add_argument("--root", default=None, help="folder with a local CIFAR-10/100, SVHN or CelebA copy in torchvision's layout")
     d.add_argument("--model", default="resnet10t", help="any timm model name (default: resnet10t)")
     d.add_argument("--epochs", type=int, default=10, help="training epochs per run (default: 10)")
@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quick", action="store_true",
                    help="the same grid on the bundled digits with a small budget (imbalance 20, 20 epochs, batch 64, recorded every 5; "
                    "under 10 minutes on a 2-core CPU); other options still override")
-    r.add_argument("--data", choices=list(DATASETS), default=None, help="data set (default: cifar10; digits with --quick)")
+    r.add_argument("--data", dest="dataset", choices=list(DATASETS), default=None, help="data set (default: cifar10; digits with --quick)")
     r.add_argument("--root", default=None, help="folder with the data set in torchvision's on-disk layout (never downloaded)")
     r.add_argument("--imbalance", type=float, default=None, help="largest/smallest class ratio (default: 100; 20 with --quick)")
     r.add_argument("--profile", choices=["exp", "step"], default="exp", help="imbalance profile (default: exp)")
@@ -539,7 +539,7 @@ def cmd_plugins(args, out: Console, err: Console) -> int:
 def cmd_demo(args, out: Console, err: Console) -> int:
     from .paper.demo import run_demo
 
-    run_demo(data=args.data, root=args.root, model=args.model, epochs=args.epochs, imbalance_ratio=args.imbalance,
+    run_demo(data=args.dataset, root=args.root, model=args.model, epochs=args.epochs, imbalance_ratio=args.imbalance,
              seed=args.seed, out=args.out, k=args.k, stdout=out, stderr=err)
     return 0
 
@@ -553,13 +553,13 @@ def cmd_reproduce(args, out: Console, err: Console) -> int:
         return base[name] if arg is None else arg
 
     if args.checkpoints is not None:
-        run_checkpoints(args.checkpoints, data=pick("data", args.data), root=args.root, imbalance_ratio=pick("imbalance", args.imbalance),
+        run_checkpoints(args.checkpoints, data=pick("data", args.dataset), root=args.root, imbalance_ratio=pick("imbalance", args.imbalance),
                         profile=args.profile, model=pick("model", args.model), seed=args.seed, device=args.device, k=args.k,
                         out=args.out, stdout=out, stderr=err)
         return 0
 
     run_reproduce(
-        data=pick("data", args.data), root=args.root, imbalance_ratio=pick("imbalance", args.imbalance), profile=args.profile,
+        data=pick("data", args.dataset), root=args.root, imbalance_ratio=pick("imbalance", args.imbalance), profile=args.profile,
         losses=[s.strip() for s in args.losses.split(",") if s.strip()], balanced=not args.no_balanced,
         epochs=pick("epochs", args.epochs), model=pick("model", args.model), record_every=pick("record_every", args.record_every),
         batch_size=pick("batch_size", args.batch_size), lr=args.lr, focal_gamma=args.focal_gamma, drw_epoch=args.drw_epoch,

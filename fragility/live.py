@@ -79,6 +79,7 @@ class LiveMetrics:
         if pass_info.get("mode") != "eval" or not pass_info.get("rows"):
             return
         from .analysis import analyze
+        from .analysis.records import diversity_records, magnitude_records, topk_records
 
         store = self._open(pass_info["store"])
         # the reference: the newest eval sweep of the training split when recorded, else the training pass
@@ -99,16 +100,16 @@ class LiveMetrics:
         tg, rg = f"{this.split}@{this.epoch}", f"{train.split}@{train.epoch}"
         step = int(this.epoch)
         self.last = {}
-        top, div = res["topk"].data["groups"], res["diversity"].data["groups"]
-        mag = res["magnitude"].data["groups"].get(tg)
+        top, div = topk_records(res["topk"]).groups, diversity_records(res["diversity"]).groups
+        mag = magnitude_records(res["magnitude"]).groups.get(tg)
         for c, name in enumerate(names):
-            self._emit(f"fragility/{this.split}/accuracy/{name}", top[tg]["classes"][c]["accuracy"], step)
-            if top[rg]["classes"][c]["n"]:
-                self._emit(f"fragility/train/unique_topk/{name}", top[rg]["classes"][c]["unique"], step)
-                self._emit(f"fragility/train/participation_ratio/{name}", div[rg]["classes"][c]["participation_ratio"], step)
+            self._emit(f"fragility/{this.split}/accuracy/{name}", top[tg].classes[c].accuracy, step)
+            if top[rg].classes[c].n:
+                self._emit(f"fragility/train/unique_topk/{name}", top[rg].classes[c].unique, step)
+                self._emit(f"fragility/train/participation_ratio/{name}", div[rg].classes[c].participation_ratio, step)
             if mag is not None:
-                self._emit(f"fragility/{this.split}/magnitude_ratio/{name}", mag["classes"][c]["ratio_correct"], step)
-                self._emit(f"fragility/{this.split}/share_below_train_p5/{name}", mag["classes"][c]["share_below_p5"], step)
+                self._emit(f"fragility/{this.split}/magnitude_ratio/{name}", mag.classes[c].ratio_correct, step)
+                self._emit(f"fragility/{this.split}/share_below_train_p5/{name}", mag.classes[c].share_below_p5, step)
         if self._writer is not None:
             if getattr(self, "_layout_changed", False):
                 self._write_layout()

@@ -25,6 +25,7 @@ selection on the test set). Seeds are given; results are identical run to run on
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -39,6 +40,7 @@ from ._light import TRAIN_EVAL, _progress
 from .analysis import Result, Table, analyze, check_memory
 from .analysis._results import _fmt
 from .analysis._maths import as_float32, nearest_rows
+from .analysis.records import build, magnitude_records, topk_records
 from .errors import FragilityError, OutputError, SelectionError, close_matches, output_dir
 from .store import PassInfo, Store
 from .store._reader import row_filter
@@ -554,9 +556,10 @@ QUANTITIES = (("topk", "accuracy", "acc"), ("topk", "unique", "unique"), ("topk"
 
 
 def _per_class(results: dict[str, Result], group: str) -> list[dict[str, Any]]:
-    t, m = results["topk"].data["groups"][group]["classes"], results["magnitude"].data["groups"][group]["classes"]
-    return [{**{k: t[c].get(k) for k in ("class", "n", "accuracy", "accuracy_ci", "unique", "unique_rarefied")},
-             **{k: m[c].get(k) for k in ("ratio_correct", "share_below_p5", "share_below_p5_ci")}} for c in range(len(t))]
+    t, m = topk_records(results["topk"]).groups[group].classes, magnitude_records(results["magnitude"]).groups[group].classes
+    return [{"class": a.name, "n": a.n, "accuracy": a.accuracy, "accuracy_ci": a.accuracy_ci, "unique": a.unique,
+             "unique_rarefied": a.unique_rarefied, "ratio_correct": b.ratio_correct, "share_below_p5": b.share_below_p5,
+             "share_below_p5_ci": b.share_below_p5_ci} for a, b in zip(t, m)]
 
 
 def _separate(a: Sequence[float] | None, b: Sequence[float] | None) -> bool:
@@ -734,6 +737,61 @@ def _remedy(st, names, tau, epoch, seed, k, out, device, progress) -> Result:
     return result
 
 
+@dataclass(frozen=True)
+class RemedyClass:
+    """One class, before → after a remedy: each quantity is a ``[recorded head, remedied head]`` pair."""
+
+    name: str = field(metadata={"key": "class"})
+    n_train: int
+    n: int
+    accuracy: list
+    unique: list
+    unique_rarefied: list
+    ratio_correct: list
+    share_below_p5: list
+    accuracy_ci: list
+    share_below_p5_ci: list
+    accuracy_changed: bool
+
+
+@dataclass(frozen=True)
+class RemedySummary:
+    """Test accuracy of a head: over all rows, balanced (mean over classes) and over the tail third of the classes."""
+
+    accuracy: float
+    balanced_accuracy: float
+    tail_accuracy: float
+
+
+@dataclass(frozen=True)
+class RemedyOutcome:
+    """What one remedy changed: its options, the saved head, the summary and the classes."""
+
+    options: dict
+    head: str
+    reused: bool
+    summary: RemedySummary
+    classes: list[RemedyClass]
+
+
+@dataclass(frozen=True)
+class RemedyRecords:
+    """The result of :func:`remedy` as records."""
+
+    store: str
+    epoch: int
+    test_rows: int
+    train_counts: list
+    tuning: Any
+    remedies: dict[str, RemedyOutcome]
+    recorded: RemedySummary | None
+
+
+def remedy_records(result: Result) -> RemedyRecords:
+    """The result of :func:`remedy` (or its ``remedy.json``, loaded) as records."""
+    return build(RemedyRecords, result.data)
+
+
 def _pair(a: Any, b: Any) -> str:
     return f"{_fmt(a)} → {_fmt(b)}"
 
@@ -753,10 +811,11 @@ def _opt_text(opts: dict[str, Any]) -> str:
     return ", ".join(bits)
 
 
-def saved_results(store: Store) -> dict[str, Any] | None:
-    """The ``data`` of the ``remedy.json`` saved next to a store by :func:`remedy` with the default folder, if it
+def saved_results(store: Store) -> RemedyRecords | None:
+    """The records of the ``remedy.json`` saved next to a store by :func:`remedy` with the default folder, if it
     still describes the store's sweeps (same fingerprint); ``None`` otherwise. The file is untrusted input: it
-    is bounded in size, and only remedies of :data:`REMEDIES` whose entries have the expected shape are kept."""
+    is bounded in size, and only remedies of :data:`REMEDIES` whose entries have the expected shape are kept
+    (the values inside are still checked by whoever shows them)."""
     path = os.path.join(os.path.normpath(store.path) + SUFFIX, "remedy.json")
     try:
         if not os.path.isfile(path) or os.path.islink(path) or os.path.getsize(path) > 64 << 20:
@@ -774,7 +833,19 @@ def saved_results(store: Store) -> dict[str, Any] | None:
             if name in REMEDIES and entry["options"]["fingerprint"] == fp and isinstance(entry["classes"], list) \
                     and len(entry["classes"]) == C and all(isinstance(c, dict) for c in entry["classes"]):
                 kept[name] = entry
+        outcomes = {}
+        for name, entry in kept.items():  # an entry that is not a remedy's record (a key missing) is left out
+            try:
+                outcomes[name] = build(RemedyOutcome, entry)
+            except (KeyError, TypeError, AttributeError):
+                continue
+        if not outcomes:
+            return None
+        try:
+            recorded = build(RemedySummary, data["recorded"])
+        except (KeyError, TypeError, AttributeError):
+            recorded = None
+        return dataclasses.replace(build(RemedyRecords, {**data, "remedies": {}, "recorded": None}), remedies=outcomes, recorded=recorded)
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError, FragilityError):
         return None
-    return {**data, "remedies": kept} if kept else None
 

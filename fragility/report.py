@@ -19,7 +19,7 @@ from typing import Any
 from ._manager import PluginManager, manager
 from .registrars import ReportContext, ReportSectionRegistrar
 from ._fingerprint import incomparable
-from .analysis import Result, Table, analyze, compare_results, jsonable, last_group
+from .analysis import Result, Table, analyze, compare_results, jsonable
 from .analysis._engine import TRAIN_EVAL
 from .errors import OutputError, PluginError, output_dir
 from .store import Store
@@ -137,7 +137,7 @@ def build_report(
                                        knn_max_rows=knn_max_rows, epoch=epoch)
         if comparison is None and len(labels) == 2 and all({"topk", "magnitude"} <= set(results[lab]) for lab in labels):
             # the training side: the training passes, or (stores of published checkpoints) the eval sweeps of the training set
-            train = next((s for s in ("train", TRAIN_EVAL) if all(last_group(results[lab]["topk"].data, s) for lab in labels)), None)
+            train = next((s for s in ("train", TRAIN_EVAL) if all(results[lab]["topk"].group_names(s) for lab in labels)), None)
             if train is not None:
                 comparison = compare_results(results[labels[0]], results[labels[1]], labels=(labels[0], labels[1]), train_split=train,
                                              incomparable=incomparable(opened[labels[0]].metadata, opened[labels[1]].metadata))

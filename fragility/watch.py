@@ -156,27 +156,30 @@ class Watcher:
         if key == self._metrics_key:
             return self._metrics
         from .analysis import analyze
+        from .analysis.records import magnitude_records, topk_records
 
         k = min(self.k, s.feature_dim)
         res = analyze(s, ["topk", "magnitude"], passes=[train.name, test.name], k=k, reference_split=train.split,
                       reference_epoch=train.epoch)
         provisional = train.mode == "train"
         tg = f"{test.split}@{test.epoch}"
-        top = res["topk"].data["groups"]
-        mag = res["magnitude"].data["groups"].get(tg, {"classes": []})["classes"]
-        test_classes = top[tg]["classes"]
-        n_all = sum(c["n"] for c in test_classes)
-        overall = sum((c["accuracy"] or 0) * c["n"] for c in test_classes) / n_all if n_all else None
+        top = topk_records(res["topk"]).groups
+        found = magnitude_records(res["magnitude"]).groups.get(tg)
+        mag = found.classes if found is not None else []
+        test_classes = top[tg].classes
+        n_all = sum(c.n for c in test_classes)
+        overall = sum((c.accuracy or 0) * c.n for c in test_classes) / n_all if n_all else None
+        train_classes = top[f"{train.split}@{train.epoch}"].classes
         classes = []
         for c, entry in enumerate(test_classes):
-            m = mag[c] if c < len(mag) else {}
-            share, share_ci = m.get("share_below_p5"), m.get("share_below_p5_ci")
-            acc, acc_ci = entry["accuracy"], entry.get("accuracy_ci")
+            m = mag[c] if c < len(mag) else None
+            share, share_ci = (m.share_below_p5, m.share_below_p5_ci) if m is not None else (None, None)
+            acc, acc_ci = entry.accuracy, entry.accuracy_ci
             fragile = is_fragile(share, share_ci, acc, acc_ci, overall)
             classes.append({
-                "class": entry["class"], "n_train": top[f"{train.split}@{train.epoch}"]["classes"][c]["n"], "n_test": entry["n"],
-                "accuracy": acc, "unique_train": top[f"{train.split}@{train.epoch}"]["classes"][c]["unique"],
-                "ratio_correct": m.get("ratio_correct"), "share_below_p5": share, "fragile": fragile,
+                "class": entry.name, "n_train": train_classes[c].n, "n_test": entry.n,
+                "accuracy": acc, "unique_train": train_classes[c].unique,
+                "ratio_correct": m.ratio_correct if m is not None else None, "share_below_p5": share, "fragile": fragile,
             })
         self._metrics_key = key
         self._metrics = {"train": f"{train.split}@{train.epoch}", "test": tg, "k": k, "accuracy": overall, "classes": classes,

@@ -10,13 +10,22 @@ mean of the run's largest and smallest non-empty class, and the largest is at le
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal, TypeVar, overload
 
 import numpy as np
 
 import fragility
-from fragility.analysis import last_group
+from fragility.analysis.records import (
+    DiversityRecords,
+    Grouped,
+    MagnitudeRecords,
+    TopkRecords,
+    diversity_records,
+    magnitude_records,
+    topk_records,
+)
+from fragility.registrars import ReportContext
 from fragility.functional import wilson
 
 
@@ -33,14 +42,26 @@ class _LazyPyplot:
 
 
 plt = _LazyPyplot()
+G = TypeVar("G")
 
 RUN_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#8172b3", "#937860", "#da8bc3")
 MINORITY_SHADE = "#f6e3cf"
 NOT_SHARED = "#d9d9d9"
 
 
-def _runs(ctx, analyzer: str):
-    return [(lab, ctx.results[lab][analyzer].data) for lab in ctx.labels if analyzer in ctx.results[lab]]
+#: the built-in analyzers' records (fragility.analysis.records): what the sections read
+RECORDS = {"topk": topk_records, "magnitude": magnitude_records, "diversity": diversity_records}
+
+
+@overload
+def _runs(ctx: ReportContext, analyzer: Literal["topk"]) -> list[tuple[str, TopkRecords]]: ...
+@overload
+def _runs(ctx: ReportContext, analyzer: Literal["magnitude"]) -> list[tuple[str, MagnitudeRecords]]: ...
+@overload
+def _runs(ctx: ReportContext, analyzer: Literal["diversity"]) -> list[tuple[str, DiversityRecords]]: ...
+def _runs(ctx: ReportContext, analyzer: str) -> list[tuple[str, Any]]:
+    """``(label, records)`` of every run that has ``analyzer``'s result (typed, so a renamed field shows at every reader)."""
+    return [(lab, RECORDS[analyzer](ctx.results[lab][analyzer])) for lab in ctx.labels if analyzer in ctx.results[lab]]
 
 
 def _num(v) -> float:
@@ -61,10 +82,10 @@ def minority(counts: Sequence[int]) -> set[int]:
     return {c for c, n in enumerate(counts) if 0 < n < cut}
 
 
-def training_group(data: dict[str, Any]) -> dict[str, Any] | None:
+def training_group(records: Grouped[G]) -> G | None:
     """An analyzer's last group of the training set: the training pass, else the eval sweep of the training
     set (stores of published checkpoints hold only that)."""
-    return last_group(data, "train") or last_group(data, "train_eval")
+    return records.last("train") or records.last("train_eval")
 
 
 def train_counts(ctx) -> dict[str, list[int]]:
@@ -72,10 +93,10 @@ def train_counts(ctx) -> dict[str, list[int]]:
     out = {}
     for lab in ctx.labels:
         res = ctx.results[lab]
-        if "topk" in res and training_group(res["topk"].data):
-            out[lab] = [c["n"] for c in training_group(res["topk"].data)["classes"]]
-        elif "magnitude" in res and res["magnitude"].data.get("train_n") is not None:
-            out[lab] = [int(n) for n in res["magnitude"].data["train_n"]]
+        if "topk" in res and training_group(topk_records(res["topk"])):
+            out[lab] = [c.n for c in training_group(topk_records(res["topk"])).classes]
+        elif "magnitude" in res and magnitude_records(res["magnitude"]).train_n is not None:
+            out[lab] = [int(n) for n in magnitude_records(res["magnitude"]).train_n]
     return out
 
 
@@ -181,8 +202,9 @@ def _legend(fig, ax, extra: Sequence = ()) -> None:
     fig.legend(handles, labels, loc="outside upper center", ncol=len(labels), fontsize=8, frameon=False)
 
 
-def _per_class(group, key: str) -> list[float]:
-    return [_num(c.get(key)) for c in group["classes"]] if group else []
+def _floats(values: Iterable[Any]) -> list[float]:
+    """Numbers as floats, NaN where missing or not finite."""
+    return [_num(v) for v in values]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -280,8 +302,8 @@ def fragile_caption(acc: dict[str, list[float]], p5: dict[str, list[float]], nam
 def shared_features(group) -> dict[int, list[int]]:
     """feature index -> the classes whose class top-K (all rows) contains it, for features in two or more."""
     owners: dict[int, list[int]] = {}
-    for c, entry in enumerate(group["classes"]):
-        idx = (entry.get("topk") or {}).get("all", {}).get("indices")
+    for c, entry in enumerate(group.classes):
+        idx = entry.topk.all.indices if entry.topk is not None else None
         for f in [] if idx is None else list(idx):
             if f is not None:
                 owners.setdefault(int(f), []).append(c)
@@ -379,13 +401,13 @@ def fragile(ctx):
     if not runs:
         return []
     counts, minor = train_counts(ctx), _minorities(ctx)
-    names = [c["class"] for c in (last_group(runs[0][1], "test") or training_group(runs[0][1]))["classes"]]
-    acc = {lab: _per_class(last_group(d, "test"), "accuracy") or [float("nan")] * len(names) for lab, d in runs}
-    p5 = {lab: _per_class(last_group(d, "test"), "share_below_p5") for lab, d in _runs(ctx, "magnitude")}
+    names = [c.name for c in (runs[0][1].last("test") or training_group(runs[0][1])).classes]
+    acc = {lab: (_floats(c.accuracy for c in g.classes) if (g := d.last("test")) else []) or [float("nan")] * len(names)
+           for lab, d in runs}
+    p5 = {lab: _floats(c.share_below_p5 for c in g.classes) if (g := d.last("test")) else [] for lab, d in _runs(ctx, "magnitude")}
     p5 = {lab: v for lab, v in p5.items() if v}
-    acc_ci = {lab: [c.get("accuracy_ci") for c in last_group(d, "test")["classes"]] for lab, d in runs if last_group(d, "test")}
-    p5_ci = {lab: [c.get("share_below_p5_ci") for c in last_group(d, "test")["classes"]]
-             for lab, d in _runs(ctx, "magnitude") if last_group(d, "test")}
+    acc_ci = {lab: [c.accuracy_ci for c in d.last("test").classes] for lab, d in runs if d.last("test")}
+    p5_ci = {lab: [c.share_below_p5_ci for c in d.last("test").classes] for lab, d in _runs(ctx, "magnitude") if d.last("test")}
     fig, axes = _figure(2 if p5 else 1, sharey=False)
     _grouped(axes[0], names, list(acc.items()), minor, acc_ci)
     axes[0].set_ylim(0, 1.05)
@@ -401,19 +423,19 @@ def fragile(ctx):
                           "(bars: 95 % Wilson intervals)", fontsize=10)
     _class_ticks(axes[-1], names, counts, [lab for lab, _ in runs], minor)
     _legend(fig, axes[-1])
-    n_test = {lab: [int(c["n"]) for c in last_group(d, "test")["classes"]] for lab, d in runs if last_group(d, "test")}
+    n_test = {lab: [int(c.n) for c in d.last("test").classes] for lab, d in runs if d.last("test")}
     return [(fragile_caption(acc, p5, names, minor, n_test), fig)]
 
 
 def topk_bars(ctx):
     """Identity: each class's top-K mean CE stacked, coloured by feature so a shared feature is visible."""
-    runs = [(lab, d, training_group(d) or last_group(d, "test")) for lab, d in _runs(ctx, "topk")]
+    runs = [(lab, d, training_group(d) or d.last("test")) for lab, d in _runs(ctx, "topk")]
     runs = [r for r in runs if r[2] is not None]
     if not runs:
         return []
     minor = _minorities(ctx)
-    peaks = [max((sum(float(v) for v in e["topk"]["all"]["values"] if v is not None and v > 0)
-                  for e in g["classes"] if e["topk"]["all"]["values"] is not None), default=0.0) for _, _, g in runs]
+    peaks = [max((sum(float(v) for v in e.topk.all.values if v is not None and v > 0)
+                  for e in g.classes if e.topk.all.values is not None), default=0.0) for _, _, g in runs]
     ratio = _own_axes(peaks)
     fig, axes = _figure(len(runs), height=3.6, sharey=ratio is None)
     cmap = plt.get_cmap("tab20")
@@ -421,46 +443,47 @@ def topk_bars(ctx):
     for ax, (lab, data, g) in zip(axes, runs):
         shared = shared_features(g)
         colour = {f: cmap(i % 20) for i, f in enumerate(sorted(shared, key=lambda f: (-len(shared[f]), f)))}
-        names = [e["class"] for e in g["classes"]]
+        names = [e.name for e in g.classes]
         for c in sorted(minor):
             ax.axvspan(c - 0.45, c + 0.45, color=MINORITY_SHADE, zorder=0, lw=0)
-        for c, entry in enumerate(g["classes"]):
-            t = entry["topk"]["all"]
-            if entry["n"] == 0 or t["indices"] is None:
+        for c, entry in enumerate(g.classes):
+            t = entry.topk.all
+            if entry.n == 0 or t.indices is None:
                 continue
-            pos = [v for v in t["values"] if v is not None and v > 0]
+            pos = [v for v in t.values if v is not None and v > 0]
             bottom, total = 0.0, sum(pos)
-            for idx, val in zip(t["indices"], t["values"]):
+            for idx, val in zip(t.indices, t.values):
                 if idx is None or val is None or val <= 0:
                     continue
                 ax.bar(c, val, 0.7, bottom=bottom, color=colour.get(idx, NOT_SHARED), edgecolor="white", linewidth=0.4, zorder=2,
                        gid=f"class-{c}-feature-{idx}")
-                if val > 0.05 * total and len(g["classes"]) <= MANY_CLASSES:  # many classes: no room for labels
+                if val > 0.05 * total and len(g.classes) <= MANY_CLASSES:  # many classes: no room for labels
                     ax.text(c, bottom + val / 2, str(idx), ha="center", va="center", fontsize=6, zorder=3)
                 bottom += val
-        ax.set_ylabel(f"{lab}\nmean {data['embedding']}", fontsize=8)
-        ax.set_title(f"{lab}: class top-{data['k']} {data['embedding']} ({g['split']}@{g['epoch']}), segments labelled by feature",
+        ax.set_ylabel(f"{lab}\nmean {data.embedding}", fontsize=8)
+        ax.set_title(f"{lab}: class top-{data.k} {data.embedding} ({g.split}@{g.epoch}), segments labelled by feature",
                      fontsize=10)
-        per_run[lab] = (shared, len(names), [e["n"] for e in g["classes"]])
+        per_run[lab] = (shared, len(names), [e.n for e in g.classes])
     _class_ticks(axes[-1], names, train_counts(ctx), [lab for lab, _, _ in runs], minor)
     own = f" Each run has its own y axis: their mean CE differ in scale ({ratio:.0f}×)." if ratio else ""
-    return [(topk_caption(per_run, names, minor, runs[0][1]["k"]) + own, fig)]
+    return [(topk_caption(per_run, names, minor, runs[0][1].k) + own, fig)]
 
 
 def unique(ctx):
     """Diversity of identity: how many distinct features a class's rows have in their top-K."""
-    runs = [(lab, training_group(d)) for lab, d in _runs(ctx, "topk")]
-    runs = [(lab, g) for lab, g in runs if g is not None]
-    if not runs:
+    found = [(lab, d, training_group(d)) for lab, d in _runs(ctx, "topk")]
+    found = [r for r in found if r[2] is not None]
+    if not found:
         return []
+    runs = [(lab, g) for lab, _, g in found]
     minor = _minorities(ctx)
-    names = [c["class"] for c in runs[0][1]["classes"]]
-    k = ctx.results[runs[0][0]]["topk"].data["k"]
+    names = [c.name for c in runs[0][1].classes]
+    k = found[0][1].k
     # the size-controlled count (expected distinct features in m rows of each class) when every run has it:
     # raw counts grow with a class's rows, so comparing them across classes partly restates the class sizes
-    ms = {g.get("rarefy_m") for _, g in runs}
-    sized = len(ms) == 1 and None not in ms and all("unique_rarefied" in c for _, g in runs for c in g["classes"])
-    vals = {lab: _per_class(g, "unique_rarefied" if sized else "unique") for lab, g in runs}
+    ms = {g.rarefy_m for _, g in runs}
+    sized = len(ms) == 1 and None not in ms
+    vals = {lab: _floats(c.unique_rarefied if sized else c.unique for c in g.classes) for lab, g in runs}
     fig, axes = _figure(1)
     _grouped(axes[0], names, list(vals.items()), minor)
     m = ms.pop() if sized else None
@@ -477,16 +500,15 @@ def unique(ctx):
 
 def magnitude(ctx):
     """Why: test rows' magnitude at the class's training top-K, relative to training, correct vs misclassified."""
-    runs = [(lab, d, last_group(d, "test")) for lab, d in _runs(ctx, "magnitude")]
+    runs = [(lab, d, d.last("test")) for lab, d in _runs(ctx, "magnitude")]
     runs = [r for r in runs if r[2] is not None]
     if not runs:
         return []
     minor = _minorities(ctx)
-    names = [c["class"] for c in runs[0][2]["classes"]]
+    names = [c.name for c in runs[0][2].classes]
     fig, axes = _figure(2)
-    ratios = {lab: (_per_class(g, "ratio_correct"), _per_class(g, "ratio_incorrect")) for lab, _, g in runs}
-    boot = {lab: ([c.get("ratio_correct_ci") for c in g["classes"]], [c.get("ratio_incorrect_ci") for c in g["classes"]])
-            for lab, _, g in runs}
+    ratios = {lab: (_floats(c.ratio_correct for c in g.classes), _floats(c.ratio_incorrect for c in g.classes)) for lab, _, g in runs}
+    boot = {lab: ([c.ratio_correct_ci for c in g.classes], [c.ratio_incorrect_ci for c in g.classes]) for lab, _, g in runs}
     _grouped(axes[0], names, [(lab, r[0]) for lab, r in ratios.items()], minor, {lab: b[0] for lab, b in boot.items()})
     _grouped(axes[1], names, [(lab, r[1]) for lab, r in ratios.items()], minor, {lab: b[1] for lab, b in boot.items()})
     for ax, what in zip(axes, ("correctly classified", "misclassified")):
@@ -499,7 +521,7 @@ def magnitude(ctx):
 
 
 def diversity(ctx):
-    runs = [(lab, training_group(d) or last_group(d, "test")) for lab, d in _runs(ctx, "diversity")]
+    runs = [(lab, training_group(d) or d.last("test")) for lab, d in _runs(ctx, "diversity")]
     runs = [(lab, g) for lab, g in runs if g is not None]
     if not runs:
         return []
@@ -508,25 +530,25 @@ def diversity(ctx):
     ax = axes[0]
     pr = {}
     for i, (lab, g) in enumerate(runs):
-        n = [c["n"] for c in g["classes"]]
-        vals = _per_class(g, "participation_ratio")
+        n = [c.n for c in g.classes]
+        vals = _floats(c.participation_ratio for c in g.classes)
         pr[lab] = (n, vals)
         colour = RUN_COLOURS[i % len(RUN_COLOURS)]
-        for c, entry in enumerate(g["classes"]):
+        for c, entry in enumerate(g.classes):
             if n[c] == 0 or not math.isfinite(vals[c]):
                 continue
             ax.scatter(n[c], vals[c], color=colour, marker="o", s=36 if c in minor else 22,
                        facecolors=colour if c in minor else "white", zorder=3, label=lab if c == 0 else None)
-            if len(g["classes"]) <= MANY_CLASSES:  # many classes: names would pile up; the tables hold them
-                ax.annotate(entry["class"], (n[c], vals[c]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+            if len(g.classes) <= MANY_CLASSES:  # many classes: names would pile up; the tables hold them
+                ax.annotate(entry.name, (n[c], vals[c]), fontsize=6, xytext=(3, 2), textcoords="offset points")
     ax.set_xscale("log")  # matplotlib's own tick labels (10^1, 10^2) render as maths: report.literal_text escapes only names
     ax.set_xlabel("training rows in the class (filled = minority class)")
     ax.set_ylabel("FE participation ratio")
     ax.set_title("Is a class's latent space narrower when it has fewer rows?", fontsize=10)
     ax.legend(fontsize=8, loc="best")
     # the size-matched value (mean PR of m-row subsamples) compares classes at equal size, where every run has it
-    matched = {lab: [(c.get("participation_ratio_matched") or {}).get("mean") for c in g["classes"]] for lab, g in runs}
-    ms = {(c.get("participation_ratio_matched") or {}).get("m") for _, g in runs for c in g["classes"] if c.get("participation_ratio_matched")}
+    matched = {lab: [c.participation_ratio_matched.mean if c.participation_ratio_matched else None for c in g.classes] for lab, g in runs}
+    ms = {c.participation_ratio_matched.m for _, g in runs for c in g.classes if c.participation_ratio_matched}
     sized = ""
     if minor and len(ms) == 1:
         m = ms.pop()
@@ -544,15 +566,19 @@ def diversity(ctx):
 
 
 def names_of(runs) -> list[str]:
-    return [c["class"] for c in runs[0][1]["classes"]] if runs else []
+    return [c.name for c in runs[0][1].classes] if runs else []
+
+
+#: the two panels of a trajectory row: overlap with the final top-K, and the magnitude there
+SERIES = (lambda t: t.identity_overlap, lambda t: t.magnitude)
 
 
 def trajectory(ctx):
-    runs = [(lab, d) for lab, d in _runs(ctx, "magnitude") if len(d.get("trajectory", {})) > 1]
+    runs = [(lab, d) for lab, d in _runs(ctx, "magnitude") if len(d.trajectory) > 1]
     if not runs:
         return []
     minor = _minorities(ctx)
-    peaks = [max((_num(v) for t in d["trajectory"].values() for v in t["magnitude"] if math.isfinite(_num(v))), default=0.0)
+    peaks = [max((_num(v) for t in d.trajectory.values() for v in t.magnitude if math.isfinite(_num(v))), default=0.0)
              for _, d in runs]
     ratio = _own_axes(peaks)
     fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.2 * len(runs)), squeeze=False, sharey=False if ratio else "col",
@@ -561,14 +587,14 @@ def trajectory(ctx):
     counts = train_counts(ctx)
     grouped = False
     for row, (lab, data) in enumerate(runs):
-        traj = sorted(data["trajectory"].values(), key=lambda t: t["epoch"])
-        epochs = [t["epoch"] for t in traj]
-        C = len(traj[0]["identity_overlap"])
+        traj = sorted(data.trajectory.values(), key=lambda t: t.epoch)
+        epochs = [t.epoch for t in traj]
+        C = len(traj[0].identity_overlap)
         if C > MANY_CLASSES and len(counts.get(lab, [])) == C:  # a band of 100 lines says nothing: head / middle / tail
             grouped = True
-            for col, key in enumerate(("identity_overlap", "magnitude")):
+            for col, series in enumerate(SERIES):
                 for b, (band, members) in enumerate(bands(counts[lab]).items()):
-                    vals = np.array([[_num(t[key][c]) for c in members] for t in traj])
+                    vals = np.array([[_num(series(t)[c]) for c in members] for t in traj])
                     ok = np.isfinite(vals).any(axis=1)
                     if not ok.any():
                         continue
@@ -592,8 +618,8 @@ def trajectory(ctx):
                          "label": f"class {c}" if few else (f"minority classes ({len(minor)})" if first else None)}
             else:
                 style = {"color": "#bbbbbb", "lw": 0.8}
-            for col, key in enumerate(("identity_overlap", "magnitude")):
-                axes[row][col].plot(epochs, [_num(t[key][c]) for t in traj], **style)
+            for col, series in enumerate(SERIES):
+                axes[row][col].plot(epochs, [_num(series(t)[c]) for t in traj], **style)
         axes[row][0].set_ylabel(f"{lab}\noverlap with final top-K", fontsize=8)
         axes[row][1].set_ylabel("magnitude at final top-K", fontsize=8)
         axes[row][0].set_title(f"{lab}: when do the final top-K features emerge?", fontsize=10)
@@ -603,8 +629,8 @@ def trajectory(ctx):
         ax.set_xlabel("epoch")
     late = []
     for lab, data in runs:
-        traj = sorted(data["trajectory"].values(), key=lambda t: t["epoch"])
-        mid = traj[len(traj) // 2]["identity_overlap"]
+        traj = sorted(data.trajectory.values(), key=lambda t: t.epoch)
+        mid = traj[len(traj) // 2].identity_overlap
         rest = [c for c in range(len(mid)) if c not in minor]
         vals = [_num(v) for v in mid]
         if minor and math.isfinite(_mean(vals, minor)) and math.isfinite(_mean(vals, rest)):
@@ -617,14 +643,18 @@ def trajectory(ctx):
     return [(caption, fig)]
 
 
-def remedy_caption(name: str, classes: list[dict], names: list[str], minor: set[int]) -> str:
+def _pair(v: Any, side: int) -> Any:
+    """One side of a saved remedy's ``[recorded, remedied]`` pair (``None`` where the untrusted file has no pair)."""
+    return v[side] if isinstance(v, list) and len(v) == 2 else None
+
+
+def remedy_caption(name: str, classes: list, names: list[str], minor: set[int]) -> str:
     """Which classes a remedy helps or hurts (95 % Wilson intervals apart), and whether the share of test rows
-    below the training p5 — the magnitude symptom — moved with it."""
+    below the training p5 — the magnitude symptom — moved with it. ``classes``: a remedy's class records."""
     up, down = [], []
     for c, e in enumerate(classes):
-        acc = e.get("accuracy") if isinstance(e.get("accuracy"), list) and len(e["accuracy"]) == 2 else [None, None]
-        a, b = _num(acc[0]), _num(acc[1])
-        if e.get("accuracy_changed") is True and math.isfinite(a) and math.isfinite(b):
+        a, b = _num(_pair(e.accuracy, 0)), _num(_pair(e.accuracy, 1))
+        if e.accuracy_changed is True and math.isfinite(a) and math.isfinite(b):
             (up if b > a else down).append(f"{names[c]}{' (minority)' if c in minor else ''} {a:.2f} → {b:.2f}")
     text = f"{name}: " + (f"helps {', '.join(up[:6])}" if up else "helps no class beyond its 95 % interval")
     if down:
@@ -636,9 +666,7 @@ def remedy_caption(name: str, classes: list[dict], names: list[str], minor: set[
     for side in (0, 1):
         below = total = 0
         for c in idx:
-            e, share = classes[c], classes[c].get("share_below_p5")
-            n = _num(e.get("n"))
-            v = _num(share[side]) if isinstance(share, list) and len(share) == 2 else float("nan")
+            n, v = _num(classes[c].n), _num(_pair(classes[c].share_below_p5, side))
             if math.isfinite(n) and math.isfinite(v) and n > 0:
                 below, total = below + round(v * n), total + int(n)
         pooled.append((below, total))
@@ -658,28 +686,33 @@ def remedies(ctx):
     out = []
     minor = _minorities(ctx)
     for i, lab in enumerate(ctx.labels):
-        data = (ctx.extra.get("remedies") or {}).get(lab)
-        if not data:
+        saved = (ctx.extra.get("remedies") or {}).get(lab)  # fragility.remedies.saved_results: records of an untrusted file
+        if not saved:
             continue
         names = list(ctx.stores[lab].class_names)
-        tried = [(n, e) for n, e in data["remedies"].items()]
-        first = tried[0][1]["classes"]
+        tried = list(saved.remedies.items())
+        first = tried[0][1].classes
 
-        def series(key: str, j: int, entries: list[dict]) -> list[float]:
-            return [_num(v[j]) if isinstance(v := e.get(key), list) and len(v) == 2 else float("nan") for e in entries]
+        def series(value: Callable[[Any], Any], j: int, entries: list) -> list[float]:
+            return [_num(_pair(value(e), j)) for e in entries]
 
-        def cis(key: str, j: int, entries: list[dict]) -> list[Any]:
+        def cis(j: int, entries: list) -> list[Any]:
             out_ = []
             for e in entries:
-                v = e.get(key)
-                ci = v[j] if isinstance(v, list) and len(v) == 2 else None
+                ci = _pair(e.accuracy_ci, j)
                 ok = isinstance(ci, list) and len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci)
                 out_.append([float(ci[0]), float(ci[1])] if ok else None)
             return out_
 
-        acc = [("recorded head", series("accuracy", 0, first))] + [(n, series("accuracy", 1, e["classes"])) for n, e in tried]
-        acc_ci = {"recorded head": cis("accuracy_ci", 0, first), **{n: cis("accuracy_ci", 1, e["classes"]) for n, e in tried}}
-        p5 = [("recorded head", series("share_below_p5", 0, first))] + [(n, series("share_below_p5", 1, e["classes"])) for n, e in tried]
+        def accuracy(e):
+            return e.accuracy
+
+        def share(e):
+            return e.share_below_p5
+
+        acc = [("recorded head", series(accuracy, 0, first))] + [(n, series(accuracy, 1, e.classes)) for n, e in tried]
+        acc_ci = {"recorded head": cis(0, first), **{n: cis(1, e.classes) for n, e in tried}}
+        p5 = [("recorded head", series(share, 0, first))] + [(n, series(share, 1, e.classes)) for n, e in tried]
         fig, axes = _figure(2, sharey=False)
         _grouped(axes[0], names, acc, minor, acc_ci)
         axes[0].set_ylim(0, 1.05)
@@ -689,22 +722,21 @@ def remedies(ctx):
         axes[1].axhline(0.05, color="#555555", lw=0.8, ls="--", zorder=3)
         axes[1].set_ylabel("share below train p5")
         axes[1].set_title("Share of test rows below the class's training 5th percentile (CE magnitude at its training top-K)", fontsize=10)
-        counts = {lab: [int(_num(e.get("n_train"))) if math.isfinite(_num(e.get("n_train"))) else 0 for e in first]}
+        counts = {lab: [int(_num(e.n_train)) if math.isfinite(_num(e.n_train)) else 0 for e in first]}
         _class_ticks(axes[-1], names, counts, [lab], minor)
         _legend(fig, axes[-1])
-        rows = _num(data.get("test_rows"))
-        caption = (f"{lab}, test@{data.get('epoch')}"
+        rows = _num(saved.test_rows)
+        caption = (f"{lab}, test@{saved.epoch}"
                    + (f", {int(rows)} test rows" if math.isfinite(rows) else "") + ": each remedy is a new classifier built from the "
                    "stored rows (the backbone unchanged), scored on the stored test FE. "
-                   + " ".join(remedy_caption(n, e["classes"], names, minor) for n, e in tried))
+                   + " ".join(remedy_caption(n, e.classes, names, minor) for n, e in tried))
         out.append((caption, fig))
-        keys = ("accuracy", "balanced_accuracy", "tail_accuracy")
 
         def summary(d: Any) -> list[float]:
-            return [_num(d.get(k)) if isinstance(d, dict) else float("nan") for k in keys]
+            return [float("nan")] * 3 if d is None else [_num(d.accuracy), _num(d.balanced_accuracy), _num(d.tail_accuracy)]
 
-        rows_ = [["recorded head", *summary(data.get("recorded"))]] + [[n, *summary(e.get("summary"))] for n, e in tried]
-        out.append(fragility.analysis.Table(f"{lab}: remedies on test@{data.get('epoch')} (tail = the third of the classes with "
+        rows_ = [["recorded head", *summary(saved.recorded)]] + [[n, *summary(e.summary)] for n, e in tried]
+        out.append(fragility.analysis.Table(f"{lab}: remedies on test@{saved.epoch} (tail = the third of the classes with "
                                             f"the fewest training rows)", ["head", "accuracy", "balanced accuracy", "tail accuracy"],
                                             [[r[0], *[round(v, 4) if math.isfinite(v) else None for v in r[1:]]] for r in rows_]))
     return out
@@ -726,9 +758,8 @@ def tables(ctx):
     out = []
     for lab in ctx.labels:
         for r in ctx.results[lab].values():
-            groups = r.data.get("groups", {}) if isinstance(r.data.get("groups"), dict) else {}
-            tests = [g for g, v in groups.items() if isinstance(v, dict) and v.get("split") == "test"]
-            last = max(tests, key=lambda g: groups[g]["epoch"]) if tests else None
+            tests = r.group_names("test")
+            last = tests[-1] if tests else None
             chosen = [t for t in r.tables if last is None or t.title.startswith(f"{last}:")]
             for t in chosen[:MAX_TABLES]:
                 out.append(type(t)(f"{lab} · {r.analyzer} · {t.title}", t.columns, t.rows))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fragility.analysis import analyze, last_group
+from fragility.analysis.records import topk_records
 from fragility.report import ReportContext
 from fragility.store import Store
 from fragility.testing import make_random_store
@@ -82,12 +83,14 @@ def test_magnitude_caption_compares_misclassified_with_correct():
 
 
 def test_shared_features_and_topk_caption_by_hand():
-    group = {"classes": [
-        {"n": 5, "topk": {"all": {"indices": [3, 1, 7]}}},
-        {"n": 4, "topk": {"all": {"indices": [3, 2, 8]}}},
-        {"n": 1, "topk": {"all": {"indices": [7, 3, 9]}}},
-        {"n": 0, "topk": {"all": {"indices": None}}},
-    ]}
+    from types import SimpleNamespace as rec  # a topk group's records, as fragility.analysis.records.topk_records gives them
+
+    group = rec(classes=[
+        rec(n=5, topk=rec(all=rec(indices=[3, 1, 7]))),
+        rec(n=4, topk=rec(all=rec(indices=[3, 2, 8]))),
+        rec(n=1, topk=rec(all=rec(indices=[7, 3, 9]))),
+        rec(n=0, topk=rec(all=rec(indices=None))),
+    ])
     shared = rs.shared_features(group)
     assert shared == {3: [0, 1, 2], 7: [0, 2]}
     cap = rs.topk_caption({"imb": (shared, 4, [5, 4, 1, 0])}, ["a", "b", "c", "d"], {2}, 3)
@@ -167,7 +170,7 @@ def test_topk_bars_are_coloured_by_feature_and_shared_features_stand_out(ctx):
     (caption, fig), = rs.topk_bars(ctx)
     assert fig.axes[0].get_shared_y_axes().joined(fig.axes[0], fig.axes[1])
     for ax, lab in zip(fig.axes, ctx.labels):
-        g = last_group(ctx.results[lab]["topk"].data, "train")
+        g = topk_records(ctx.results[lab]["topk"]).last("train")
         shared = rs.shared_features(g)
         colours: dict[int, set] = {}
         for p in _gids(ax, "class-"):

@@ -219,6 +219,16 @@ class Result:
         return jsonable({"schema_version": SCHEMA_VERSION, "analyzer": self.analyzer, "notes": self.notes,
                          "skipped": self.skipped, "tables": [t.to_dict() for t in self.tables], "data": self.data})
 
+    def group_names(self, split: str | None = None) -> list[str]:
+        """The names of the groups in ``data["groups"]`` (the documented layout; entries that do not follow it are
+        left out), of ``split`` if given, in epoch order: ``group_names("test")[-1]`` is the last test epoch."""
+        groups = self.data.get("groups") if isinstance(self.data, dict) else None
+        if not isinstance(groups, dict):
+            return []
+        found = [(g["epoch"], name) for name, g in groups.items()
+                 if isinstance(g, dict) and isinstance(g.get("epoch"), int) and (split is None or g.get("split") == split)]
+        return [name for _, name in sorted(found, key=lambda e: e[0])]
+
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), allow_nan=False, **kwargs)
 

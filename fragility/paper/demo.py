@@ -17,7 +17,8 @@ from rich.console import Console
 from torch import nn
 
 from .._fingerprint import incomparable
-from ..analysis import Result, Table, analyze, compare_results, last_group
+from ..analysis import Result, Table, analyze, compare_results
+from ..analysis.records import diversity_records, magnitude_records, topk_records
 from .datasets import ImageData, imbalance, load
 from .._safe import markup
 from ..errors import DataError, close_matches, output_dir
@@ -148,23 +149,23 @@ def findings(results: dict[str, dict[str, Result]], labels: tuple[str, str]) -> 
     la, lb = labels
     a, b = results[la], results[lb]
 
-    last = last_group
     rows = []
-    ta_tr, tb_tr = last(a["topk"].data, "train")["classes"], last(b["topk"].data, "train")["classes"]
-    ta_te, tb_te = last(a["topk"].data, "test")["classes"], last(b["topk"].data, "test")["classes"]
-    ma, mb = last(a["magnitude"].data, "test")["classes"], last(b["magnitude"].data, "test")["classes"]
-    da, db = last(a["diversity"].data, "train")["classes"], last(b["diversity"].data, "train")["classes"]
+    ta, tb = topk_records(a["topk"]), topk_records(b["topk"])
+    ta_tr, tb_tr = ta.last("train").classes, tb.last("train").classes
+    ta_te, tb_te = ta.last("test").classes, tb.last("test").classes
+    ma, mb = magnitude_records(a["magnitude"]).last("test").classes, magnitude_records(b["magnitude"]).last("test").classes
+    da, db = diversity_records(a["diversity"]).last("train").classes, diversity_records(b["diversity"]).last("train").classes
     for c in range(len(ta_tr)):
         rows.append([
-            ta_tr[c]["class"], ta_tr[c]["n"], tb_tr[c]["n"],
-            ta_te[c]["accuracy"], tb_te[c]["accuracy"],
-            ta_tr[c]["unique"], tb_tr[c]["unique"], ta_tr[c]["unique_rarefied"], tb_tr[c]["unique_rarefied"],
-            ma[c]["ratio_correct"], mb[c]["ratio_correct"],
-            ma[c]["share_below_p5"], mb[c]["share_below_p5"],
-            da[c]["participation_ratio"], db[c]["participation_ratio"],
+            ta_tr[c].name, ta_tr[c].n, tb_tr[c].n,
+            ta_te[c].accuracy, tb_te[c].accuracy,
+            ta_tr[c].unique, tb_tr[c].unique, ta_tr[c].unique_rarefied, tb_tr[c].unique_rarefied,
+            ma[c].ratio_correct, mb[c].ratio_correct,
+            ma[c].share_below_p5, mb[c].share_below_p5,
+            da[c].participation_ratio, db[c].participation_ratio,
         ])
     sa, sb = la[:3], lb[:3]
-    m = last(a["topk"].data, "train")["rarefy_m"]
+    m = ta.last("train").rarefy_m
     cols = ["class", f"n {sa}", f"n {sb}", f"acc {sa}", f"acc {sb}", f"uniq {sa}", f"uniq {sb}", f"u@m {sa}", f"u@m {sb}",
             f"mag {sa}", f"mag {sb}", f"<p5 {sa}", f"<p5 {sb}", f"PR {sa}", f"PR {sb}"]
     return Table(
@@ -185,19 +186,23 @@ def remedy_table(rem: Result, control: dict[str, Result], labels: tuple[str, str
     """Per class: the imbalanced run's recorded head, each remedied head and the balanced control side by side —
     test accuracy, unique top-K CE features of the test rows, share of test rows below the training p5."""
     la, lb = labels
-    tried = list(rem.data["remedies"])
+    from ..remedies import remedy_records
+
+    outcomes = remedy_records(rem).remedies
+    tried = list(outcomes)
     short = {"tau-norm": "tau", "logit-adjust": "la", "crt": "crt", "reweight": "rw", "eos": "eos"}
-    bal_t, bal_m = last_group(control["topk"].data, "test")["classes"], last_group(control["magnitude"].data, "test")["classes"]
-    first = rem.data["remedies"][tried[0]]["classes"]
+    bal_t, bal_m = topk_records(control["topk"]).last("test").classes, magnitude_records(control["magnitude"]).last("test").classes
+    first = outcomes[tried[0]].classes
     rows = []
     for c, e in enumerate(first):
-        row = [e["class"], e["n_train"]]
-        for key, bal in (("accuracy", bal_t), ("unique", bal_t), ("share_below_p5", bal_m)):
-            row += [e[key][0], *[rem.data["remedies"][n]["classes"][c][key][1] for n in tried], bal[c][key]]
+        row = [e.name, e.n_train]
+        row += [e.accuracy[0], *[outcomes[n].classes[c].accuracy[1] for n in tried], bal_t[c].accuracy]
+        row += [e.unique[0], *[outcomes[n].classes[c].unique[1] for n in tried], bal_t[c].unique]
+        row += [e.share_below_p5[0], *[outcomes[n].classes[c].share_below_p5[1] for n in tried], bal_m[c].share_below_p5]
         rows.append(row)
     heads = [la[:3], *[short.get(n, n) for n in tried], lb[:3]]
     cols = ["class", f"n {la[:3]}"] + [f"{q} {h}" for q in ("acc", "uniq", "<p5") for h in heads]
-    opts = {n: rem.data["remedies"][n]["options"] for n in tried}
+    opts = {n: outcomes[n].options for n in tried}
     names = ", ".join(f"{short.get(n, n)} = {n} ({'tau ' + format(opts[n]['tau'], 'g') if 'tau' in opts[n] else 'head retrained'})"
                       for n in tried)
     return Table(

@@ -41,7 +41,8 @@ class NormedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features, self.scale = in_features, out_features, float(scale)
         self.weight = nn.Parameter(torch.empty(in_features, out_features))
-        self.weight.data.uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)
+        with torch.no_grad():  # the peers' `self.weight.data.uniform_(...)`: the same draws and values
+            self.weight.uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * F.normalize(x, dim=1).mm(F.normalize(self.weight, dim=0))

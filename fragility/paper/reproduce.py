@@ -20,7 +20,8 @@ from rich.console import Console
 
 from .._safe import markup
 from .._fingerprint import incomparable
-from ..analysis import Result, Table, analyze, compare_results, last_group
+from ..analysis import Result, Table, analyze, compare_results
+from ..analysis.records import compare_records, diversity_records, magnitude_records, topk_records
 from .._light import TRAIN_EVAL
 from .datasets import DATASETS, ImageData, imbalance, load
 from ..errors import DataError, close_matches, output_dir
@@ -300,21 +301,22 @@ def grid_table(results: dict[str, dict[str, Result]], configs: list[str], k: int
     rows = []
     ref = results.get(BALANCED)
     first = results[configs[0]]
-    train = "train" if last_group(first["topk"].data, "train") else TRAIN_EVAL
+    train = "train" if topk_records(first["topk"]).last("train") else TRAIN_EVAL
     overlaps = {}
     for cfg in configs:
         if ref is not None and cfg != BALANCED:
             cmp = compare_results(results[cfg], ref, labels=(cfg, BALANCED), train_split=train, incomparable=(why or {}).get(cfg))
-            overlaps[cfg] = [c["overlap_train"] for c in cmp.data["classes"]]
-    names = [c["class"] for c in last_group(first["topk"].data, train)["classes"]]
+            overlaps[cfg] = [c.overlap_train for c in compare_records(cmp).classes]
+    names = [c.name for c in topk_records(first["topk"]).last(train).classes]
     for c, name in enumerate(names):
         for cfg in configs:
             r = results[cfg]
-            tr, te = last_group(r["topk"].data, train)["classes"][c], last_group(r["topk"].data, "test")["classes"][c]
-            mg = last_group(r["magnitude"].data, "test")["classes"][c]
-            dv = last_group(r["diversity"].data, train)["classes"][c]
-            rows.append([name, cfg, tr["n"], te["accuracy"], tr["unique"], overlaps.get(cfg, [None] * len(names))[c],
-                         mg["ratio_correct"], mg["ratio_incorrect"], mg["share_below_p5"], dv["participation_ratio"]])
+            top = topk_records(r["topk"])
+            tr, te = top.last(train).classes[c], top.last("test").classes[c]
+            mg = magnitude_records(r["magnitude"]).last("test").classes[c]
+            dv = diversity_records(r["diversity"]).last(train).classes[c]
+            rows.append([name, cfg, tr.n, te.accuracy, tr.unique, overlaps.get(cfg, [None] * len(names))[c],
+                         mg.ratio_correct, mg.ratio_incorrect, mg.share_below_p5, dv.participation_ratio])
     cols = ["class", "run", "n train", "test acc", f"unique top-{k}", "overlap w/ balanced", "mag correct", "mag misclassified",
             "<p5", "PR"]
     return Table(
