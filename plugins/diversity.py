@@ -7,6 +7,7 @@ import numpy as np
 
 import fragility
 from fragility.analysis import Analyzer, Chunk, Result, Table, check_memory
+from fragility.analysis.records import Archetypes, DiversityClass, DiversityGroup, MatchedRatio, as_data
 from fragility.errors import AnalyzerError
 from fragility.functional import (
     chunk_topk_mask,
@@ -191,25 +192,26 @@ class Diversity(Analyzer):
                       for i, a in enumerate(ARCHETYPES)}
             shares_ci = {a: (wilson(int((types[in_c] == i).sum()), int(in_c.sum())) if types is not None and in_c.any() else None)
                          for i, a in enumerate(ARCHETYPES)}
-            entry = {
-                "class": names[c],
-                "n": int(n[c]),
-                "unique_share": None if empty else unique / D,
-                "entropy": None if empty else normalized_entropy(count[c], D),
-                "participation_ratio": pr,
-                "participation_ratio_matched": matched,
-                "mean_cosine": None if empty else mean_pairwise_cosine(st["sum_unit"][c], int(st["n_unit"][c])),
+            record = DiversityClass(
+                name=names[c],
+                n=int(n[c]),
+                unique_share=None if empty else unique / D,
+                entropy=None if empty else normalized_entropy(count[c], D),
+                participation_ratio=pr,
+                participation_ratio_matched=None if matched is None else MatchedRatio(**matched),
+                mean_cosine=None if empty else mean_pairwise_cosine(st["sum_unit"][c], int(st["n_unit"][c])),
                 # over the class's rows in the k-NN sample (all its rows in groups within knn_max_rows)
-                "mean_cosine_ci": None if empty else bootstrap_mean_cosine(fe[in_c], draws=int(spec.options.get("bootstrap", 200)), seed=c),
-                "knn_rows": int(in_c.sum()),
-                "archetypes": shares,
-                "archetypes_ci": shares_ci,
-            }
-            classes.append(entry)
-            rows.append([names[c], int(n[c]), entry["unique_share"], entry["entropy"], entry["participation_ratio"],
-                         None if matched is None else matched["mean"],
-                         None if matched is None else f"{matched['interval'][0]:.3g}–{matched['interval'][1]:.3g}",
-                         entry["mean_cosine"], *(shares[a] for a in ARCHETYPES)])
+                mean_cosine_ci=None if empty else bootstrap_mean_cosine(fe[in_c], draws=int(spec.options.get("bootstrap", 200)), seed=c),
+                knn_rows=int(in_c.sum()),
+                archetypes=Archetypes(**shares),
+                archetypes_ci=Archetypes(**shares_ci),
+            )
+            classes.append(as_data(record))
+            pm = record.participation_ratio_matched
+            rows.append([record.name, record.n, record.unique_share, record.entropy, record.participation_ratio,
+                         None if pm is None else pm.mean,
+                         None if pm is None else f"{pm.interval[0]:.3g}–{pm.interval[1]:.3g}",
+                         record.mean_cosine, *(getattr(record.archetypes, a) for a in ARCHETYPES)])
         return {"sampled": sampled, "note": note, "classes": classes, "rows": rows, "m": m}
 
     def compute(self) -> Result:
@@ -227,8 +229,7 @@ class Diversity(Analyzer):
             summary = self.summaries.get(g.name) or self._summary(g.name)
             if summary["note"]:
                 result.notes.append(summary["note"])
-            data["groups"][g.name] = {"split": g.split, "epoch": g.epoch, "knn_sampled": summary["sampled"], "classes": summary["classes"],
-                                      "matched_m": summary["m"] or None}
+            data["groups"][g.name] = as_data(DiversityGroup(g.split, g.epoch, summary["sampled"], summary["classes"], summary["m"] or None))
             result.tables.append(
                 Table(
                     f"{g.name}: diversity (unique/D and entropy of top-{spec.k} {spec.embedding}; PR, cosine, k={spec.knn_k} NN of fe; "

@@ -7,6 +7,7 @@ import numpy as np
 
 import fragility
 from fragility.analysis import Analyzer, Chunk, Result, Table
+from fragility.analysis.records import MagnitudeClass, MagnitudeGroup, TrajectoryPoint, as_data
 from fragility.functional import (
     bootstrap_mean_ratio,
     chunk_topk_sums,
@@ -145,33 +146,33 @@ class Magnitude(Analyzer):
 
                 mc, mi = mean(sel & ok), mean(sel & ~ok)
                 below = sel & (m < p5[c])
-                entry = {
-                    "class": names[c],
-                    "n": n,
-                    "n_train": int(self.ref["n"][c]),
-                    "mean": mean(sel),
-                    "mean_correct": mc,
-                    "mean_incorrect": mi,
-                    "ratio_correct": None if mc is None or not train_mean[c] else mc / train_mean[c],
+                record = MagnitudeClass(
+                    name=names[c],
+                    n=n,
+                    n_train=int(self.ref["n"][c]),
+                    mean=mean(sel),
+                    mean_correct=mc,
+                    mean_incorrect=mi,
+                    ratio_correct=None if mc is None or not train_mean[c] else mc / train_mean[c],
                     # seeded percentile bootstrap over the class's correct rows (the training mean held fixed)
-                    "ratio_correct_ci": bootstrap_mean_ratio(m[sel & ok], train_mean[c], draws=draws, seed=c, means=early[c][0]),
-                    "ratio_incorrect_ci": bootstrap_mean_ratio(m[sel & ~ok], train_mean[c], draws=draws, seed=c, means=early[c][1]),
-                    "ratio_incorrect": None if mi is None or not train_mean[c] else mi / train_mean[c],
-                    "share_below_p5": float(below.sum() / n) if sel.any() else None,
+                    ratio_correct_ci=bootstrap_mean_ratio(m[sel & ok], train_mean[c], draws=draws, seed=c, means=early[c][0]),
+                    ratio_incorrect_ci=bootstrap_mean_ratio(m[sel & ~ok], train_mean[c], draws=draws, seed=c, means=early[c][1]),
+                    ratio_incorrect=None if mi is None or not train_mean[c] else mi / train_mean[c],
+                    share_below_p5=float(below.sum() / n) if sel.any() else None,
                     # 95 % Wilson interval; with no drift the share is 0.05 (the training rows' own share)
-                    "share_below_p5_ci": wilson(int(below.sum()), n) if sel.any() else None,
-                    "accuracy_below_p5": float(ok[below].mean()) if below.any() else None,
-                    "accuracy_below_p5_ci": wilson(int(ok[below].sum()), int(below.sum())) if below.any() else None,
-                    "accuracy_above_p5": float(ok[sel & ~below].mean()) if (sel & ~below).any() else None,
-                    "accuracy_above_p5_ci": wilson(int(ok[sel & ~below].sum()), int((sel & ~below).sum())) if (sel & ~below).any() else None,
-                    "reason": None if ref_ok[c] or not n else no_ref,
-                }
-                classes.append(entry)
-                ci, rci = entry["share_below_p5_ci"], entry["ratio_correct_ci"]
-                rows.append([names[c], n, entry["n_train"], train_mean[c], mc, mi, entry["ratio_correct"],
-                             None if rci is None else f"{rci[0]:.2f}–{rci[1]:.2f}", entry["ratio_incorrect"],
-                             entry["share_below_p5"], None if ci is None else f"{ci[0]:.2f}–{ci[1]:.2f}", entry["accuracy_below_p5"]])
-            data["groups"][g.name] = {"split": g.split, "epoch": g.epoch, "classes": classes}
+                    share_below_p5_ci=wilson(int(below.sum()), n) if sel.any() else None,
+                    accuracy_below_p5=float(ok[below].mean()) if below.any() else None,
+                    accuracy_below_p5_ci=wilson(int(ok[below].sum()), int(below.sum())) if below.any() else None,
+                    accuracy_above_p5=float(ok[sel & ~below].mean()) if (sel & ~below).any() else None,
+                    accuracy_above_p5_ci=wilson(int(ok[sel & ~below].sum()), int((sel & ~below).sum())) if (sel & ~below).any() else None,
+                    reason=None if ref_ok[c] or not n else no_ref,
+                )
+                classes.append(record)
+                ci, rci = record.share_below_p5_ci, record.ratio_correct_ci
+                rows.append([record.name, n, record.n_train, train_mean[c], mc, mi, record.ratio_correct,
+                             None if rci is None else f"{rci[0]:.2f}–{rci[1]:.2f}", record.ratio_incorrect,
+                             record.share_below_p5, None if ci is None else f"{ci[0]:.2f}–{ci[1]:.2f}", record.accuracy_below_p5])
+            data["groups"][g.name] = as_data(MagnitudeGroup(g.split, g.epoch, classes))
             result.tables.append(
                 Table(
                     f"{g.name}: magnitude at training ({ref.name}) top-{k} {spec.embedding} features",
@@ -180,8 +181,8 @@ class Magnitude(Analyzer):
                     rows,
                 )
             )
-            if any(e["reason"] for e in classes):
-                missing = ", ".join(e["class"] for e in classes if e["reason"])
+            if any(e.reason for e in classes):
+                missing = ", ".join(e.name for e in classes if e.reason)
                 result.notes.append(f"{g.name}: classes {missing} have rows but {no_ref}")
         # trajectory across the reference split's epochs
         traj_groups = sorted((g for g in spec.groups if g.split == ref.split and g.name in self.state), key=lambda g: g.epoch)
@@ -194,7 +195,7 @@ class Magnitude(Analyzer):
                 lab, m = self.gathered(g.name, "label"), self.gathered(g.name, "m")
                 ov = [overlap(ident_e[c], self.identity[c], k) if st["n"][c] and ref_ok[c] else None for c in range(C)]
                 mag = [float(m[lab == c].mean()) if (lab == c).any() and ref_ok[c] else None for c in range(C)]
-                traj[g.name] = {"epoch": g.epoch, "identity_overlap": ov, "magnitude": mag}
+                traj[g.name] = as_data(TrajectoryPoint(g.epoch, ov, mag))
                 for c in range(C):
                     rows.append([names[c], int(st["n"][c]), g.epoch, ov[c], mag[c]])
             data["trajectory"] = traj

@@ -7,6 +7,7 @@ import numpy as np
 
 import fragility
 from fragility.analysis import Analyzer, Chunk, Result, Table
+from fragility.analysis.records import MinimalSets, TopkClass, TopkGroup, TopkIdentity, TopkSet, as_data
 from fragility.functional import (
     chunk_topk_mask,
     chunk_topk_sums,
@@ -112,40 +113,34 @@ class TopK(Analyzer):
                 empty = n[c] == 0
                 idx, val, share = (ident["all"][i][c] for i in range(3))
                 ov_ci = overlap(ident["correct"][0][c], ident["incorrect"][0][c], k) if nc[c] and n[c] - nc[c] else None
-                entry = {
-                    "class": names[c],
-                    "n": int(n[c]),
-                    "accuracy": None if empty else float(nc[c] / n[c]),
-                    "accuracy_ci": wilson(int(nc[c]), int(n[c])),
+                record = TopkClass(
+                    name=names[c],
+                    n=int(n[c]),
+                    accuracy=None if empty else float(nc[c] / n[c]),
+                    accuracy_ci=wilson(int(nc[c]), int(n[c])),
                     # a filter with no rows has no top-K: null, never -1 (a valid index from the end)
-                    "topk": {
-                        f: {"indices": ident[f][0][c], "values": ident[f][1][c], "share": ident[f][2][c]} if rows_in[f][c]
-                        else {"indices": None, "values": None, "share": None}
-                        for f in ident
-                    },
-                    "freq": freq[c],
-                    "unique": int(unique[c]),
-                    "unique_rarefied": None if np.isnan(rare[c]) else float(rare[c]),
-                    "unique_tau": int(unique_tau[c]) if spec.tau > 0 else None,
-                    "overlap_correct_incorrect": ov_ci,
-                }
-                if has_mscs:
-                    mc = st["mscs_count"][c]
-                    nr = st["mscs_rows"][c]
-                    entry["mscs"] = {
-                        "freq": mc / max(nr, 1),
-                        "unique": int((mc > 0).sum()),
-                        "unique_rarefied": None if np.isnan(rare_sets[c]) else float(rare_sets[c]),
-                        "mean_size": None if nr == 0 else float(st["mscs_size"][c] / nr),
-                    }
-                classes.append(entry)
+                    topk=TopkIdentity(**{f: TopkSet(*(ident[f][i][c] for i in range(3))) if rows_in[f][c] else TopkSet(None, None, None)
+                                         for f in ident}),
+                    freq=freq[c],
+                    unique=int(unique[c]),
+                    unique_rarefied=None if np.isnan(rare[c]) else float(rare[c]),
+                    unique_tau=int(unique_tau[c]) if spec.tau > 0 else None,
+                    overlap_correct_incorrect=ov_ci,
+                    mscs=MinimalSets(
+                        freq=st["mscs_count"][c] / max(st["mscs_rows"][c], 1),
+                        unique=int((st["mscs_count"][c] > 0).sum()),
+                        unique_rarefied=None if np.isnan(rare_sets[c]) else float(rare_sets[c]),
+                        mean_size=None if st["mscs_rows"][c] == 0 else float(st["mscs_size"][c] / st["mscs_rows"][c]),
+                    ) if has_mscs else None,
+                )
+                classes.append(record)
                 rows.append(
                     [
-                        names[c], int(n[c]), entry["accuracy"], int(unique[c]), entry["unique_rarefied"],
-                        *([int(unique_tau[c])] if spec.tau > 0 else []),
-                        entry["mscs"]["unique"] if has_mscs else None,
-                        entry["mscs"]["unique_rarefied"] if has_mscs else None,
-                        entry["mscs"]["mean_size"] if has_mscs else None,
+                        record.name, record.n, record.accuracy, record.unique, record.unique_rarefied,
+                        *([record.unique_tau] if spec.tau > 0 else []),
+                        record.mscs.unique if record.mscs else None,
+                        record.mscs.unique_rarefied if record.mscs else None,
+                        record.mscs.mean_size if record.mscs else None,
                         ov_ci,
                         None if empty else [int(i) for i in idx],
                         None if empty else float(np.nansum(val)),
@@ -156,8 +151,7 @@ class TopK(Analyzer):
                 for b in range(C):
                     if n[a] and n[b]:
                         between[a, b] = overlap(ident["all"][0][a], ident["all"][0][b], k)
-            data["groups"][g.name] = {"split": g.split, "epoch": g.epoch, "classes": classes, "overlap_between_classes": between,
-                                      "rarefy_m": m or None, "rarefy_m_mscs": (m_sets or None) if has_mscs else None}
+            data["groups"][g.name] = as_data(TopkGroup(g.split, g.epoch, classes, between, m or None, (m_sets or None) if has_mscs else None))
             tau_note = f"; unique > tau counts features with frequency above tau={spec.tau:g}" if spec.tau > 0 else ""
             title = (f"{g.name}: class top-{k} {spec.embedding} (unique = features in any row's top-{k}; unique@m = expected unique "
                      f"in {m or '-'} rows, the size-controlled count to compare classes{tau_note})")

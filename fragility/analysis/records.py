@@ -42,6 +42,8 @@ __all__ = [
     "TopkRecords",
     "TopkSet",
     "TrajectoryPoint",
+    "as_data",
+    "build",
     "compare_records",
     "diversity_records",
     "magnitude_records",
@@ -68,6 +70,30 @@ def build(cls: type[R], data: dict[str, Any]) -> R:
             continue
         kwargs[f.name] = _convert(hints[f.name], data[key])
     return cls(**kwargs)
+
+
+def as_data(record: Any) -> dict[str, Any]:
+    """The inverse of :func:`build`: a record's fields under their keys, nested records as dicts, in field order —
+    the layout of ``data`` that the built-in analyzers write. A field with a default that holds it is left out."""
+    out = {}
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if f.default is not dataclasses.MISSING and value is f.default:
+            continue
+        if f.default_factory is not dataclasses.MISSING and not value:
+            continue
+        out[f.metadata.get("key", f.name)] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return as_data(value)
+    if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+        return [as_data(v) for v in value]
+    if isinstance(value, dict) and value and dataclasses.is_dataclass(next(iter(value.values()))):
+        return {k: as_data(v) for k, v in value.items()}
+    return value
 
 
 @functools.cache
