@@ -49,7 +49,7 @@ class PluginManager(pluggy.PluginManager):
         """Every analyzer the plugins register (``fragility_register_analyzers``, called once)."""
         if self._analyzers is None:
             reg = AnalyzerRegistrar()
-            Hooks(self).register_analyzers(reg)
+            Hooks(self).register_analyzers(reg)  # kept only once every plugin registered (a built-in's error propagates)
             self._analyzers = reg
         return self._analyzers
 

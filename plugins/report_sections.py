@@ -61,7 +61,15 @@ def _runs(ctx: ReportContext, analyzer: Literal["magnitude"]) -> list[tuple[str,
 def _runs(ctx: ReportContext, analyzer: Literal["diversity"]) -> list[tuple[str, DiversityRecords]]: ...
 def _runs(ctx: ReportContext, analyzer: str) -> list[tuple[str, Any]]:
     """``(label, records)`` of every run that has ``analyzer``'s result (typed, so a renamed field shows at every reader)."""
-    return [(lab, RECORDS[analyzer](ctx.results[lab][analyzer])) for lab in ctx.labels if analyzer in ctx.results[lab]]
+    return [(lab, _records(ctx, lab, analyzer)) for lab in ctx.labels if analyzer in ctx.results[lab]]
+
+
+def _records(ctx: ReportContext, lab: str, analyzer: str) -> Any:
+    """A run's records of one analyzer, built once per report (``ctx.extra["records"]``): every section reads them."""
+    cache = ctx.extra.setdefault("records", {})
+    if (lab, analyzer) not in cache:
+        cache[lab, analyzer] = RECORDS[analyzer](ctx.results[lab][analyzer])
+    return cache[lab, analyzer]
 
 
 def _num(v) -> float:
@@ -93,10 +101,12 @@ def train_counts(ctx) -> dict[str, list[int]]:
     out = {}
     for lab in ctx.labels:
         res = ctx.results[lab]
-        if "topk" in res and training_group(topk_records(res["topk"])):
-            out[lab] = [c.n for c in training_group(topk_records(res["topk"])).classes]
-        elif "magnitude" in res and magnitude_records(res["magnitude"]).train_n is not None:
-            out[lab] = [int(n) for n in magnitude_records(res["magnitude"]).train_n]
+        top = _records(ctx, lab, "topk") if "topk" in res else None
+        mag = _records(ctx, lab, "magnitude") if "magnitude" in res else None
+        if top is not None and (g := training_group(top)) is not None:
+            out[lab] = [c.n for c in g.classes]
+        elif mag is not None and mag.train_n is not None:
+            out[lab] = [int(n) for n in mag.train_n]
     return out
 
 

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -62,13 +63,12 @@ def _key(name: str) -> dict[str, str]:
 def build(cls: type[R], data: dict[str, Any]) -> R:
     """A record of type ``cls`` from one dict of a result's ``data``: each field reads its key (a missing key of
     a field without a default raises ``KeyError``); nested records, lists and dicts of them are built too."""
-    hints = _hints(cls)
     kwargs = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        key = f.metadata.get("key", f.name)
-        if key not in data and (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING):
+    for name, key, optional, convert in _plan(cls):
+        if optional and key not in data:
             continue
-        kwargs[f.name] = _convert(hints[f.name], data[key])
+        value = data[key]
+        kwargs[name] = value if convert is None or value is None else convert(value)
     return cls(**kwargs)
 
 
@@ -97,26 +97,29 @@ def _plain(value: Any) -> Any:
 
 
 @functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def _plan(cls: type) -> tuple[tuple[str, str, bool, Callable[[Any], Any] | None], ...]:
+    """Per field of a record class, once: its name, its data key, whether it may be missing, and how a (non-null)
+    value becomes the field's value (``None``: as it is)."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, f.metadata.get("key", f.name),
+                  f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, _converter(hints[f.name]))
+                 for f in dataclasses.fields(cls))
 
 
-def _convert(hint: Any, value: Any) -> Any:
-    if value is None:
-        return None
+def _converter(hint: Any) -> Callable[[Any], Any] | None:
+    """How a value of a field typed ``hint`` is built: a record, a list or dict of records, an optional record
+    (built only from a dict), or nothing to do."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        for a in args:
-            if dataclasses.is_dataclass(a) and isinstance(value, dict):
-                return build(a, value)
-        return value
+        inner = next((a for a in args if dataclasses.is_dataclass(a)), None)
+        return None if inner is None else (lambda v: build(inner, v) if isinstance(v, dict) else v)
     if dataclasses.is_dataclass(hint):
-        return build(hint, value)
+        return functools.partial(build, hint)
     if origin is list and args and dataclasses.is_dataclass(args[0]):
-        return [build(args[0], v) for v in value]
+        return lambda v: [build(args[0], x) for x in v]
     if origin is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]):
-        return {k: build(args[1], v) for k, v in value.items()}
-    return value
+        return lambda v: {k: build(args[1], x) for k, x in v.items()}
+    return None
 
 
 class Grouped(Generic[G]):

@@ -21,7 +21,15 @@ from rich.console import Console
 from .._safe import markup
 from .._fingerprint import incomparable
 from ..analysis import Result, Table, analyze, compare_results
-from ..analysis.records import compare_records, diversity_records, magnitude_records, topk_records
+from ..analysis.records import (
+    DiversityClass,
+    MagnitudeClass,
+    TopkClass,
+    compare_records,
+    diversity_records,
+    magnitude_records,
+    topk_records,
+)
 from .._light import TRAIN_EVAL
 from .datasets import DATASETS, ImageData, imbalance, load
 from ..errors import DataError, close_matches, output_dir
@@ -301,20 +309,24 @@ def grid_table(results: dict[str, dict[str, Result]], configs: list[str], k: int
     rows = []
     ref = results.get(BALANCED)
     first = results[configs[0]]
-    train = "train" if topk_records(first["topk"]).last("train") else TRAIN_EVAL
+    train = "train" if first["topk"].group_names("train") else TRAIN_EVAL
     overlaps = {}
     for cfg in configs:
         if ref is not None and cfg != BALANCED:
             cmp = compare_results(results[cfg], ref, labels=(cfg, BALANCED), train_split=train, incomparable=(why or {}).get(cfg))
             overlaps[cfg] = [c.overlap_train for c in compare_records(cmp).classes]
-    names = [c.name for c in topk_records(first["topk"]).last(train).classes]
+    # each run's classes, read once: train and test top-K, test magnitude, train diversity
+    groups: dict[str, tuple[list[TopkClass], list[TopkClass], list[MagnitudeClass], list[DiversityClass]]] = {}
+    for cfg in configs:
+        top = topk_records(results[cfg]["topk"])
+        groups[cfg] = (top.last(train).classes, top.last("test").classes,
+                       magnitude_records(results[cfg]["magnitude"]).last("test").classes,
+                       diversity_records(results[cfg]["diversity"]).last(train).classes)
+    names = [c.name for c in groups[configs[0]][0]]
     for c, name in enumerate(names):
         for cfg in configs:
-            r = results[cfg]
-            top = topk_records(r["topk"])
-            tr, te = top.last(train).classes[c], top.last("test").classes[c]
-            mg = magnitude_records(r["magnitude"]).last("test").classes[c]
-            dv = diversity_records(r["diversity"]).last(train).classes[c]
+            trains, tests, mags, divs = groups[cfg]
+            tr, te, mg, dv = trains[c], tests[c], mags[c], divs[c]
             rows.append([name, cfg, tr.n, te.accuracy, tr.unique, overlaps.get(cfg, [None] * len(names))[c],
                          mg.ratio_correct, mg.ratio_incorrect, mg.share_below_p5, dv.participation_ratio])
     cols = ["class", "run", "n train", "test acc", f"unique top-{k}", "overlap w/ balanced", "mag correct", "mag misclassified",
